@@ -1,0 +1,66 @@
+"""Embed every enrolled face once and cache the vectors per person.
+
+Usage:
+    python extract_features.py --faces_path faces/ --model_path models/extractor --features features/
+
+Incremental: a second run embeds only added or changed images and drops removed ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from faceid.backbones import load_extractor
+from faceid.cache import extract_features
+from faceid.cli import add_verbosity, run_reporting_errors, setup_logging
+from faceid.embedding import FaceOptions
+from faceid.faces import DETECTORS
+from faceid.settings import DEFAULTS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--faces_path", type=Path, required=True, help="folder with one sub-folder of images per person")
+    parser.add_argument("--model_path", type=Path, default=Path("models/extractor"), help="extractor directory from network.py")
+    parser.add_argument("--features", "--features_path", dest="features", type=Path, default=Path("features"),
+                        help="cache directory to create or update")
+    parser.add_argument("--rebuild", action="store_true",
+                        help="re-embed everything (needed when the cache was made by another extractor)")
+    parser.add_argument("--no_detect", action="store_true",
+                        help="the images already are face crops: resize them whole instead of detecting a face")
+    parser.add_argument("--upsample", type=int, default=DEFAULTS.upsample,
+                        help="detector upsampling: 0 is fastest (faces > ~80 px), 1 finds ~40 px faces, 2 ~20 px")
+    parser.add_argument("--detector", choices=DETECTORS, default="hog",
+                        help="hog: fast frontal detector; cnn: slower, finds turned and small faces")
+    parser.add_argument("--batch_size", type=int, default=DEFAULTS.batch_size,
+                        help="faces per backbone call; larger amortises overhead, costs memory")
+    parser.add_argument("--json", action="store_true", help="print the summary as one JSON line")
+    add_verbosity(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args)
+
+    def body() -> int:
+        extractor = load_extractor(args.model_path)
+        summary = extract_features(
+            args.faces_path, extractor, args.features,
+            face_options=FaceOptions(detect=not args.no_detect, upsample=args.upsample, detector=args.detector),
+            rebuild=args.rebuild, batch_size=args.batch_size, progress=not args.quiet,
+        )
+        if args.json:
+            print(json.dumps(summary.as_dict()))
+        else:
+            print(summary.report())
+        return 0
+
+    return run_reporting_errors(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

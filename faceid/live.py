@@ -1,0 +1,672 @@
+"""Live identification: every face of every frame, named against the gallery.
+
+Frames come from a :class:`FrameSource` (a webcam, a video file or a folder of
+still images); each yields ``(frame_index, time_seconds, frame_rgb)`` with
+OpenCV's BGR already converted to RGB, once, here. :func:`run_live` finds all
+faces of a frame, embeds them in one backbone batch, names each with
+:meth:`faceid.gallery.Gallery.identify`, and optionally draws the result (a
+video file or a folder of annotated stills), logs one JSON line per face, and
+shows a window.
+
+Stopping: the end of the source, ``max_frames``, ``q`` in the window and Ctrl-C
+all end the run the same orderly way: the camera or video is released, the JSON
+lines written so far stay on disk (each is flushed as it is written) and the
+annotated video recorded so far is finalised under its final name, because a
+user who stops a live run wants what was seen up to then. Only an *error*
+leaves no video behind: it is recorded under a temporary name beside the final
+one and renamed into place at the end, so a crash never passes a half-written
+file off as a result.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import re
+import sys
+import time
+from abc import ABC, abstractmethod
+from collections import Counter
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from collections.abc import Iterator
+from typing import IO, Any, TypeVar
+
+import numpy as np
+
+from faceid.embedding import FaceEmbedder
+from faceid.errors import ImageReadError, InputError
+from faceid.faces import FaceBox, list_image_files, read_image
+from faceid.gallery import Gallery
+
+logger = logging.getLogger(__name__)
+
+_Self = TypeVar("_Self")
+Frame = tuple[int, float | None, np.ndarray]  # (frame index from 0, seconds or None, (h, w, 3) uint8 RGB)
+
+# Used when a video or camera reports no frame rate (some webcams and containers report 0).
+FALLBACK_FPS = 30.0
+VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".avi", ".mkv"})
+# OpenCV writes these formats as single-channel images only.
+GREY_ONLY_SUFFIXES = frozenset({".pgm"})
+WINDOW_NAME = "faceid"
+KNOWN_COLOUR_BGR = (60, 200, 60)
+UNKNOWN_COLOUR_BGR = (40, 40, 230)
+NO_DISPLAY_HINT = (
+    "install opencv-python (with GUI support) instead of opencv-python-headless and run where a display "
+    "is available, or pass --no_display"
+)
+
+
+# --------------------------------------------------------------------------------------
+# Frame sources
+# --------------------------------------------------------------------------------------
+
+
+class FrameSource(ABC):
+    """Frames to identify, as a context manager: ``with source: for index, seconds, rgb in source: ...``.
+
+    Cheap checks (a missing file or folder) happen in the constructor, so a
+    script can report a wrong path before it loads any model; the device or file
+    is opened by ``__enter__`` and always released by ``__exit__``.
+    """
+
+    #: "camera", "video" or "images": what ``--output`` means depends on it.
+    kind: str = ""
+    #: "file: reason" of each input file that was not a readable image (image folders only).
+    skipped: list[str] | tuple[str, ...] = ()
+
+    @property
+    @abstractmethod
+    def description(self) -> str:
+        """The source in words, for logs and the summary."""
+
+    @property
+    def fps(self) -> float | None:
+        """Frames per second of a video or camera; ``None`` for stills."""
+        return None
+
+    @property
+    def frame_count(self) -> int | None:
+        """Number of frames when known in advance (progress bar total)."""
+        return None
+
+    def frame_name(self, index: int) -> str:
+        """The name recorded as ``source`` for frame ``index`` (the file name for stills)."""
+        return self.description
+
+    def open(self) -> None:
+        """Acquire the device or file (``__enter__`` calls it)."""
+
+    def close(self) -> None:
+        """Release the device or file; safe to call twice."""
+
+    def __enter__(self: _Self) -> _Self:
+        self.open()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    @abstractmethod
+    def __iter__(self) -> Iterator[Frame]:
+        """Yield ``(frame_index, time_seconds, frame_rgb (h, w, 3) uint8)``, indices from 0."""
+
+
+class _CaptureSource(FrameSource):
+    """What a webcam and a video file share: an OpenCV ``VideoCapture``."""
+
+    def __init__(self) -> None:
+        self._capture = None
+        self._fps: float | None = None
+
+    def _open_capture(self, target: int | str, failure: str) -> None:
+        import cv2
+
+        capture = cv2.VideoCapture(target)
+        if not capture.isOpened():
+            capture.release()
+            raise InputError(failure)
+        self._capture = capture
+        fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
+        if not np.isfinite(fps) or fps <= 0:
+            logger.warning("%s reports no frame rate: assuming %g fps", self.description, FALLBACK_FPS)
+            fps = FALLBACK_FPS
+        self._fps = fps
+
+    @property
+    def fps(self) -> float | None:
+        return self._fps
+
+    @property
+    def is_open(self) -> bool:
+        return self._capture is not None
+
+    def close(self) -> None:
+        if self._capture is not None:
+            self._capture.release()
+            self._capture = None
+
+    def _read_rgb(self) -> np.ndarray | None:
+        import cv2
+
+        if self._capture is None:
+            raise InputError(f"{self.description} is not open: use it inside a 'with' block (run_live does)")
+        ok, frame_bgr = self._capture.read()
+        if not ok or frame_bgr is None:
+            return None
+        # The one BGR -> RGB conversion of the live path: everything downstream is RGB.
+        return cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB)
+
+
+class CameraSource(_CaptureSource):
+    """A webcam by OpenCV device number; ``time`` is seconds since the first frame."""
+
+    kind = "camera"
+
+    def __init__(self, device: int = 0):
+        super().__init__()
+        self.device = int(device)
+
+    @property
+    def description(self) -> str:
+        return f"camera {self.device}"
+
+    def open(self) -> None:
+        self._open_capture(
+            self.device,
+            f"cannot open camera {self.device}: check that it is connected and not used by another program, "
+            "try another --camera number, or pass --video_path FILE or --images DIR",
+        )
+
+    def __iter__(self) -> Iterator[Frame]:
+        started = None
+        for index in itertools.count():
+            frame_rgb = self._read_rgb()
+            if frame_rgb is None:
+                if index == 0:
+                    raise InputError(f"{self.description} opened but delivered no frame: is another program using it?")
+                logger.warning("%s stopped delivering frames after %d frames", self.description, index)
+                return
+            now = time.monotonic()
+            started = now if started is None else started
+            yield index, now - started, frame_rgb
+
+
+class VideoSource(_CaptureSource):
+    """A video file; ``time`` is ``frame_index / fps`` (the frame's position in the video)."""
+
+    kind = "video"
+
+    def __init__(self, path: str | Path):
+        super().__init__()
+        self.path = Path(path)
+        if not self.path.exists():
+            raise InputError(f"video file {self.path} does not exist: pass --video_path to an existing video file")
+        if not self.path.is_file():
+            raise InputError(f"{self.path} is not a file: --video_path takes a video file (use --images for a folder)")
+        self._frame_count: int | None = None
+
+    @property
+    def description(self) -> str:
+        return self.path.name
+
+    @property
+    def frame_count(self) -> int | None:
+        return self._frame_count
+
+    def open(self) -> None:
+        import cv2
+
+        self._open_capture(
+            str(self.path),
+            f"cannot open video {self.path}: OpenCV cannot decode it (not a video, corrupt, or a codec "
+            "this OpenCV build lacks); convert it to H.264 .mp4, e.g. with ffmpeg",
+        )
+        count = int(self._capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        self._frame_count = count if count > 0 else None
+
+    def __iter__(self) -> Iterator[Frame]:
+        for index in itertools.count():
+            frame_rgb = self._read_rgb()
+            if frame_rgb is None:
+                return
+            yield index, index / self._fps, frame_rgb
+
+
+class ImageFolderSource(FrameSource):
+    """Every file of a folder, sorted by name, as one frame each; ``time`` is ``None``.
+
+    Files that are not readable images are reported (a warning, and
+    :attr:`skipped`) and left out; frame indices count the images yielded.
+    """
+
+    kind = "images"
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        if not self.folder.exists():
+            raise InputError(f"image folder {self.folder} does not exist: pass --images DIR with the photos to identify")
+        if not self.folder.is_dir():
+            raise InputError(f"{self.folder} is not a folder: --images takes a folder (use --video_path for a video)")
+        self.files = list_image_files(self.folder)
+        if not self.files:
+            raise InputError(f"image folder {self.folder} is empty: put the photos to identify in it")
+        self.skipped: list[str] = []  # "file: reason" of every file that was not an image
+        self._names: list[str] = []  # file name of each yielded frame
+
+    @property
+    def description(self) -> str:
+        return str(self.folder)
+
+    @property
+    def frame_count(self) -> int | None:
+        return len(self.files)
+
+    def frame_name(self, index: int) -> str:
+        return self._names[index]
+
+    def __iter__(self) -> Iterator[Frame]:
+        self.skipped, self._names = [], []
+        for path in self.files:
+            try:
+                image_rgb = read_image(path)
+            except ImageReadError as error:
+                logger.warning("skipping %s", error)
+                self.skipped.append(f"{path.name}: {error}")
+                continue
+            self._names.append(path.name)
+            yield len(self._names) - 1, None, image_rgb
+
+
+def frame_source(*, camera: int = 0, video_path: str | Path | None = None, images: str | Path | None = None) -> FrameSource:
+    """The source a script's options name: ``images``, else ``video_path``, else the ``camera``."""
+    if images is not None and video_path is not None:
+        raise InputError("pass either a video file or an image folder, not both")
+    if images is not None:
+        return ImageFolderSource(images)
+    if video_path is not None:
+        return VideoSource(video_path)
+    return CameraSource(camera)
+
+
+# --------------------------------------------------------------------------------------
+# Identification of one frame
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FaceResult:
+    """One face of a frame and who it is."""
+
+    box: FaceBox
+    name: str  # the person, or the gallery's unknown label
+    score: float  # the best person's score (under the threshold when unknown)
+    best_person: str  # the best-scoring person, even when rejected
+
+    @property
+    def known(self) -> bool:
+        """Whether the face was named (accepted), not rejected as unknown."""
+        return self.name == self.best_person
+
+    @property
+    def label(self) -> str:
+        """The text drawn beside the box, e.g. ``lin-manuel-miranda 0.93``."""
+        return f"{self.name} {self.score:.2f}"
+
+
+def identify_frame(embedder: FaceEmbedder, gallery: Gallery, frame_rgb: np.ndarray) -> list[FaceResult]:
+    """Find, embed (one batch) and name every face of a frame, largest face first.
+
+    Args:
+        embedder: finds and embeds faces (the same one enrolment used).
+        gallery: a fitted :class:`~faceid.gallery.Gallery`.
+        frame_rgb: ``(height, width, 3) uint8`` RGB.
+    """
+    faces = embedder.find_faces(frame_rgb)
+    if not faces:
+        return []
+    vectors = embedder.embed_faces(frame_rgb, faces)  # (n_faces, dim)
+    return [
+        FaceResult(box=face.box, name=decision.name, score=decision.score, best_person=decision.best_person)
+        for face, decision in zip(faces, gallery.identify(vectors))
+    ]
+
+
+def annotate(frame_rgb: np.ndarray, results: list[FaceResult]) -> np.ndarray:
+    """A BGR copy of the frame (what OpenCV writes and shows) with a labelled box per face.
+
+    Returns:
+        ``(height, width, 3) uint8`` BGR.
+    """
+    import cv2
+
+    canvas = cv2.cvtColor(frame_rgb, cv2.COLOR_RGB2BGR)
+    # Line and text sizes follow the frame size so labels stay legible on HD video and on 250 px stills.
+    scale = max(0.4, min(frame_rgb.shape[:2]) / 720)
+    thickness = max(1, round(2 * scale))
+    for result in results:
+        colour = KNOWN_COLOUR_BGR if result.known else UNKNOWN_COLOUR_BGR
+        box = result.box
+        cv2.rectangle(canvas, (box.left, box.top), (box.right - 1, box.bottom - 1), colour, thickness)
+        (text_width, text_height), baseline = cv2.getTextSize(result.label, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+        # Label under the box, or above it when the box touches the bottom edge.
+        top = box.bottom if box.bottom + text_height + baseline < canvas.shape[0] else max(box.top - text_height - baseline, 0)
+        cv2.rectangle(canvas, (box.left, top), (box.left + text_width, top + text_height + baseline), colour, cv2.FILLED)
+        cv2.putText(canvas, result.label, (box.left, top + text_height), cv2.FONT_HERSHEY_SIMPLEX, scale,
+                    (255, 255, 255), thickness, cv2.LINE_AA)
+    return canvas
+
+
+# --------------------------------------------------------------------------------------
+# Outputs: annotated video or stills, JSON lines, window
+# --------------------------------------------------------------------------------------
+
+
+def _temporary_beside(path: Path) -> Path:
+    # Same folder (so os.replace is an atomic rename) and same suffix (OpenCV picks the format from it).
+    return path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+
+
+class _AnnotatedVideo:
+    """Annotated frames to a video file, recorded under a temporary name and renamed at the end."""
+
+    def __init__(self, path: Path, fps: float):
+        if path.is_dir():
+            raise InputError(f"--output {path} is a folder: for a video or camera pass a file name such as out.mp4")
+        if path.suffix.lower() not in VIDEO_SUFFIXES:
+            raise InputError(
+                f"--output {path}: for a video or camera pass a video file name ending in "
+                f"{', '.join(sorted(VIDEO_SUFFIXES))} (e.g. out.mp4)"
+            )
+        self.path = path
+        self.fps = fps
+        self.temporary = _temporary_beside(path)
+        self.frames = 0
+        self._writer = None
+
+    def write(self, frame_bgr: np.ndarray) -> None:
+        import cv2
+
+        if self._writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            height, width = frame_bgr.shape[:2]
+            self._writer = cv2.VideoWriter(str(self.temporary), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (width, height))
+            if not self._writer.isOpened():
+                raise InputError(f"cannot write video {self.path}: OpenCV has no mp4v writer for {self.path.suffix} here; try .mp4")
+        self._writer.write(frame_bgr)
+        self.frames += 1
+
+    def __enter__(self: _Self) -> _Self:
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        if self._writer is not None:
+            self._writer.release()  # writes the container index: the file is playable from here on
+            self._writer = None
+        if exc_type is None and self.frames:
+            os.replace(self.temporary, self.path)
+            logger.info("wrote %d annotated frames to %s", self.frames, self.path)
+        else:
+            self.temporary.unlink(missing_ok=True)
+
+
+class _AnnotatedStills:
+    """Annotated stills into a folder, under their original names."""
+
+    def __init__(self, folder: Path, source_folder: Path):
+        if folder.exists() and not folder.is_dir():
+            raise InputError(f"--output {folder} is a file: for --images pass a folder to write the annotated images to")
+        if folder.resolve() == source_folder.resolve():
+            raise InputError(f"--output {folder} is the input folder: the originals would be overwritten; pass another folder")
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder = folder
+        self.written = 0
+
+    def write(self, frame_bgr: np.ndarray, name: str) -> None:
+        import cv2
+
+        path = self.folder / name
+        if path.suffix.lower() in GREY_ONLY_SUFFIXES:
+            frame_bgr = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2GRAY)
+        temporary = _temporary_beside(path)
+        try:
+            written = cv2.imwrite(str(temporary), frame_bgr)
+        except cv2.error as error:
+            written = False
+            logger.debug("imwrite %s: %s", temporary, error)
+        if not written:
+            temporary.unlink(missing_ok=True)
+            logger.warning("annotated %s not written: OpenCV cannot write %s files", name, path.suffix or "suffix-less")
+            return
+        os.replace(temporary, path)
+        self.written += 1
+
+
+class _JsonLines:
+    """One JSON object per face, flushed line by line so an interrupted run keeps what it did."""
+
+    def __init__(self, path: Path):
+        if path.is_dir():
+            raise InputError(f"--jsonl {path} is a folder: pass a file name such as faces.jsonl")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        # Open for the whole run (closed by __exit__): each face is one line, flushed as it comes.
+        self._handle: IO[str] = open(path, "w", encoding="utf-8")  # noqa: SIM115
+
+    def write(self, index: int, seconds: float | None, source_name: str, results: list[FaceResult]) -> None:
+        for result in results:
+            record = {
+                "frame": index,
+                "time": None if seconds is None else float(seconds),
+                "source": source_name,
+                "box": [int(value) for value in result.box.as_xywh()],
+                "name": result.name,
+                "score": round(float(result.score), 4),
+                "best_person": result.best_person,
+            }
+            self._handle.write(json.dumps(record) + "\n")
+        self._handle.flush()
+
+    def __enter__(self: _Self) -> _Self:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._handle.close()
+
+
+def _gui_backend() -> str:
+    import cv2
+
+    if hasattr(cv2, "currentUIFramework"):
+        return cv2.currentUIFramework() or ""
+    match = re.search(r"^\s*GUI:\s*(\S+)", cv2.getBuildInformation(), re.MULTILINE)
+    backend = match.group(1) if match else ""
+    return "" if backend.upper() == "NONE" else backend
+
+
+def display_available() -> bool:
+    """Whether a window can be shown: a GUI-enabled OpenCV and, on Linux, a display to show it on."""
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return False
+    return bool(_gui_backend())
+
+
+class _Window:
+    """The preview window; ``show`` says whether the user pressed ``q``."""
+
+    def __init__(self) -> None:
+        if not display_available():
+            raise InputError(f"cannot show a window: no GUI support or no display here; {NO_DISPLAY_HINT}")
+        self._opened = False
+
+    def show(self, frame_bgr: np.ndarray, wait_ms: int) -> bool:
+        import cv2
+
+        try:
+            cv2.imshow(WINDOW_NAME, frame_bgr)
+        except cv2.error as error:
+            raise InputError(f"cannot show a window ({str(error).strip().splitlines()[-1]}); {NO_DISPLAY_HINT}") from error
+        self._opened = True
+        return (cv2.waitKey(wait_ms) & 0xFF) == ord("q")
+
+    def __enter__(self: _Self) -> _Self:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        import cv2
+
+        if self._opened:
+            cv2.destroyWindow(WINDOW_NAME)
+            cv2.waitKey(1)  # lets the GUI event loop actually close the window
+
+
+# --------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class LiveSummary:
+    """What one live run saw (printed by test.py)."""
+
+    source: str
+    frames: int = 0  # frames read and identified
+    frames_with_faces: int = 0  # frames with at least one face
+    faces: int = 0
+    names: Counter = field(default_factory=Counter)  # name (or unknown label) -> faces
+    skipped: list[str] = field(default_factory=list)  # unreadable files of an image folder
+    stopped_by: str = "end of source"  # or "max_frames", "q pressed", "interrupted"
+    seconds: float = 0.0
+    outputs: dict[str, str] = field(default_factory=dict)  # "video"/"images"/"jsonl" -> path written
+
+    @property
+    def fps(self) -> float:
+        """Frames identified per second of wall-clock time."""
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+    def add(self, results: list[FaceResult]) -> None:
+        self.frames += 1
+        self.frames_with_faces += bool(results)
+        self.faces += len(results)
+        self.names.update(result.name for result in results)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "frames": self.frames,
+            "frames_with_faces": self.frames_with_faces,
+            "faces": self.faces,
+            "names": dict(self.names.most_common()),
+            "skipped": self.skipped,
+            "stopped_by": self.stopped_by,
+            "seconds": round(self.seconds, 3),
+            "fps": round(self.fps, 2),
+            "outputs": self.outputs,
+        }
+
+    def report(self) -> str:
+        """Human-readable lines."""
+        lines = [
+            f"source: {self.source} ({self.stopped_by})",
+            f"frames: {self.frames}, with faces: {self.frames_with_faces}, faces: {self.faces}",
+            f"time: {self.seconds:.1f} s ({self.fps:.1f} frames/s)",
+        ]
+        lines += [f"  {name}: {count}" for name, count in self.names.most_common()]
+        lines += [f"skipped {entry}" for entry in self.skipped]
+        lines += [f"wrote {kind}: {path}" for kind, path in self.outputs.items()]
+        return "\n".join(lines)
+
+
+def run_live(
+    source: FrameSource,
+    embedder: FaceEmbedder,
+    gallery: Gallery,
+    *,
+    output_path: str | Path | None = None,
+    jsonl_path: str | Path | None = None,
+    display: bool = False,
+    max_frames: int | None = None,
+    progress: bool = True,
+) -> LiveSummary:
+    """Identify every face of every frame of ``source`` (which this opens and releases).
+
+    Args:
+        source: a :class:`FrameSource`, not yet entered.
+        embedder: finds and embeds faces, as enrolment did.
+        gallery: a fitted gallery.
+        output_path: annotated output: a video file (mp4v, the source's fps) for a
+            video or camera, a folder receiving the annotated stills under their
+            original names for an image folder.
+        jsonl_path: one JSON object per face per frame: ``frame``, ``time``
+            (seconds; ``null`` for stills), ``source`` (file name of a still, the
+            video's name, or ``camera N``), ``box`` ``[x, y, w, h]``, ``name``,
+            ``score`` (4 decimals) and ``best_person``.
+        display: show each annotated frame in a window; ``q`` stops.
+        max_frames: stop after this many frames; ``None`` reads them all.
+        progress: show a tqdm bar (only when stderr is a terminal).
+
+    Returns:
+        The :class:`LiveSummary`, also after ``q`` or Ctrl-C.
+
+    Raises:
+        InputError: the source cannot be opened, an output cannot be written, or
+            ``display`` without a GUI-enabled OpenCV and a display.
+    """
+    from tqdm import tqdm
+
+    if max_frames is not None and max_frames < 1:
+        raise InputError(f"max_frames must be at least 1 (or None for all frames), got {max_frames}")
+    summary = LiveSummary(source=source.description)
+    started = time.perf_counter()
+    with ExitStack() as stack:
+        window = stack.enter_context(_Window()) if display else None
+        jsonl = stack.enter_context(_JsonLines(Path(jsonl_path))) if jsonl_path is not None else None
+        stack.enter_context(source)
+        video = stills = None
+        if output_path is not None and isinstance(source, ImageFolderSource):
+            stills = _AnnotatedStills(Path(output_path), source.folder)
+        elif output_path is not None:
+            video = stack.enter_context(_AnnotatedVideo(Path(output_path), source.fps or FALLBACK_FPS))
+        total = source.frame_count
+        if max_frames is not None:
+            total = max_frames if total is None else min(total, max_frames)
+        bar = stack.enter_context(tqdm(total=total, desc="identify", unit="frame", disable=None if progress else True))
+        try:
+            for index, seconds, frame_rgb in itertools.islice(source, max_frames):
+                results = identify_frame(embedder, gallery, frame_rgb)
+                summary.add(results)
+                bar.update(1)
+                logger.debug("frame %d: %s", index, ", ".join(result.label for result in results) or "no face")
+                if jsonl is not None:
+                    jsonl.write(index, seconds, source.frame_name(index), results)
+                if video is None and stills is None and window is None:
+                    continue
+                frame_bgr = annotate(frame_rgb, results)
+                if video is not None:
+                    video.write(frame_bgr)
+                if stills is not None:
+                    stills.write(frame_bgr, source.frame_name(index))
+                # A still stays on screen until a key is pressed; video frames flow.
+                if window is not None and window.show(frame_bgr, 0 if source.kind == "images" else 1):
+                    summary.stopped_by = "q pressed"
+                    break
+            else:
+                if max_frames is not None and summary.frames >= max_frames:
+                    summary.stopped_by = "max_frames"
+        except KeyboardInterrupt:
+            # Ctrl-C is how a camera run is meant to end: keep and finalise what was done.
+            summary.stopped_by = "interrupted"
+            logger.warning("interrupted after %d frames: keeping what was written", summary.frames)
+    summary.seconds = time.perf_counter() - started
+    summary.skipped = list(source.skipped)
+    if video is not None and video.frames:
+        summary.outputs["video"] = str(video.path)
+    if stills is not None:
+        summary.outputs["images"] = str(stills.folder)
+    if jsonl is not None:
+        summary.outputs["jsonl"] = str(jsonl.path)
+    return summary

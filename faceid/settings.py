@@ -1,0 +1,63 @@
+"""Every default of the toolkit, in one frozen object.
+
+Scripts take their ``argparse`` defaults from :data:`DEFAULTS`, so a default is
+changed here once and every script, README example and test follows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Settings:
+    # --- backbone (network.py) -------------------------------------------------
+    # ResNet50 cut after the second block of stage 5 (old Keras: activation_46):
+    # deep enough to be semantic, one block short of the ImageNet-class-specific top.
+    backbone: str = "resnet50"
+    resnet_layer: str = "conv5_block2_out"
+    # ResNet50's native ImageNet resolution; smaller inputs run faster but the
+    # 7x7 final grid shrinks with them.
+    input_size: int = 224
+    pooling: str = "avg"
+    weights: str = "imagenet"
+    model_name: str = "extractor"
+
+    # --- detection and alignment (shared by every script) ----------------------
+    # Upsampling doubles the image per step so dlib's HOG finds faces smaller than
+    # its ~80 px window; 1 finds ~40 px faces at ~4x the cost of 0.
+    upsample: int = 1
+    # Margin around the landmark-aligned face, as a share of the face size.
+    # 0.25 is what dlib's face ResNet was trained with.
+    align_padding: float = 0.25
+
+    # --- feature extraction ------------------------------------------------------
+    # Images per backbone call; larger batches amortise framework overhead.
+    batch_size: int = 32
+
+    # --- similarity head training (train.py) -------------------------------------
+    epochs: int = 15
+    # Different-person pairs per same-person pair (the original design's 1.5).
+    neg_ratio: float = 1.5
+    # Caps one person's same-person pairs: one LFW person with 530 images would
+    # otherwise contribute 140k pairs and dominate the loss.
+    max_positive_per_person: int = 2000
+    # Share of *people* held out for validation and threshold calibration.
+    val_people: float = 0.2
+    # False-accept rate the decision threshold is calibrated to on held-out people.
+    target_far: float = 0.01
+    learning_rate: float = 1e-3
+    train_batch_size: int = 256
+    seed: int = 0
+
+    # --- identification (test.py) ------------------------------------------------
+    # Per-person score = mean of the k best head scores over that person's vectors:
+    # robust to one bad enrolment photo, yet works with a single photo (k capped at n).
+    top_k: int = 3
+    # The original rule: a person matches when more than vote_share of their vectors
+    # score above vote_score.
+    vote_score: float = 0.8
+    vote_share: float = 0.85
+
+
+DEFAULTS = Settings()

@@ -1,0 +1,104 @@
+"""Identify enrolled people live: every face of a webcam, a video or a folder of photos.
+
+Usage:
+    python test.py --features features/ --model models/extractor --classification models/similarity
+    python test.py --video_path clip.mp4 --output annotated.mp4 --jsonl faces.jsonl --no_display
+    python test.py --images photos/ --output annotated/
+
+The webcam is the default source; press q in the window, or Ctrl-C, to stop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from faceid.backbones import load_extractor
+from faceid.cache import FeatureCache
+from faceid.cli import add_verbosity, run_reporting_errors, setup_logging
+from faceid.embedding import FaceEmbedder, FaceOptions
+from faceid.errors import ManifestMismatchError
+from faceid.faces import DETECTORS
+from faceid.live import display_available, frame_source, run_live
+from faceid.scoring import RULES
+from faceid.settings import DEFAULTS
+from faceid.similarity import SimilarityModel
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--features", "--features_path", dest="features", type=Path, default=Path("features"),
+                        help="feature cache of the enrolled people (extract_features.py)")
+    parser.add_argument("--model", "--model_path", dest="model", type=Path, default=Path("models/extractor"),
+                        help="extractor directory from network.py (the one the cache and head were made with)")
+    parser.add_argument("--classification", type=Path, default=Path("models/similarity"), help="similarity model from train.py")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--camera", type=int, default=0, help="webcam number (the default source); try 1, 2 for other cameras")
+    source.add_argument("--video_path", type=Path, help="identify the faces of a video file instead of the webcam")
+    source.add_argument("--images", type=Path, help="identify the faces of every photo in a folder instead")
+    parser.add_argument("--output", type=Path, help="annotated video file (e.g. out.mp4); a folder with --images")
+    parser.add_argument("--jsonl", type=Path, help="write one JSON line per face per frame to this file")
+    parser.add_argument("--no_display", action="store_true", help="no window (automatic when there is no display)")
+    parser.add_argument("--max_frames", type=int, default=0, help="stop after N frames (0 = all); keeps trials short")
+    parser.add_argument("--rule", choices=RULES, help="per-person rule; default: the one the threshold was calibrated for")
+    parser.add_argument("--top_k", type=int, help=f"topk rule: mean of a person's k best matches (default: the model's, "
+                        f"normally {DEFAULTS.top_k}); larger is steadier, needs more photos per person")
+    parser.add_argument("--threshold", type=float,
+                        help="accept a person at this score (default: the calibrated one); raise it for fewer wrong names")
+    parser.add_argument("--vote_score", type=float, help=f"vote rule: a photo votes when it scores this much "
+                        f"(default: the model's, normally {DEFAULTS.vote_score})")
+    parser.add_argument("--vote_share", type=float, help=f"vote rule: share of a person's photos that must vote "
+                        f"(default: the model's, normally {DEFAULTS.vote_share}); raise it for fewer wrong names")
+    parser.add_argument("--normalize", type=int, choices=(0, 1),
+                        help="must match how the head was trained (default: read from the model)")
+    parser.add_argument("--upsample", type=int, default=DEFAULTS.upsample,
+                        help="detector upsampling: 0 is fastest (faces > ~80 px), 1 finds ~40 px faces, 2 ~20 px")
+    parser.add_argument("--detector", choices=DETECTORS, default="hog",
+                        help="hog: fast, frontal faces; cnn: slower, also finds turned faces")
+    parser.add_argument("--json", action="store_true", help="print the summary as one JSON line")
+    add_verbosity(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.max_frames < 0:
+        parser.error("--max_frames must be 0 (all frames) or more")
+    setup_logging(args)
+
+    def body() -> int:
+        source = frame_source(camera=args.camera, video_path=args.video_path, images=args.images)
+        extractor = load_extractor(args.model)
+        cache = FeatureCache.load(args.features, extractor.manifest)
+        model = SimilarityModel.load(args.classification)
+        model.check_extractor(extractor.manifest, f"extractor {args.model}")
+        trained_with = int(model.normalizer is not None)
+        if args.normalize is not None and args.normalize != trained_with:
+            raise ManifestMismatchError(
+                f"--normalize {args.normalize} contradicts {args.classification}, whose head was trained with "
+                f"--normalize {trained_with}: the head only works on features normalised the way it was trained; "
+                f"leave --normalize out, or train a head with train.py --normalize {args.normalize}")
+        # The model's rule is what its threshold was calibrated for: change only what the user asked.
+        overrides = dict(name=args.rule, top_k=args.top_k, vote_score=args.vote_score, vote_share=args.vote_share)
+        rule = dataclasses.replace(model.rule, **{key: value for key, value in overrides.items() if value is not None})
+        vectors, labels, names = cache.matrix(min_images=1)
+        gallery = model.gallery(rule, args.threshold).fit(vectors, np.array(names)[labels])
+        summary = run_live(
+            source, FaceEmbedder(extractor, FaceOptions(upsample=args.upsample, detector=args.detector)), gallery,
+            output_path=args.output, jsonl_path=args.jsonl, display=not args.no_display and display_available(),
+            max_frames=args.max_frames or None, progress=not args.quiet,
+        )
+        print(json.dumps(summary.as_dict()) if args.json else summary.report())
+        return 0
+
+    return run_reporting_errors(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

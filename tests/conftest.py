@@ -1,0 +1,118 @@
+"""Shared fixtures: real faces from ../shared/data, built once per test session.
+
+The expensive artefacts (a dlib extractor, a feature cache of an LFW slice and a
+similarity head trained on it) are session-scoped so every test that needs
+them pays once.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("FACEID_DATA", REPO.parent / "shared" / "data"))
+LFW = DATA / "lfw_devtrain"
+ORL = DATA / "orl"
+VIDEO = DATA / "video" / "hamilton_clip.mp4"
+KNOWN = DATA / "video" / "known"
+
+
+def pytest_configure(config):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if not LFW.is_dir() or not ORL.is_dir():
+        raise pytest.UsageError(
+            f"test data not found at {DATA}: check out ../shared beside the repo or set FACEID_DATA"
+        )
+
+
+def load_script(file_name: str):
+    """Import a root script by path: ``test.py`` would otherwise clash with the stdlib ``test`` package."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"faceid_script_{Path(file_name).stem}", REPO / file_name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def copy_people(
+    source: Path, destination: Path, people: list[str], max_images: int | None = None
+) -> Path:
+    """Copy some person folders (their first ``max_images`` files) into ``destination``."""
+    for person in people:
+        (destination / person).mkdir(parents=True, exist_ok=True)
+        for image in sorted((source / person).iterdir())[:max_images]:
+            shutil.copy2(image, destination / person / image.name)
+    return destination
+
+
+def lfw_people(min_images: int, count: int, skip: int = 0) -> list[str]:
+    """The first ``count`` LFW people (alphabetically, after ``skip``) with at least ``min_images`` images."""
+    eligible = [
+        folder.name for folder in sorted(LFW.iterdir()) if len(list(folder.iterdir())) >= min_images
+    ]
+    return eligible[skip : skip + count]
+
+
+@pytest.fixture(scope="session")
+def dlib_extractor_dir(tmp_path_factory) -> Path:
+    from faceid.backbones import create_extractor
+
+    directory = tmp_path_factory.mktemp("dlib_extractor")
+    create_extractor("dlib").save(directory, "extractor")
+    return directory
+
+
+@pytest.fixture(scope="session")
+def dlib_extractor(dlib_extractor_dir):
+    from faceid.backbones import load_extractor
+
+    return load_extractor(dlib_extractor_dir)
+
+
+@pytest.fixture(scope="session")
+def lfw_train_faces(tmp_path_factory) -> Path:
+    """40 LFW people with 4-6 images each: enough for a head that generalises."""
+    return copy_people(
+        LFW, tmp_path_factory.mktemp("lfw_train"), lfw_people(min_images=4, count=40), max_images=6
+    )
+
+
+@pytest.fixture(scope="session")
+def lfw_cache_dir(tmp_path_factory, lfw_train_faces, dlib_extractor) -> Path:
+    from faceid.cache import extract_features
+
+    directory = tmp_path_factory.mktemp("lfw_features")
+    extract_features(lfw_train_faces, dlib_extractor, directory, progress=False)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def trained_model_dir(tmp_path_factory, lfw_cache_dir) -> Path:
+    """A similarity head trained on the LFW slice with train.py (the real entry point)."""
+    import train
+
+    directory = tmp_path_factory.mktemp("similarity")
+    code = train.main(
+        [
+            "--features_path",
+            str(lfw_cache_dir),
+            "--output_model",
+            str(directory),
+            "--epochs",
+            "8",
+            "-q",
+        ]
+    )
+    assert code == 0
+    return directory
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
