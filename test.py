@@ -36,20 +36,24 @@ def build_parser() -> argparse.ArgumentParser:
                         help="feature cache of the enrolled people (extract_features.py)")
     parser.add_argument("--model", "--model_path", dest="model", type=Path, default=Path("models/extractor"),
                         help="extractor directory from network.py (the one the cache and head were made with)")
-    parser.add_argument("--classification", type=Path, default=Path("models/similarity"), help="similarity model from train.py")
+    parser.add_argument("--classification", type=Path, default=Path("models/similarity"),
+                        help="similarity model from train.py (trained on this extractor's features)")
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--camera", type=int, default=0, help="webcam number (the default source); try 1, 2 for other cameras")
+    source.add_argument("--camera", type=int, default=0,
+                        help="webcam number (the default source); try 1, 2 for other cameras")
     source.add_argument("--video_path", type=Path, help="identify the faces of a video file instead of the webcam")
     source.add_argument("--images", type=Path, help="identify the faces of every photo in a folder instead")
     parser.add_argument("--output", type=Path, help="annotated video file (e.g. out.mp4); a folder with --images")
     parser.add_argument("--jsonl", type=Path, help="write one JSON line per face per frame to this file")
     parser.add_argument("--no_display", action="store_true", help="no window (automatic when there is no display)")
     parser.add_argument("--max_frames", type=int, default=0, help="stop after N frames (0 = all); keeps trials short")
-    parser.add_argument("--rule", choices=RULES, help="per-person rule; default: the one the threshold was calibrated for")
-    parser.add_argument("--top_k", type=int, help=f"topk rule: mean of a person's k best matches (default: the model's, "
+    parser.add_argument("--rule", choices=RULES,
+                        help="per-person rule; default: the one the model's threshold was calibrated for")
+    parser.add_argument("--top_k", type=int, help="topk rule: mean of a person's k best matches (default: the model's, "
                         f"normally {DEFAULTS.top_k}); larger is steadier, needs more photos per person")
     parser.add_argument("--threshold", type=float,
-                        help="accept a person at this score (default: the calibrated one); raise it for fewer wrong names")
+                        help="accept a person at this score (default: the calibrated one); "
+                        "raise it for fewer wrong names, lower it for fewer unknowns")
     parser.add_argument("--vote_score", type=float, help=f"vote rule: a photo votes when it scores this much "
                         f"(default: the model's, normally {DEFAULTS.vote_score})")
     parser.add_argument("--vote_share", type=float, help=f"vote rule: share of a person's photos that must vote "
@@ -85,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"--normalize {trained_with}: the head only works on features normalised the way it was trained; "
                 f"leave --normalize out, or train a head with train.py --normalize {args.normalize}")
         # The model's rule is what its threshold was calibrated for: change only what the user asked.
-        overrides = dict(name=args.rule, top_k=args.top_k, vote_score=args.vote_score, vote_share=args.vote_share)
+        overrides = {"name": args.rule, "top_k": args.top_k,
+                     "vote_score": args.vote_score, "vote_share": args.vote_share}
         rule = dataclasses.replace(model.rule, **{key: value for key, value in overrides.items() if value is not None})
         vectors, labels, names = cache.matrix(min_images=1)
         gallery = model.gallery(rule, args.threshold).fit(vectors, np.array(names)[labels])

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -188,11 +187,6 @@ def preprocess_resnet50(chips: np.ndarray) -> np.ndarray:
     return chips[..., ::-1].astype(np.float32) - IMAGENET_BGR_MEAN
 
 
-def _keras_quiet() -> None:
-    # TensorFlow prints C++ banners on import; the scripts' stderr is for our messages.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-
 def _weights_digest(model) -> str:
     digest = hashlib.sha256()
     for weight in model.weights:
@@ -244,7 +238,6 @@ class ResNet50Backbone(Backbone):
 
     @classmethod
     def _base_model(cls, options: BackboneOptions):
-        _keras_quiet()
         import keras
 
         keras.utils.set_random_seed(options.seed)
@@ -281,7 +274,6 @@ class ResNet50Backbone(Backbone):
 
     @classmethod
     def create(cls, options: BackboneOptions) -> Extractor:
-        _keras_quiet()
         import keras
 
         if options.pooling not in ("avg", "max"):
@@ -327,7 +319,6 @@ class ResNet50Backbone(Backbone):
 
     @classmethod
     def load(cls, directory: Path, manifest: dict[str, Any]) -> Extractor:
-        _keras_quiet()
         import keras
 
         model_path = directory / manifest.get("model_file", "")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable
 
@@ -19,6 +20,9 @@ def add_verbosity(parser: argparse.ArgumentParser) -> None:
 def setup_logging(args: argparse.Namespace) -> None:
     """Configure logging once, in the script (the package never does)."""
     level = logging.DEBUG if args.verbose else logging.ERROR if args.quiet else logging.WARNING
+    # TensorFlow's C++ banners (oneDNN, CPU features) go to stderr before any of our
+    # messages; keep them for -v only. Must be set before TensorFlow is imported.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if args.verbose else "2")
     logging.basicConfig(level=level, format="%(levelname)s: %(message)s", force=True)
 
 

@@ -29,11 +29,11 @@ import sys
 import time
 from abc import ABC, abstractmethod
 from collections import Counter
+from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Iterator
-from typing import IO, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -42,9 +42,11 @@ from faceid.errors import ImageReadError, InputError
 from faceid.faces import FaceBox, list_image_files, read_image
 from faceid.gallery import Gallery
 
+if TYPE_CHECKING:  # annotations only: typing.Self needs Python 3.11
+    from typing_extensions import Self
+
 logger = logging.getLogger(__name__)
 
-_Self = TypeVar("_Self")
 Frame = tuple[int, float | None, np.ndarray]  # (frame index from 0, seconds or None, (h, w, 3) uint8 RGB)
 
 # Used when a video or camera reports no frame rate (some webcams and containers report 0).
@@ -104,7 +106,7 @@ class FrameSource(ABC):
     def close(self) -> None:
         """Release the device or file; safe to call twice."""
 
-    def __enter__(self: _Self) -> _Self:
+    def __enter__(self) -> Self:
         self.open()
         return self
 
@@ -249,7 +251,9 @@ class ImageFolderSource(FrameSource):
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
         if not self.folder.exists():
-            raise InputError(f"image folder {self.folder} does not exist: pass --images DIR with the photos to identify")
+            raise InputError(
+                f"image folder {self.folder} does not exist: pass --images DIR with the photos to identify"
+            )
         if not self.folder.is_dir():
             raise InputError(f"{self.folder} is not a folder: --images takes a folder (use --video_path for a video)")
         self.files = list_image_files(self.folder)
@@ -282,7 +286,9 @@ class ImageFolderSource(FrameSource):
             yield len(self._names) - 1, None, image_rgb
 
 
-def frame_source(*, camera: int = 0, video_path: str | Path | None = None, images: str | Path | None = None) -> FrameSource:
+def frame_source(
+    *, camera: int = 0, video_path: str | Path | None = None, images: str | Path | None = None
+) -> FrameSource:
     """The source a script's options name: ``images``, else ``video_path``, else the ``camera``."""
     if images is not None and video_path is not None:
         raise InputError("pass either a video file or an image folder, not both")
@@ -332,7 +338,7 @@ def identify_frame(embedder: FaceEmbedder, gallery: Gallery, frame_rgb: np.ndarr
     vectors = embedder.embed_faces(frame_rgb, faces)  # (n_faces, dim)
     return [
         FaceResult(box=face.box, name=decision.name, score=decision.score, best_person=decision.best_person)
-        for face, decision in zip(faces, gallery.identify(vectors))
+        for face, decision in zip(faces, gallery.identify(vectors), strict=True)
     ]
 
 
@@ -354,9 +360,12 @@ def annotate(frame_rgb: np.ndarray, results: list[FaceResult]) -> np.ndarray:
         cv2.rectangle(canvas, (box.left, box.top), (box.right - 1, box.bottom - 1), colour, thickness)
         (text_width, text_height), baseline = cv2.getTextSize(result.label, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
         # Label under the box, or above it when the box touches the bottom edge.
-        top = box.bottom if box.bottom + text_height + baseline < canvas.shape[0] else max(box.top - text_height - baseline, 0)
-        cv2.rectangle(canvas, (box.left, top), (box.left + text_width, top + text_height + baseline), colour, cv2.FILLED)
-        cv2.putText(canvas, result.label, (box.left, top + text_height), cv2.FONT_HERSHEY_SIMPLEX, scale,
+        label_height = text_height + baseline
+        top = box.bottom if box.bottom + label_height < canvas.shape[0] else max(box.top - label_height, 0)
+        # Shifted left when the box is near the right edge, so the name is never cut off.
+        left = max(0, min(box.left, canvas.shape[1] - text_width))
+        cv2.rectangle(canvas, (left, top), (left + text_width, top + label_height), colour, cv2.FILLED)
+        cv2.putText(canvas, result.label, (left, top + text_height), cv2.FONT_HERSHEY_SIMPLEX, scale,
                     (255, 255, 255), thickness, cv2.LINE_AA)
     return canvas
 
@@ -374,7 +383,7 @@ def _temporary_beside(path: Path) -> Path:
 class _AnnotatedVideo:
     """Annotated frames to a video file, recorded under a temporary name and renamed at the end."""
 
-    def __init__(self, path: Path, fps: float):
+    def __init__(self, path: Path, fps: float = FALLBACK_FPS):
         if path.is_dir():
             raise InputError(f"--output {path} is a folder: for a video or camera pass a file name such as out.mp4")
         if path.suffix.lower() not in VIDEO_SUFFIXES:
@@ -394,13 +403,16 @@ class _AnnotatedVideo:
         if self._writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             height, width = frame_bgr.shape[:2]
-            self._writer = cv2.VideoWriter(str(self.temporary), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (width, height))
+            fourcc = cv2.VideoWriter_fourcc(*"mp4v")
+            self._writer = cv2.VideoWriter(str(self.temporary), fourcc, self.fps, (width, height))
             if not self._writer.isOpened():
-                raise InputError(f"cannot write video {self.path}: OpenCV has no mp4v writer for {self.path.suffix} here; try .mp4")
+                raise InputError(
+                    f"cannot write video {self.path}: OpenCV has no mp4v writer for {self.path.suffix} here; try .mp4"
+                )
         self._writer.write(frame_bgr)
         self.frames += 1
 
-    def __enter__(self: _Self) -> _Self:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type, exc, traceback) -> None:
@@ -419,9 +431,13 @@ class _AnnotatedStills:
 
     def __init__(self, folder: Path, source_folder: Path):
         if folder.exists() and not folder.is_dir():
-            raise InputError(f"--output {folder} is a file: for --images pass a folder to write the annotated images to")
+            raise InputError(
+                f"--output {folder} is a file: for --images pass a folder to write the annotated images to"
+            )
         if folder.resolve() == source_folder.resolve():
-            raise InputError(f"--output {folder} is the input folder: the originals would be overwritten; pass another folder")
+            raise InputError(
+                f"--output {folder} is the input folder: the originals would be overwritten; pass another folder"
+            )
         folder.mkdir(parents=True, exist_ok=True)
         self.folder = folder
         self.written = 0
@@ -471,7 +487,7 @@ class _JsonLines:
             self._handle.write(json.dumps(record) + "\n")
         self._handle.flush()
 
-    def __enter__(self: _Self) -> _Self:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -509,11 +525,12 @@ class _Window:
         try:
             cv2.imshow(WINDOW_NAME, frame_bgr)
         except cv2.error as error:
-            raise InputError(f"cannot show a window ({str(error).strip().splitlines()[-1]}); {NO_DISPLAY_HINT}") from error
+            reason = str(error).strip().splitlines()[-1]
+            raise InputError(f"cannot show a window ({reason}); {NO_DISPLAY_HINT}") from error
         self._opened = True
         return (cv2.waitKey(wait_ms) & 0xFF) == ord("q")
 
-    def __enter__(self: _Self) -> _Self:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -622,15 +639,19 @@ def run_live(
         raise InputError(f"max_frames must be at least 1 (or None for all frames), got {max_frames}")
     summary = LiveSummary(source=source.description)
     started = time.perf_counter()
+    # Every output is checked before anything is opened or truncated.
+    video = stills = None
+    if output_path is not None and isinstance(source, ImageFolderSource):
+        stills = _AnnotatedStills(Path(output_path), source.folder)
+    elif output_path is not None:
+        video = _AnnotatedVideo(Path(output_path))
     with ExitStack() as stack:
         window = stack.enter_context(_Window()) if display else None
         jsonl = stack.enter_context(_JsonLines(Path(jsonl_path))) if jsonl_path is not None else None
         stack.enter_context(source)
-        video = stills = None
-        if output_path is not None and isinstance(source, ImageFolderSource):
-            stills = _AnnotatedStills(Path(output_path), source.folder)
-        elif output_path is not None:
-            video = stack.enter_context(_AnnotatedVideo(Path(output_path), source.fps or FALLBACK_FPS))
+        if video is not None:
+            video.fps = source.fps or FALLBACK_FPS  # known once the source is open
+            stack.enter_context(video)
         total = source.frame_count
         if max_frames is not None:
             total = max_frames if total is None else min(total, max_frames)

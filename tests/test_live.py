@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import shutil
@@ -11,12 +10,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import KNOWN, LFW, VIDEO, load_script
 
-from faceid.backbones import create_extractor
 from faceid.cache import FeatureCache, extract_features
 from faceid.embedding import FaceEmbedder
 from faceid.errors import InputError
 from faceid.gallery import UNKNOWN, Gallery
+from faceid.head import HeadArchitecture, SimilarityHead
 from faceid.live import (
     ImageFolderSource,
     VideoSource,
@@ -24,12 +24,10 @@ from faceid.live import (
     run_live,
 )
 from faceid.scoring import Rule
+from faceid.similarity import SimilarityModel
+from faceid.stats import Normalizer
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-CLIP = DATA / "video" / "hamilton_clip.mp4"
-KNOWN = DATA / "video" / "known"
-LFW = DATA / "lfw_devtrain"
+CLIP = VIDEO
 MIRANDA = "lin-manuel-miranda"
 CLIP_FRAMES = 120  # 4 s of the clip; the first 60 frames hold only 19 with a detectable face
 # dlib's usual same-person distance: the head-free gallery scores by minus the Euclidean distance.
@@ -37,12 +35,7 @@ EUCLIDEAN_THRESHOLD = -0.6
 JSONL_KEYS = {"frame", "time", "source", "box", "name", "score", "best_person"}
 
 
-def load_script():
-    """test.py from the repository root (the name ``test`` would import Python's own test package)."""
-    spec = importlib.util.spec_from_file_location("faceid_test_script", REPO / "test.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+identify_script = load_script("test.py")
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -50,25 +43,22 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def extractor():
-    return create_extractor("dlib")
+def embedder(dlib_extractor):
+    return FaceEmbedder(dlib_extractor)
 
 
 @pytest.fixture(scope="module")
-def embedder(extractor):
-    return FaceEmbedder(extractor)
-
-
-@pytest.fixture(scope="module")
-def features_dir(extractor, tmp_path_factory):
-    directory = tmp_path_factory.mktemp("features")
-    extract_features(KNOWN, extractor, directory, progress=False)
+def features_dir(dlib_extractor, tmp_path_factory):
+    """The two reference photos of the clip's people, embedded with dlib."""
+    directory = tmp_path_factory.mktemp("known_features")
+    extract_features(KNOWN, dlib_extractor, directory, progress=False)
     return directory
 
 
 @pytest.fixture(scope="module")
-def gallery(extractor, features_dir):
-    vectors, labels, names = FeatureCache.load(features_dir, extractor.manifest).matrix(min_images=1)
+def gallery(dlib_extractor, features_dir):
+    """Head-free gallery: scores are minus the Euclidean distance, so no trained head is needed."""
+    vectors, labels, names = FeatureCache.load(features_dir, dlib_extractor.manifest).matrix(min_images=1)
     return Gallery(head=None, rule=Rule("topk"), threshold=EUCLIDEAN_THRESHOLD).fit(vectors, np.array(names)[labels])
 
 
@@ -283,19 +273,6 @@ def test_asking_for_a_window_without_one_says_what_to_do(embedder, gallery, monk
 # --- the script ----------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def script():
-    pytest.importorskip("faceid.head")
-    return load_script()
-
-
-@pytest.fixture(scope="module")
-def extractor_dir(extractor, tmp_path_factory):
-    directory = tmp_path_factory.mktemp("extractor")
-    extractor.save(directory, "extractor")
-    return directory
-
-
 def save_model(directory: Path, extractor, normalize: bool) -> Path:
     """A similarity model whose head is hand-set to sigmoid(4 * (6 - L1 distance)), no training needed.
 
@@ -303,10 +280,6 @@ def save_model(directory: Path, extractor, normalize: bool) -> Path:
     unit turns "L1 under 6" into a probability over 0.5. On the clip Miranda's faces lie at
     L1 4.5-6.2 from his photo and at 6.5 or more from Alex Lacamoire's.
     """
-    from faceid.head import HeadArchitecture, SimilarityHead
-    from faceid.similarity import SimilarityModel
-    from faceid.stats import Normalizer
-
     head = SimilarityHead(
         kernels=[np.ones((128, 1), np.float32), np.array([[-4.0]], np.float32)],
         biases=[np.zeros(1, np.float32), np.array([24.0], np.float32)],
@@ -320,15 +293,15 @@ def save_model(directory: Path, extractor, normalize: bool) -> Path:
 
 
 @pytest.fixture(scope="module")
-def model_dir(extractor, tmp_path_factory, script):
-    return save_model(tmp_path_factory.mktemp("similarity"), extractor, normalize=False)
+def model_dir(dlib_extractor, tmp_path_factory):
+    return save_model(tmp_path_factory.mktemp("l1_similarity"), dlib_extractor, normalize=False)
 
 
-def test_script_identifies_miranda_in_the_clip(script, extractor_dir, features_dir, model_dir, tmp_path, capsys):
+def test_script_identifies_miranda_in_the_clip(dlib_extractor_dir, features_dir, model_dir, tmp_path, capsys):
     jsonl = tmp_path / "faces.jsonl"
-    code = script.main([
+    code = identify_script.main([
         "--video_path", str(CLIP), "--max_frames", "10", "--jsonl", str(jsonl), "--json", "-q",
-        "--features", str(features_dir), "--model", str(extractor_dir), "--classification", str(model_dir),
+        "--features", str(features_dir), "--model", str(dlib_extractor_dir), "--classification", str(model_dir),
     ])
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
@@ -340,16 +313,16 @@ def test_script_identifies_miranda_in_the_clip(script, extractor_dir, features_d
     assert summary["names"].get(MIRANDA) == sum(record["name"] == MIRANDA for record in records)
 
 
-def test_script_reports_a_missing_video_file(script, tmp_path, capsys):
-    code = script.main(["--video_path", str(tmp_path / "missing.mp4"), "--no_display"])
+def test_script_reports_a_missing_video_file(tmp_path, capsys):
+    code = identify_script.main(["--video_path", str(tmp_path / "missing.mp4"), "--no_display"])
     assert code == 1
     error = capsys.readouterr().err
     assert error.startswith("error:") and "missing.mp4" in error
 
 
-def test_script_missing_features_points_to_extract_features(script, extractor_dir, model_dir, tmp_path, capsys):
-    code = script.main([
-        "--video_path", str(CLIP), "--features", str(tmp_path / "no_features"), "--model", str(extractor_dir),
+def test_script_missing_features_points_to_extract_features(dlib_extractor_dir, model_dir, tmp_path, capsys):
+    code = identify_script.main([
+        "--video_path", str(CLIP), "--features", str(tmp_path / "no_features"), "--model", str(dlib_extractor_dir),
         "--classification", str(model_dir), "--no_display",
     ])
     assert code == 1
@@ -359,19 +332,19 @@ def test_script_missing_features_points_to_extract_features(script, extractor_di
 
 @pytest.mark.parametrize("trained_with, requested", [(False, "1"), (True, "0")])
 def test_script_refuses_a_normalize_the_head_was_not_trained_with(
-    script, extractor, extractor_dir, features_dir, tmp_path, capsys, trained_with, requested
+    dlib_extractor, dlib_extractor_dir, features_dir, tmp_path, capsys, trained_with, requested
 ):
-    model = save_model(tmp_path / "similarity", extractor, normalize=trained_with)
-    code = script.main([
+    model = save_model(tmp_path / "similarity", dlib_extractor, normalize=trained_with)
+    code = identify_script.main([
         "--video_path", str(CLIP), "--normalize", requested, "--features", str(features_dir),
-        "--model", str(extractor_dir), "--classification", str(model), "--no_display",
+        "--model", str(dlib_extractor_dir), "--classification", str(model), "--no_display",
     ])
     assert code == 1
     error = capsys.readouterr().err
     assert f"--normalize {requested}" in error and f"trained with --normalize {int(trained_with)}" in error
 
 
-def test_script_rejects_two_sources(script, tmp_path, capsys):
+def test_script_rejects_two_sources(tmp_path):
     with pytest.raises(SystemExit) as exit_info:
-        script.main(["--video_path", str(CLIP), "--images", str(tmp_path)])
+        identify_script.main(["--video_path", str(CLIP), "--images", str(tmp_path)])
     assert exit_info.value.code == 2
