@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from faceid.backbones import load_extractor
+from faceid.backbones import RUNTIMES, load_extractor
 from faceid.cache import extract_features
 from faceid.cli import add_verbosity, run_reporting_errors, setup_logging
 from faceid.embedding import FaceOptions
@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="hog: fast frontal detector; cnn: slower, finds turned and small faces")
     parser.add_argument("--batch_size", type=int, default=DEFAULTS.batch_size,
                         help="faces per backbone call; larger amortises overhead, costs memory")
+    parser.add_argument("--runtime", choices=RUNTIMES, default="auto",
+                        help="resnet50: onnx (ONNX Runtime, fast), keras, or auto (onnx when exported); same vectors")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON line")
     add_verbosity(parser)
     return parser
@@ -47,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args)
 
     def body() -> int:
-        extractor = load_extractor(args.model_path)
+        extractor = load_extractor(args.model_path, args.runtime)
         summary = extract_features(
             args.faces_path, extractor, args.features,
             face_options=FaceOptions(detect=not args.no_detect, upsample=args.upsample, detector=args.detector),

@@ -18,13 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from faceid.backbones import load_extractor
+from faceid.backbones import RUNTIMES, load_extractor
 from faceid.cache import FeatureCache
 from faceid.cli import add_verbosity, run_reporting_errors, setup_logging
 from faceid.embedding import FaceEmbedder, FaceOptions
 from faceid.errors import ManifestMismatchError
 from faceid.faces import DETECTORS
-from faceid.live import display_available, frame_source, run_live
+from faceid.live import LiveOptions, display_available, frame_source, run_live
 from faceid.scoring import RULES
 from faceid.settings import DEFAULTS
 from faceid.similarity import SimilarityModel
@@ -64,9 +64,36 @@ def build_parser() -> argparse.ArgumentParser:
                         help="detector upsampling: 0 is fastest (faces > ~80 px), 1 finds ~40 px faces, 2 ~20 px")
     parser.add_argument("--detector", choices=DETECTORS, default="hog",
                         help="hog: fast, frontal faces; cnn: slower, also finds turned faces")
+    parser.add_argument("--detect_every", type=int, default=DEFAULTS.detect_every,
+                        help="full detection every N frames, faces tracked in between; 1 = every frame "
+                             "(slowest, catches new faces soonest)")
+    parser.add_argument("--detect_width", type=int, default=DEFAULTS.detect_width,
+                        help="wider frames are searched downscaled to this width (0 = full size); "
+                             "lower is faster but misses small faces")
+    parser.add_argument("--reid_every", type=int, default=DEFAULTS.reid_every,
+                        help="re-embed a tracked face every N frames (also when its box moves)")
+    parser.add_argument("--vote_window", type=int, default=DEFAULTS.vote_window,
+                        help="identifications per track the shown name is voted over; larger is steadier")
+    parser.add_argument("--min_evidence", type=int, default=DEFAULTS.min_evidence,
+                        help="identifications a new track needs before it shows a name (it shows … until then)")
+    parser.add_argument("--switch_margin", type=int, default=DEFAULTS.switch_margin,
+                        help="votes another name must lead by to replace the shown one (hysteresis)")
+    parser.add_argument("--per_frame", action="store_true",
+                        help="detect, embed and decide every face in every frame with no tracking or vote "
+                             "(the reference behaviour; several times slower)")
+    parser.add_argument("--runtime", choices=RUNTIMES, default="auto",
+                        help="resnet50: onnx (ONNX Runtime, fast), keras, or auto (onnx when exported)")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON line")
     add_verbosity(parser)
     return parser
+
+
+def live_options(args: argparse.Namespace) -> LiveOptions:
+    if args.per_frame:
+        return LiveOptions.per_frame(detect_width=args.detect_width or None)
+    return LiveOptions(detect_every=args.detect_every, detect_width=args.detect_width or None,
+                       reid_every=args.reid_every, vote_window=args.vote_window,
+                       min_evidence=args.min_evidence, switch_margin=args.switch_margin)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         source = frame_source(camera=args.camera, video_path=args.video_path, images=args.images)
-        extractor = load_extractor(args.model)
+        extractor = load_extractor(args.model, args.runtime)
         cache = FeatureCache.load(args.features, extractor.manifest)
         model = SimilarityModel.load(args.classification)
         model.check_extractor(extractor.manifest, f"extractor {args.model}")
@@ -97,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = run_live(
             source, FaceEmbedder(extractor, FaceOptions(upsample=args.upsample, detector=args.detector)), gallery,
             output_path=args.output, jsonl_path=args.jsonl, display=not args.no_display and display_available(),
-            max_frames=args.max_frames or None, progress=not args.quiet,
+            max_frames=args.max_frames or None, progress=not args.quiet, options=live_options(args),
         )
         print(json.dumps(summary.as_dict()) if args.json else summary.report())
         return 0

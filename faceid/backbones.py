@@ -59,6 +59,8 @@ class BackboneOptions:
 class Extractor(ABC):
     """A loaded backbone: aligned chips in, feature vectors out."""
 
+    runtime: ClassVar[str]  # what runs the network: "keras", "onnx" or "dlib"
+
     def __init__(self, manifest: dict[str, Any]):
         self.manifest = manifest
 
@@ -94,7 +96,7 @@ class Extractor(ABC):
             ``(n, output_dim) float32``.
         """
 
-    def save(self, directory: Path, model_name: str) -> Path:
+    def save(self, directory: Path, model_name: str, export_onnx: bool = True) -> Path:
         """Write the extractor directory; returns the manifest path."""
         directory.mkdir(parents=True, exist_ok=True)
         manifest_path = directory / MANIFEST_NAME
@@ -126,8 +128,8 @@ class Backbone(ABC):
 
     @classmethod
     @abstractmethod
-    def load(cls, directory: Path, manifest: dict[str, Any]) -> Extractor:
-        """Reopen an extractor saved by :meth:`Extractor.save`."""
+    def load(cls, directory: Path, manifest: dict[str, Any], runtime: str = "auto") -> Extractor:
+        """Reopen an extractor saved by :meth:`Extractor.save` (``runtime``: see :func:`load_extractor`)."""
 
 
 BACKBONES: dict[str, type[Backbone]] = {}
@@ -150,8 +152,20 @@ def create_extractor(backbone: str, options: BackboneOptions = BackboneOptions()
     return _backbone(backbone).create(options)
 
 
-def load_extractor(path: str | Path) -> Extractor:
-    """Open an extractor directory written by network.py (or its manifest.json)."""
+RUNTIMES = ("auto", "onnx", "keras")
+
+
+def load_extractor(path: str | Path, runtime: str = "auto") -> Extractor:
+    """Open an extractor directory written by network.py (or its manifest.json).
+
+    Args:
+        runtime: for Keras backbones, ``"onnx"`` runs the exported ONNX file with
+            ONNX Runtime, ``"keras"`` the Keras model, ``"auto"`` ONNX when the
+            file and onnxruntime are there. Both give the same vectors (within 1e-4),
+            so a cache made with one is valid for the other.
+    """
+    if runtime not in RUNTIMES:
+        raise InputError(f"unknown runtime {runtime!r}: choose one of {', '.join(RUNTIMES)}")
     path = Path(path)
     directory = path.parent if path.name == MANIFEST_NAME else path
     manifest = read_json(
@@ -164,7 +178,7 @@ def load_extractor(path: str | Path) -> Extractor:
             f"{directory / MANIFEST_NAME} is not a faceid extractor manifest "
             f"(format {manifest.get('format')!r}, expected {MANIFEST_FORMAT!r}): re-create it with network.py"
         )
-    return _backbone(manifest.get("backbone", "?")).load(directory, manifest)
+    return _backbone(manifest.get("backbone", "?")).load(directory, manifest, runtime)
 
 
 # --------------------------------------------------------------------------------------
@@ -194,12 +208,12 @@ def _weights_digest(model) -> str:
     return digest.hexdigest()[:32]
 
 
-class KerasExtractor(Extractor):
-    """A Keras model from chip to vector, run on CPU in batches."""
+class ChipModelExtractor(Extractor):
+    """A network from preprocessed chip to vector, run in batches; subclasses give the runtime."""
 
-    def __init__(self, manifest: dict[str, Any], model):
-        super().__init__(manifest)
-        self.model = model
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        """``(n, size, size, 3) float32`` preprocessed -> ``(n, output_dim)``."""
+        raise NotImplementedError
 
     def embed(self, chips: np.ndarray, batch_size: int = DEFAULTS.batch_size) -> np.ndarray:
         chips = np.asarray(chips)
@@ -209,26 +223,63 @@ class KerasExtractor(Extractor):
             )
         if len(chips) == 0:
             return np.zeros((0, self.output_dim), dtype=np.float32)
-        outputs = []
-        for start in range(0, len(chips), batch_size):
-            batch = preprocess_resnet50(chips[start : start + batch_size])
-            # Calling the model directly avoids predict()'s per-call dataset set-up,
-            # which dominates for the small batches of live identification.
-            outputs.append(np.asarray(self.model(batch, training=False), dtype=np.float32))
-        return np.concatenate(outputs)
+        outputs = [
+            self._forward(preprocess_resnet50(chips[start : start + batch_size]))
+            for start in range(0, len(chips), batch_size)
+        ]
+        return np.concatenate(outputs).astype(np.float32, copy=False)
 
-    def save(self, directory: Path, model_name: str) -> Path:
+
+class KerasExtractor(ChipModelExtractor):
+    """The Keras model itself (the reference runtime; also what is saved and exported)."""
+
+    runtime = "keras"
+
+    def __init__(self, manifest: dict[str, Any], model):
+        super().__init__(manifest)
+        self.model = model
+
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        # Calling the model directly avoids predict()'s per-call dataset set-up,
+        # which dominates for the small batches of live identification.
+        return np.asarray(self.model(batch, training=False), dtype=np.float32)
+
+    def save(self, directory: Path, model_name: str, export_onnx: bool = True) -> Path:
+        """Write the Keras model, the ONNX export (``export_onnx``) and the manifest."""
+        from faceid import runtime
+
         directory.mkdir(parents=True, exist_ok=True)
         model_file = f"{model_name}.keras"
         with atomic_path(directory / model_file) as temporary:
             self.model.save(temporary)
         self.manifest["model_file"] = model_file
+        self.manifest.pop("onnx_file", None)
+        if export_onnx:
+            onnx_file = f"{model_name}.onnx"
+            example = preprocess_resnet50(np.zeros((1, self.chip_size, self.chip_size, 3), dtype=np.uint8))
+            runtime.export_onnx(self.model, directory / onnx_file, example)
+            self.manifest["onnx_file"] = onnx_file
         return super().save(directory, model_name)
 
     def describe(self) -> str:
         lines: list[str] = []
         self.model.summary(print_fn=lambda line, *args, **kwargs: lines.append(line))
         return super().describe() + "\n" + "\n".join(lines)
+
+
+class OnnxExtractor(ChipModelExtractor):
+    """The same network exported to ONNX, run by ONNX Runtime (no TensorFlow import at all)."""
+
+    runtime = "onnx"
+
+    def __init__(self, manifest: dict[str, Any], path: Path):
+        from faceid.runtime import OnnxModel
+
+        super().__init__(manifest)
+        self.model = OnnxModel(path)
+
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        return self.model.run(batch)
 
 
 @register_backbone
@@ -318,7 +369,14 @@ class ResNet50Backbone(Backbone):
         return KerasExtractor(manifest, model)
 
     @classmethod
-    def load(cls, directory: Path, manifest: dict[str, Any]) -> Extractor:
+    def load(cls, directory: Path, manifest: dict[str, Any], runtime: str = "auto") -> Extractor:
+        from faceid.runtime import onnxruntime_available
+
+        onnx_file = manifest.get("onnx_file")
+        if runtime == "onnx" and not onnx_file:
+            raise InputError(f"{directory} has no ONNX export: re-run network.py (without --export none)")
+        if runtime == "onnx" or (runtime == "auto" and onnx_file and onnxruntime_available()):
+            return OnnxExtractor(manifest, directory / onnx_file)
         import keras
 
         model_path = directory / manifest.get("model_file", "")
@@ -338,6 +396,8 @@ class ResNet50Backbone(Backbone):
 
 class DlibExtractor(Extractor):
     """dlib's 128-d face recognition ResNet (the model behind face_recognition)."""
+
+    runtime = "dlib"
 
     def __init__(self, manifest: dict[str, Any]):
         super().__init__(manifest)
@@ -392,5 +452,6 @@ class DlibBackbone(Backbone):
         return DlibExtractor(manifest)
 
     @classmethod
-    def load(cls, directory: Path, manifest: dict[str, Any]) -> Extractor:
+    def load(cls, directory: Path, manifest: dict[str, Any], runtime: str = "auto") -> Extractor:
+        # dlib runs its own C++ network: there is no other runtime to choose.
         return DlibExtractor(manifest)

@@ -23,6 +23,8 @@ class FaceOptions:
     detect: bool = True
     upsample: int = DEFAULTS.upsample
     detector: str = "hog"
+    # Frames wider than this are searched downscaled (live video); None searches full size.
+    max_width: int | None = None
 
 
 class FaceEmbedder:
@@ -36,7 +38,9 @@ class FaceEmbedder:
         """All faces in ``image_rgb``, largest first (the whole image with ``detect=False``)."""
         if not self.options.detect:
             return [whole_image_face(image_rgb)]
-        return detect_faces(image_rgb, upsample=self.options.upsample, detector=self.options.detector)
+        return detect_faces(
+            image_rgb, upsample=self.options.upsample, detector=self.options.detector, max_width=self.options.max_width
+        )
 
     def chips(self, image_rgb: np.ndarray, faces: list[DetectedFace]) -> np.ndarray:
         """Aligned chips of ``faces``: ``(n_faces, size, size, 3) uint8``."""

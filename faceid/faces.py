@@ -139,7 +139,9 @@ def _landmarks_for(image_rgb: np.ndarray, box: FaceBox) -> np.ndarray:
     return np.array([[shape.part(i).x, shape.part(i).y] for i in range(shape.num_parts)], dtype=np.float32)
 
 
-def detect_faces(image_rgb: np.ndarray, upsample: int = 1, detector: str = "hog") -> list[DetectedFace]:
+def detect_faces(
+    image_rgb: np.ndarray, upsample: int = 1, detector: str = "hog", max_width: int | None = None
+) -> list[DetectedFace]:
     """Find every face in an image, largest first.
 
     Args:
@@ -148,6 +150,9 @@ def detect_faces(image_rgb: np.ndarray, upsample: int = 1, detector: str = "hog"
             faces half as small at about four times the cost.
         detector: ``"hog"`` (fast, frontal faces) or ``"cnn"`` (dlib's MMOD CNN:
             slower on a CPU, finds more turned and small faces).
+        max_width: search a copy downscaled to this width when the image is wider
+            (detection cost grows with the pixel count); boxes and landmarks are
+            still in full-resolution coordinates, landmarks found on the full image.
 
     Returns:
         Faces sorted by box area, descending, each with its 5 landmarks.
@@ -156,27 +161,52 @@ def detect_faces(image_rgb: np.ndarray, upsample: int = 1, detector: str = "hog"
         raise InputError(f"unknown detector {detector!r}: choose one of {', '.join(DETECTORS)}")
     image_rgb = np.ascontiguousarray(image_rgb)
     height, width = image_rgb.shape[:2]
-    found = []
+    searched, scale = image_rgb, 1.0
+    if max_width is not None and width > max_width:
+        import cv2
+
+        scale = width / max_width
+        searched = cv2.resize(image_rgb, (max_width, round(height / scale)), interpolation=cv2.INTER_AREA)
     if detector == "hog":
-        rectangles, scores, _ = _hog_detector().run(image_rgb, upsample, 0.0)
+        rectangles, scores, _ = _hog_detector().run(searched, upsample, 0.0)
         found = [(rectangle, float(score)) for rectangle, score in zip(rectangles, scores)]
     else:
-        found = [(detection.rect, float(detection.confidence)) for detection in _cnn_detector()(image_rgb, upsample)]
+        found = [(detection.rect, float(detection.confidence)) for detection in _cnn_detector()(searched, upsample)]
     faces = []
     for rectangle, score in found:
         # dlib may return boxes partly outside the image; clip so crops and
         # reported coordinates are always valid pixels.
-        box = FaceBox(
-            left=max(int(rectangle.left()), 0),
-            top=max(int(rectangle.top()), 0),
-            right=min(int(rectangle.right()) + 1, width),
-            bottom=min(int(rectangle.bottom()) + 1, height),
+        box = clip_box(
+            FaceBox(
+                left=round(rectangle.left() * scale),
+                top=round(rectangle.top() * scale),
+                right=round((rectangle.right() + 1) * scale),
+                bottom=round((rectangle.bottom() + 1) * scale),
+            ),
+            width,
+            height,
         )
         if box.width < 2 or box.height < 2:
             continue
         faces.append(DetectedFace(box=box, landmarks=_landmarks_for(image_rgb, box), detector_score=score))
     faces.sort(key=lambda face: face.box.area, reverse=True)
     return faces
+
+
+def clip_box(box: FaceBox, width: int, height: int) -> FaceBox:
+    """``box`` limited to the ``width`` x ``height`` image."""
+    return FaceBox(max(box.left, 0), max(box.top, 0), min(box.right, width), min(box.bottom, height))
+
+
+def face_at(image_rgb: np.ndarray, box: FaceBox) -> DetectedFace | None:
+    """The face inside a known box (e.g. from a tracker), with its landmarks found afresh.
+
+    Returns ``None`` when the box, clipped to the image, is too small to hold a face.
+    """
+    box = clip_box(box, image_rgb.shape[1], image_rgb.shape[0])
+    if box.width < 8 or box.height < 8:
+        return None
+    return DetectedFace(box=box, landmarks=_landmarks_for(np.ascontiguousarray(image_rgb), box))
 
 
 def whole_image_face(image_rgb: np.ndarray) -> DetectedFace:

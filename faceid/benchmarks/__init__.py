@@ -1,0 +1,13 @@
+"""Benchmarks behind ``bench.py``: one module per sub-command.
+
+Each module has ``add_arguments(parser)`` and ``run(args) -> int``; it prints a
+table and, as its last lines of stdout, one JSON object per measured
+configuration. Timings always include a baseline run in the same process, so the
+ratio is meaningful on whatever machine runs it.
+"""
+
+SUBCOMMANDS = {
+    "live": "faceid.benchmarks.live",
+    "extract": "faceid.benchmarks.extract",
+    "match": "faceid.benchmarks.match",
+}

@@ -1,0 +1,193 @@
+"""Following faces between detections, and voting a steady name per face.
+
+Live identification does not need to detect and embed every face in every
+frame: a person does not change between two frames 33 ms apart. The
+:class:`FaceTracker` detects every few frames and follows each face in between
+with dlib's correlation tracker (~3 ms a face at 640x360, against ~70 ms for a
+full-frame detection); :class:`IdentityVote` turns a track's recent
+identifications into one name that does not flicker.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter, deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from faceid.faces import DetectedFace, FaceBox, clip_box
+
+# Shown for a track that has not gathered enough evidence for a name yet.
+PENDING = "…"
+
+
+def iou(first: FaceBox, second: FaceBox) -> float:
+    """Intersection over union of two boxes (0 when disjoint, 1 when equal)."""
+    width = min(first.right, second.right) - max(first.left, second.left)
+    height = min(first.bottom, second.bottom) - max(first.top, second.top)
+    if width <= 0 or height <= 0:
+        return 0.0
+    overlap = width * height
+    return overlap / float(first.area + second.area - overlap)
+
+
+class IdentityVote:
+    """A track's identity: the name voted over its last ``window`` identifications.
+
+    A new track shows :data:`PENDING` until it has ``min_evidence`` votes. After
+    that the shown name changes only when another name (``unknown`` included)
+    leads it by at least ``switch_margin`` votes in the window: one odd frame
+    never flips the label, a real change of person does within a few frames.
+    """
+
+    def __init__(self, window: int, min_evidence: int, switch_margin: int):
+        if window < 1 or min_evidence < 1 or switch_margin < 1:
+            raise ValueError("window, min_evidence and switch_margin must be at least 1")
+        self.window = window
+        self.min_evidence = min(min_evidence, window)
+        self.switch_margin = switch_margin
+        self.history: deque[tuple[str, float]] = deque(maxlen=window)
+        self.name = PENDING
+        self.switches = 0  # changes of the shown name after the first one
+
+    def add(self, name: str, score: float) -> str:
+        """Record one identification; returns the name to show now."""
+        self.history.append((name, score))
+        if len(self.history) < self.min_evidence:
+            return self.name
+        counts = Counter(vote for vote, _ in self.history)
+        leader, leader_votes = max(counts.items(), key=lambda item: (item[1], item[0] == self.name))
+        if self.name == PENDING:
+            self.name = leader
+        elif leader != self.name and leader_votes - counts.get(self.name, 0) >= self.switch_margin:
+            self.name = leader
+            self.switches += 1
+        return self.name
+
+    @property
+    def score(self) -> float:
+        """Mean score of the votes for the shown name (0 while pending)."""
+        scores = [score for vote, score in self.history if vote == self.name]
+        return float(np.mean(scores)) if scores else 0.0
+
+
+@dataclass
+class Track:
+    """One face followed across frames."""
+
+    track_id: int
+    box: FaceBox
+    vote: IdentityVote
+    correlation: object = None  # dlib.correlation_tracker following the face
+    face: DetectedFace | None = None  # the detection of this frame (with landmarks), if any
+    embedded_box: FaceBox | None = None  # where the face was when last embedded
+    frames_since_embed: int = 0
+    missed_detections: int = 0
+    best_person: str = ""
+    last_score: float = 0.0
+    age: int = 0  # frames since the track started
+
+
+@dataclass
+class FaceTracker:
+    """Associates detections with tracks and follows the tracks between detections.
+
+    Args:
+        match_iou: a detection continues a track when their boxes overlap at least this much.
+        vote_window, min_evidence, switch_margin: see :class:`IdentityVote`.
+        max_missed: a track survives this many detection rounds without a matching detection
+            (faces turn away for a moment), then it is dropped.
+        min_tracking_quality: dlib's peak-to-side-lobe ratio under which the
+            correlation tracker has lost the face.
+    """
+
+    match_iou: float = 0.3
+    max_missed: int = 2
+    min_tracking_quality: float = 5.0
+    # IdentityVote settings of each new track.
+    vote_window: int = 15
+    min_evidence: int = 2
+    switch_margin: int = 2
+    tracks: list[Track] = field(default_factory=list)
+    _ids: itertools.count = field(default_factory=lambda: itertools.count(1))
+
+    def new_vote(self) -> IdentityVote:
+        return IdentityVote(self.vote_window, self.min_evidence, self.switch_margin)
+
+    def update_with_detections(self, frame_rgb: np.ndarray, faces: list[DetectedFace]) -> list[Track]:
+        """A detection frame: match faces to tracks (greedy by IoU), start new tracks, age the rest."""
+        pairs = sorted(
+            ((iou(track.box, face.box), track_index, face_index)
+             for track_index, track in enumerate(self.tracks) for face_index, face in enumerate(faces)),
+            reverse=True,
+        )
+        matched_tracks: set[int] = set()
+        matched_faces: set[int] = set()
+        for overlap, track_index, face_index in pairs:
+            if overlap < self.match_iou:
+                break
+            if track_index in matched_tracks or face_index in matched_faces:
+                continue
+            matched_tracks.add(track_index)
+            matched_faces.add(face_index)
+            self._restart(self.tracks[track_index], frame_rgb, faces[face_index])
+        kept = []
+        for track_index, track in enumerate(self.tracks):
+            if track_index in matched_tracks:
+                kept.append(track)
+                continue
+            # Not detected this time (turned away, blurred): keep following it for
+            # up to max_missed detection rounds before giving up.
+            track.missed_detections += 1
+            if track.missed_detections <= self.max_missed and self._follow(track, frame_rgb):
+                kept.append(track)
+        self.tracks = kept
+        for face_index, face in enumerate(faces):
+            if face_index not in matched_faces:
+                track = Track(track_id=next(self._ids), box=face.box, vote=self.new_vote())
+                self._restart(track, frame_rgb, face)
+                self.tracks.append(track)
+        for track in self.tracks:
+            track.age += 1
+        return self.tracks
+
+    def follow(self, frame_rgb: np.ndarray) -> list[Track]:
+        """A frame without detection: move every track with its correlation tracker."""
+        self.tracks = [track for track in self.tracks if self._follow(track, frame_rgb)]
+        for track in self.tracks:
+            track.age += 1
+        return self.tracks
+
+    def _follow(self, track: Track, frame_rgb: np.ndarray) -> bool:
+        """Move ``track`` with its correlation tracker; False when the face is lost."""
+        height, width = frame_rgb.shape[:2]
+        quality = track.correlation.update(frame_rgb)
+        position = track.correlation.get_position()
+        box = clip_box(
+            FaceBox(
+                int(round(position.left())),
+                int(round(position.top())),
+                int(round(position.right())) + 1,
+                int(round(position.bottom())) + 1,
+            ),
+            width,
+            height,
+        )
+        track.face = None
+        if quality < self.min_tracking_quality or box.width < 8 or box.height < 8:
+            return False  # lost: the next detection round starts a new track if the face is still there
+        track.box = box
+        return True
+
+    @staticmethod
+    def _restart(track: Track, frame_rgb: np.ndarray, face: DetectedFace) -> None:
+        import dlib
+
+        track.box = face.box
+        track.face = face
+        track.missed_detections = 0
+        track.correlation = dlib.correlation_tracker()
+        track.correlation.start_track(
+            frame_rgb, dlib.rectangle(face.box.left, face.box.top, face.box.right - 1, face.box.bottom - 1)
+        )
