@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from faceid.cache import FeatureCache
-from faceid.cli import add_verbosity, run_reporting_errors, setup_logging
+from faceid.cli import add_verbosity, run_main
 from faceid.stats import compute_stats, save_stats
 
 
@@ -23,21 +23,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run(args: argparse.Namespace) -> int:
+    stats = compute_stats(FeatureCache.load(args.features_path))
+    path = save_stats(stats, args.features_path)
+    dim = len(stats.normalizer.mean)
+    print(f"vectors: {stats.n_vectors} x {dim}")
+    print(f"global mean: {stats.global_mean:.6f}  global std: {stats.global_std:.6f}")
+    print(f"per-dimension std: min {stats.normalizer.std.min():.6f}, max {stats.normalizer.std.max():.6f}")
+    print(f"saved: {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args)
-
-    def body() -> int:
-        stats = compute_stats(FeatureCache.load(args.features_path))
-        path = save_stats(stats, args.features_path)
-        dim = len(stats.normalizer.mean)
-        print(f"vectors: {stats.n_vectors} x {dim}")
-        print(f"global mean: {stats.global_mean:.6f}  global std: {stats.global_std:.6f}")
-        print(f"per-dimension std: min {stats.normalizer.std.min():.6f}, max {stats.normalizer.std.max():.6f}")
-        print(f"saved: {path}")
-        return 0
-
-    return run_reporting_errors(body)
+    return run_main(build_parser(), run, argv)
 
 
 if __name__ == "__main__":

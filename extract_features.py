@@ -15,7 +15,7 @@ from pathlib import Path
 
 from faceid.backbones import RUNTIMES, load_extractor
 from faceid.cache import extract_features
-from faceid.cli import add_verbosity, run_reporting_errors, setup_logging
+from faceid.cli import add_verbosity, run_main
 from faceid.embedding import FaceOptions
 from faceid.faces import DETECTORS
 from faceid.settings import DEFAULTS
@@ -44,24 +44,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run(args: argparse.Namespace) -> int:
+    extractor = load_extractor(args.model_path, args.runtime)
+    summary = extract_features(
+        args.faces_path, extractor, args.features,
+        face_options=FaceOptions(detect=not args.no_detect, upsample=args.upsample, detector=args.detector),
+        rebuild=args.rebuild, batch_size=args.batch_size, progress=not args.quiet,
+    )
+    if args.json:
+        print(json.dumps(summary.as_dict()))
+    else:
+        print(summary.report())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args)
-
-    def body() -> int:
-        extractor = load_extractor(args.model_path, args.runtime)
-        summary = extract_features(
-            args.faces_path, extractor, args.features,
-            face_options=FaceOptions(detect=not args.no_detect, upsample=args.upsample, detector=args.detector),
-            rebuild=args.rebuild, batch_size=args.batch_size, progress=not args.quiet,
-        )
-        if args.json:
-            print(json.dumps(summary.as_dict()))
-        else:
-            print(summary.report())
-        return 0
-
-    return run_reporting_errors(body)
+    return run_main(build_parser(), run, argv)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from faceid.backbones import BACKBONES, BackboneOptions, create_extractor
-from faceid.cli import add_verbosity, run_reporting_errors, setup_logging
+from faceid.cli import add_verbosity, run_main
 from faceid.settings import DEFAULTS
 
 
@@ -43,22 +43,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run(args: argparse.Namespace) -> int:
+    options = BackboneOptions(layer=args.layer, input_size=args.input_size, pooling=args.pooling,
+                              weights=args.weights, seed=args.seed)
+    extractor = create_extractor(args.backbone, options)
+    manifest_path = extractor.save(args.output, args.model_name, export_onnx=args.export == "onnx")
+    if args.print_model:
+        print(extractor.describe())
+    print(f"extractor: {args.backbone}, {extractor.output_dim}-d, fingerprint {extractor.fingerprint[:12]}")
+    print(f"saved: {manifest_path.parent}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args)
-
-    def body() -> int:
-        options = BackboneOptions(layer=args.layer, input_size=args.input_size, pooling=args.pooling,
-                                  weights=args.weights, seed=args.seed)
-        extractor = create_extractor(args.backbone, options)
-        manifest_path = extractor.save(args.output, args.model_name, export_onnx=args.export == "onnx")
-        if args.print_model:
-            print(extractor.describe())
-        print(f"extractor: {args.backbone}, {extractor.output_dim}-d, fingerprint {extractor.fingerprint[:12]}")
-        print(f"saved: {manifest_path.parent}")
-        return 0
-
-    return run_reporting_errors(body)
+    return run_main(build_parser(), run, argv)
 
 
 if __name__ == "__main__":

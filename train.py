@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from faceid.cache import FeatureCache
-from faceid.cli import add_verbosity, run_reporting_errors, setup_logging
+from faceid.cli import add_verbosity, run_main
 from faceid.manifest import write_json
 from faceid.scoring import RULES, Rule
 from faceid.settings import DEFAULTS
@@ -48,31 +48,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run(args: argparse.Namespace) -> int:
+    cache = FeatureCache.load(args.features_path)
+    stats = load_stats(args.features_path, cache) if args.normalize else None
+    options = TrainOptions(
+        epochs=args.epochs, neg_ratio=args.neg_ratio, max_positive_per_person=args.max_pairs_per_person or None,
+        val_people=args.val_people, target_far=args.target_far, normalize=bool(args.normalize),
+        learning_rate=args.learning_rate, batch_size=args.batch_size, seed=args.seed,
+        rule=Rule(name=args.rule, top_k=args.top_k),
+    )
+    model, report = train_similarity(cache, stats, options, progress=not args.quiet)
+    model.save(args.output_model)
+    write_json(args.output_model / "report.json", report)
+    summary = {key: report[key] for key in ("val_auc", "val_auc_euclidean", "val_accuracy", "val_accuracy_euclidean",
+                                           "threshold", "target_far", "winner_auc")}
+    summary["val_rank1"] = report["calibration"]["head"]["rank1"]
+    summary["val_rank1_euclidean"] = report["calibration"]["euclidean"]["rank1"]
+    print(json.dumps(summary))
+    print(f"saved: {args.output_model}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args)
-
-    def body() -> int:
-        cache = FeatureCache.load(args.features_path)
-        stats = load_stats(args.features_path, cache) if args.normalize else None
-        options = TrainOptions(
-            epochs=args.epochs, neg_ratio=args.neg_ratio, max_positive_per_person=args.max_pairs_per_person or None,
-            val_people=args.val_people, target_far=args.target_far, normalize=bool(args.normalize),
-            learning_rate=args.learning_rate, batch_size=args.batch_size, seed=args.seed,
-            rule=Rule(name=args.rule, top_k=args.top_k),
-        )
-        model, report = train_similarity(cache, stats, options, progress=not args.quiet)
-        model.save(args.output_model)
-        write_json(args.output_model / "report.json", report)
-        summary = {key: report[key] for key in ("val_auc", "val_auc_euclidean", "val_accuracy", "val_accuracy_euclidean",
-                                               "threshold", "target_far", "winner_auc")}
-        summary["val_rank1"] = report["calibration"]["head"]["rank1"]
-        summary["val_rank1_euclidean"] = report["calibration"]["euclidean"]["rank1"]
-        print(json.dumps(summary))
-        print(f"saved: {args.output_model}")
-        return 0
-
-    return run_reporting_errors(body)
+    return run_main(build_parser(), run, argv)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,9 +27,10 @@ from typing import Any
 import numpy as np
 
 from faceid.backbones import Extractor
-from faceid.embedding import FaceEmbedder, FaceOptions
+from faceid.embedding import FaceCropper, FaceEmbedder, FaceOptions
 from faceid.errors import ImageReadError, InputError, ManifestMismatchError
 from faceid.faces import list_people, read_image
+from faceid.settings import DEFAULTS
 from faceid.manifest import CORRUPT_FILE_ERRORS, atomic_path, read_json, sha256_file, write_json
 
 logger = logging.getLogger(__name__)
@@ -263,7 +266,8 @@ def extract_features(
     *,
     face_options: FaceOptions = FaceOptions(),
     rebuild: bool = False,
-    batch_size: int = 32,
+    batch_size: int = DEFAULTS.batch_size,
+    workers: int = DEFAULTS.workers,
     progress: bool = True,
 ) -> ExtractionSummary:
     """Embed every person's images into the cache, re-using what is already there.
@@ -272,6 +276,11 @@ def extract_features(
     and folders are dropped; images that failed before (no face, unreadable) with
     the same content are not tried again. Each person's file is written as soon
     as that person is done, so an interrupted run keeps the finished people.
+
+    Decoding, detection and alignment run in ``workers`` processes (0: in this
+    process) while the backbone embeds batches of ``batch_size`` chips from any
+    people here; at most a few batches of chips are in flight, so memory stays
+    flat whatever the folder size. Results do not depend on ``workers``.
 
     Raises:
         InputError: ``faces_root`` missing or without person folders.
@@ -291,17 +300,60 @@ def extract_features(
     # against the extractor that wrote them, even if this run stops half-way.
     write_json(features_dir / MANIFEST_NAME, _cache_manifest(extractor, {}))
 
-    embedder = FaceEmbedder(extractor, face_options)
     summary = ExtractionSummary(people=len(people_files))
+    plans = {name: _plan_person(name, files, previous.get(name), summary) for name, files in people_files.items()}
+    cropper = FaceEmbedder(extractor, face_options).cropper
     counts: dict[str, int] = {}
-    total_images = sum(len(files) for files in people_files.values())
-    with tqdm(total=total_images, desc="extract", unit="img", disable=None if progress else True) as bar:
-        for name, files in people_files.items():
-            person = _update_person(name, files, previous.get(name), embedder, summary, batch_size, bar)
-            person.save(people_dir / f"{name}.npz", extractor.fingerprint)
-            counts[name] = len(person.vectors)
-            if len(person.vectors) < 2:
-                summary.too_few[name] = len(person.vectors)
+
+    def finish(plan: _PersonPlan) -> None:
+        person = plan.result(extractor.output_dim)
+        person.save(people_dir / f"{plan.name}.npz", extractor.fingerprint)
+        counts[plan.name] = len(person.vectors)
+        if len(person.vectors) < 2:
+            summary.too_few[plan.name] = len(person.vectors)
+
+    tasks = [(plan.name, path) for plan in plans.values() for path in plan.pending]
+    pending_chips: list[tuple[_PersonPlan, str, np.ndarray]] = []
+
+    def embed_pending() -> None:
+        if not pending_chips:
+            return
+        vectors = extractor.embed(np.stack([chip for _, _, chip in pending_chips]), batch_size=batch_size)
+        for (plan, file_name, _), vector in zip(pending_chips, vectors):
+            plan.vectors[file_name] = vector
+            plan.remaining -= 1
+        summary.embedded += len(pending_chips)
+        bar.update(len(pending_chips))
+        pending_chips.clear()
+        for plan in plans.values():
+            if plan.remaining == 0 and not plan.written:
+                finish(plan)
+                plan.written = True
+
+    with tqdm(total=len(tasks), desc="extract", unit="img", disable=None if progress else True) as bar:
+        for plan in plans.values():
+            if plan.remaining == 0:  # nothing new: written now, unchanged or with removals applied
+                finish(plan)
+                plan.written = True
+        for (name, path), prepared in zip(tasks, _prepare_all(tasks, cropper, workers, batch_size)):
+            plan = plans[name]
+            if prepared.reason is not None:
+                plan.skipped[path.name] = (plan.hashes[path.name], prepared.reason)
+                plan.remaining -= 1
+                summary.skip(prepared.reason, f"{name}/{path.name}")
+                bar.update(1)
+            else:
+                if prepared.n_faces > 1:
+                    # Enrolment photos often catch someone in the background: the
+                    # labelled person is the largest (closest) face.
+                    summary.several_faces.append(f"{name}/{path.name}")
+                pending_chips.append((plan, path.name, prepared.chip))
+            if len(pending_chips) >= batch_size:
+                embed_pending()
+            elif plan.remaining == 0 and not plan.written:
+                finish(plan)
+                plan.written = True
+        embed_pending()
     for stale in sorted(set(previous) - set(people_files)):
         (people_dir / f"{stale}.npz").unlink(missing_ok=True)
         summary.removed_people.append(stale)
@@ -318,80 +370,109 @@ def _cache_manifest(extractor: Extractor, counts: dict[str, int]) -> dict[str, A
     }
 
 
-def _update_person(
-    name: str,
-    files: list[Path],
-    previous: PersonFeatures | None,
-    embedder: FaceEmbedder,
-    summary: ExtractionSummary,
-    batch_size: int,
-    bar,
-) -> PersonFeatures:
-    known = {}
+@dataclass
+class _PersonPlan:
+    """One person's images: what is reused, what was skipped before, what to embed."""
+
+    name: str
+    files: list[str]  # every file of the folder, in order
+    hashes: dict[str, str]
+    vectors: dict[str, np.ndarray]  # reused now, embedded as results come in
+    skipped: dict[str, tuple[str, str]]
+    pending: list[Path]  # files to decode, detect, align and embed
+    remaining: int = 0
+    written: bool = False
+
+    def result(self, dim: int) -> PersonFeatures:
+        kept = [file for file in self.files if file in self.vectors]
+        return PersonFeatures(
+            name=self.name,
+            vectors=np.stack([self.vectors[file] for file in kept]).astype(np.float32) if kept else np.zeros((0, dim), np.float32),
+            files=kept,
+            hashes=[self.hashes[file] for file in kept],
+            skipped=self.skipped,
+        )
+
+
+def _plan_person(name: str, files: list[Path], previous: PersonFeatures | None, summary: ExtractionSummary) -> _PersonPlan:
+    known, known_skips = {}, {}
     if previous is not None:
         known = {file: (digest, vector) for file, digest, vector in zip(previous.files, previous.hashes, previous.vectors)}
+        known_skips = previous.skipped
         summary.removed_images += len(set(previous.files) - {path.name for path in files})
-    known_skips = previous.skipped if previous is not None else {}
-
-    vectors: dict[str, np.ndarray] = {}
-    hashes: dict[str, str] = {}
-    skipped: dict[str, tuple[str, str]] = {}
-    pending: list[tuple[str, np.ndarray]] = []  # (file name, chip) waiting for a backbone batch
-
-    def flush() -> None:
-        if pending:
-            embedded = embedder.embed_chips(np.stack([chip for _, chip in pending]))
-            for (file_name, _), vector in zip(pending, embedded):
-                vectors[file_name] = vector
-            summary.embedded += len(pending)
-            bar.update(len(pending))
-            pending.clear()
-
+    plan = _PersonPlan(name=name, files=[path.name for path in files], hashes={}, vectors={}, skipped={}, pending=[])
     for path in files:
         summary.images += 1
         digest = sha256_file(path)
-        hashes[path.name] = digest
+        plan.hashes[path.name] = digest
         if path.name in known and known[path.name][0] == digest:
-            vectors[path.name] = known[path.name][1]
+            plan.vectors[path.name] = known[path.name][1]
             summary.reused += 1
-            bar.update(1)
-            continue
-        if path.name in known_skips and known_skips[path.name][0] == digest:
+        elif path.name in known_skips and known_skips[path.name][0] == digest:
             reason = known_skips[path.name][1]
-            skipped[path.name] = (digest, reason)
+            plan.skipped[path.name] = (digest, reason)
             summary.skip(reason, f"{name}/{path.name}")
-            bar.update(1)
-            continue
-        try:
-            image = read_image(path)
-        except ImageReadError as error:
-            logger.warning("skipping %s", error)
-            skipped[path.name] = (digest, UNREADABLE)
-            summary.skip(UNREADABLE, f"{name}/{path.name}")
-            bar.update(1)
-            continue
-        faces = embedder.find_faces(image)
-        if not faces:
-            logger.info("no face in %s/%s", name, path.name)
-            skipped[path.name] = (digest, NO_FACE)
-            summary.skip(NO_FACE, f"{name}/{path.name}")
-            bar.update(1)
-            continue
-        if len(faces) > 1:
-            # Enrolment photos often catch someone in the background: the
-            # labelled person is the largest (closest) face.
-            summary.several_faces.append(f"{name}/{path.name}")
-        pending.append((path.name, embedder.chips(image, faces[:1])[0]))
-        if len(pending) >= batch_size:
-            flush()
-    flush()
+        else:
+            plan.pending.append(path)
+    plan.remaining = len(plan.pending)
+    return plan
 
-    kept = [path.name for path in files if path.name in vectors]
-    dim = embedder.extractor.output_dim
-    return PersonFeatures(
-        name=name,
-        vectors=np.stack([vectors[file] for file in kept]).astype(np.float32) if kept else np.zeros((0, dim), np.float32),
-        files=kept,
-        hashes=[hashes[file] for file in kept],
-        skipped=skipped,
-    )
+
+@dataclass(frozen=True)
+class _Prepared:
+    """What a worker sends back for one image: the chip of its largest face, or why not."""
+
+    chip: np.ndarray | None
+    n_faces: int = 0
+    reason: str | None = None
+
+
+def _prepare(path: Path, cropper: FaceCropper) -> _Prepared:
+    """Decode, detect and align one image (runs in a worker process)."""
+    try:
+        image = read_image(path)
+    except ImageReadError as error:
+        logger.warning("skipping %s", error)
+        return _Prepared(chip=None, reason=UNREADABLE)
+    faces = cropper.find_faces(image)
+    if not faces:
+        logger.info("no face in %s", path)
+        return _Prepared(chip=None, reason=NO_FACE)
+    return _Prepared(chip=cropper.chips(image, faces[:1])[0], n_faces=len(faces))
+
+
+def _spawn_can_start() -> bool:
+    """Whether spawned workers can start: they re-import ``__main__`` from its file, if it has one."""
+    import sys
+
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    return main_file is None or Path(main_file).is_file()
+
+
+def _prepare_all(tasks: list[tuple[str, Path]], cropper: FaceCropper, workers: int, batch_size: int) -> Iterator[_Prepared]:
+    """Prepared images in task order; with workers, a bounded number in flight."""
+    if workers > 0 and not _spawn_can_start():
+        logger.info("no importable main script (stdin or interactive session): extracting in this process")
+        workers = 0
+    if workers <= 0:
+        for _, path in tasks:
+            yield _prepare(path, cropper)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn, not fork: the parent may hold TensorFlow/ONNX Runtime threads, which fork does not copy safely.
+    context = multiprocessing.get_context("spawn")
+    in_flight: deque = deque()
+    limit = max(4 * batch_size, 8 * workers)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        try:
+            for _, path in tasks:
+                in_flight.append(pool.submit(_prepare, path, cropper))
+                if len(in_flight) >= limit:
+                    yield in_flight.popleft().result()
+            while in_flight:
+                yield in_flight.popleft().result()
+        finally:
+            for future in in_flight:
+                future.cancel()

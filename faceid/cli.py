@@ -26,6 +26,13 @@ def setup_logging(args: argparse.Namespace) -> None:
     logging.basicConfig(level=level, format="%(levelname)s: %(message)s", force=True)
 
 
+def run_main(parser: argparse.ArgumentParser, body: Callable[[argparse.Namespace], int], argv: list[str] | None) -> int:
+    """A script's ``main``: parse ``argv`` (usage errors exit 2), set up logging, run ``body(args)``."""
+    args = parser.parse_args(argv)
+    setup_logging(args)
+    return run_reporting_errors(lambda: body(args))
+
+
 def run_reporting_errors(body: Callable[[], int]) -> int:
     """Run a script body; a :class:`FaceIdError` becomes ``error: ...`` on stderr and exit 1."""
     try:

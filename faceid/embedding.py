@@ -1,7 +1,9 @@
-"""From an image to face vectors: detection, alignment and the backbone, in one object.
+"""From an image to face vectors: detection, alignment and the backbone.
 
-:class:`FaceEmbedder` is what enrolment and live identification share, so a
-face is found, aligned and embedded the same way in both.
+:class:`FaceCropper` finds and aligns faces (no model beyond dlib's detector and
+landmarks, so it is cheap to copy into worker processes); :class:`FaceEmbedder`
+adds the backbone. Enrolment, evaluation and live identification all use them,
+so a face is found, aligned and embedded the same way everywhere.
 """
 
 from __future__ import annotations
@@ -27,12 +29,13 @@ class FaceOptions:
     max_width: int | None = None
 
 
-class FaceEmbedder:
-    """Finds faces in images and embeds them with one extractor."""
+@dataclass(frozen=True)
+class FaceCropper:
+    """Finds faces and cuts out the aligned chips a backbone takes."""
 
-    def __init__(self, extractor: Extractor, options: FaceOptions = FaceOptions()):
-        self.extractor = extractor
-        self.options = options
+    options: FaceOptions
+    chip_size: int  # side of the aligned chip, the backbone's input size
+    padding: float  # margin around the aligned face, as a share of its size
 
     def find_faces(self, image_rgb: np.ndarray) -> list[DetectedFace]:
         """All faces in ``image_rgb``, largest first (the whole image with ``detect=False``)."""
@@ -44,10 +47,26 @@ class FaceEmbedder:
 
     def chips(self, image_rgb: np.ndarray, faces: list[DetectedFace]) -> np.ndarray:
         """Aligned chips of ``faces``: ``(n_faces, size, size, 3) uint8``."""
-        size = self.extractor.chip_size
         if not faces:
-            return np.zeros((0, size, size, 3), dtype=np.uint8)
-        return np.stack([align_face(image_rgb, face, size, self.extractor.align_padding) for face in faces])
+            return np.zeros((0, self.chip_size, self.chip_size, 3), dtype=np.uint8)
+        return np.stack([align_face(image_rgb, face, self.chip_size, self.padding) for face in faces])
+
+
+class FaceEmbedder:
+    """Finds faces in images and embeds them with one extractor."""
+
+    def __init__(self, extractor: Extractor, options: FaceOptions = FaceOptions()):
+        self.extractor = extractor
+        self.options = options
+        self.cropper = FaceCropper(options, extractor.chip_size, extractor.align_padding)
+
+    def find_faces(self, image_rgb: np.ndarray) -> list[DetectedFace]:
+        """All faces in ``image_rgb``, largest first (the whole image with ``detect=False``)."""
+        return self.cropper.find_faces(image_rgb)
+
+    def chips(self, image_rgb: np.ndarray, faces: list[DetectedFace]) -> np.ndarray:
+        """Aligned chips of ``faces``: ``(n_faces, size, size, 3) uint8``."""
+        return self.cropper.chips(image_rgb, faces)
 
     def embed_chips(self, chips: np.ndarray) -> np.ndarray:
         """``(n, size, size, 3) uint8`` chips -> ``(n, dim) float32`` vectors."""

@@ -25,8 +25,12 @@ by a model that did not train on it.
 
 Images are taken from a feature cache made by the same extractor when it holds them
 (same person folder, file name and sha256), and embedded otherwise, with the same
-detection and alignment as extraction (largest face). An image with no detected face
-is, with ``no_face="centre"``, embedded from a landmark-aligned box where dlib's
+detection and alignment as extraction. Which face is the person's: the largest, as
+extraction takes it (``face_choice="largest"``, the default for identification), or the
+one at the image centre (``"centre"``, the default for pairs: LFW labels the centred
+face, which is not always the largest; this detects every image again and reuses a
+cached vector only when the two choices agree). An image with no (centred) face is,
+with ``no_face="centre"``, embedded from a landmark-aligned box where dlib's
 detector puts faces in LFW's deep-funnelled photos (what dlib's own LFW evaluation did
 with detector misses); with ``no_face="skip"`` it is left out, and a pair that needs it
 is *rejected* (scored below every other pair). Either way the share of such images is
@@ -104,7 +108,6 @@ NO_FACE_POLICIES = ("centre", "skip")
 # identification use) or the one at the image centre (LFW's definition of its label).
 FACE_CHOICES = ("largest", "centre")
 MISSING_POLICIES = ("drop", "replace")
-METHOD_KINDS = ("euclidean", "cosine", "head")
 DEFAULT_FAR_TARGETS = (1e-3, 1e-2)
 # Ranks kept for the CMC curve and its plot.
 CMC_MAX_RANK = 20
@@ -189,13 +192,19 @@ def build_methods(
     score ``-distance``.
     """
     methods = [
-        Method("euclidean", "euclidean", threshold=None if euclidean_threshold is None else -float(euclidean_threshold)),
+        Method(
+            "euclidean", "euclidean", threshold=None if euclidean_threshold is None else -float(euclidean_threshold)
+        ),
         Method("cosine", "cosine", threshold=cosine_threshold),
     ]
     if model is not None:
         methods.append(
             Method(
-                "head", "head", head=model.head, normalizer=model.normalizer, rule=model.rule,
+                "head",
+                "head",
+                head=model.head,
+                normalizer=model.normalizer,
+                rule=model.rule,
                 threshold=model.threshold if model.rule.name == "topk" else model.rule.vote_share,
                 accepts_above=model.rule.name == "vote",
             )
@@ -310,9 +319,7 @@ def read_pair_list(path: str | Path, folds: int = 10) -> PairList:
             else:
                 raise ValueError(f"{len(fields_)} fields")
         except ValueError as error:
-            raise InputError(
-                f"{path}:{number}: {line!r} is not 'name i j' or 'name1 i name2 j' ({error})"
-            ) from None
+            raise InputError(f"{path}:{number}: {line!r} is not 'name i j' or 'name1 i name2 j' ({error})") from None
         if (len(fields_) == 3) != expect_same:
             kind = "same-person ('name i j')" if expect_same else "different-person ('name1 i name2 j')"
             raise InputError(
@@ -328,6 +335,8 @@ def read_pair_list(path: str | Path, folds: int = 10) -> PairList:
         if folds != file_folds:
             logger.info("%s defines %d folds: using them (--folds applies to single lists only)", path, file_folds)
         return PairList(tuple(first), tuple(second), is_same, fold, file_folds, True)
+    if per_kind < 2:
+        raise InputError(f"{path} lists {per_kind} pair of each kind: at least 2 are needed to cut it into folds")
     if not 2 <= folds <= per_kind:
         raise InputError(f"--folds must be between 2 and {per_kind} (the pairs of each kind); got {folds}")
     fold = np.empty(len(body), dtype=np.int64)
@@ -387,8 +396,11 @@ def best_balanced_threshold(scores: np.ndarray, is_same: np.ndarray) -> tuple[fl
 
 def _balanced_accuracy_at(scores: np.ndarray, is_same: np.ndarray, threshold: float) -> float:
     """Mean of the per-class rates decided correctly; a fold with one class gives that class's rate."""
-    rates = [np.mean(scores[mask] >= threshold) if same else np.mean(scores[mask] < threshold)
-             for same, mask in ((True, is_same), (False, ~is_same)) if mask.any()]
+    rates = [
+        np.mean(scores[mask] >= threshold) if same else np.mean(scores[mask] < threshold)
+        for same, mask in ((True, is_same), (False, ~is_same))
+        if mask.any()
+    ]
     return float(np.mean(rates))
 
 
@@ -445,9 +457,8 @@ class EmbeddedImages:
     status: dict[ImageKey, str]  # DETECTED, CENTRE, SKIPPED, MISSING or UNREADABLE
     from_cache: int = 0
     embedded: int = 0
-    several_faces: int = 0
+    several_faces: int = 0  # among the images detected in this run (cached ones are not detected again)
     off_centre: int = 0  # faces found, none at the centre (face_choice="centre"): counted as no face
-    cache: dict[str, Any] = field(default_factory=dict)
 
     def counts(self) -> dict[str, Any]:
         """The ``images`` block of the summary."""
@@ -477,7 +488,9 @@ def _cache_index(features: Path | None, extractor: Extractor) -> tuple[dict[Imag
     if cache.fingerprint != extractor.fingerprint:
         logger.warning(
             "feature cache %s was made by %s, not by the extractor given (%s): ignoring it and embedding every image",
-            features, describe_extractor(cache.manifest["extractor"]), describe_extractor(extractor.manifest),
+            features,
+            describe_extractor(cache.manifest["extractor"]),
+            describe_extractor(extractor.manifest),
         )
         return {}, {"path": str(features), "used": False, "reason": "made by another extractor"}
     index: dict[ImageKey, tuple[str, Any]] = {}
@@ -503,10 +516,10 @@ def centre_face(image_rgb: np.ndarray) -> DetectedFace:
     side = CENTRE_BOX_SIDE * min(height, width)
     centre_x, centre_y = CENTRE_BOX_X * width, CENTRE_BOX_Y * height
     box = FaceBox(
-        left=max(int(round(centre_x - side / 2)), 0),
-        top=max(int(round(centre_y - side / 2)), 0),
-        right=min(int(round(centre_x + side / 2)), width),
-        bottom=min(int(round(centre_y + side / 2)), height),
+        left=max(round(centre_x - side / 2), 0),
+        top=max(round(centre_y - side / 2), 0),
+        right=min(round(centre_x + side / 2), width),
+        bottom=min(round(centre_y + side / 2), height),
     )
     return DetectedFace(box=box, landmarks=_landmarks_for(np.ascontiguousarray(image_rgb), box))
 
@@ -519,7 +532,12 @@ def centred_face(faces: Sequence[DetectedFace], image_shape: tuple[int, ...]) ->
     height, width = image_shape[:2]
     centre_x, centre_y = width / 2, height / 2
     holding = [
-        (math.hypot((face.box.left + face.box.right) / 2 - centre_x, (face.box.top + face.box.bottom) / 2 - centre_y), index)
+        (
+            math.hypot(
+                (face.box.left + face.box.right) / 2 - centre_x, (face.box.top + face.box.bottom) / 2 - centre_y
+            ),
+            index,
+        )
         for index, face in enumerate(faces)
         if face.box.left <= centre_x < face.box.right and face.box.top <= centre_y < face.box.bottom
     ]
@@ -662,7 +680,11 @@ def _set_up(
 
 
 def _settings(
-    setup: _Setup, model_path, classification, face_options: FaceOptions, argv: Sequence[str] | None,
+    setup: _Setup,
+    model_path,
+    classification,
+    face_options: FaceOptions,
+    argv: Sequence[str] | None,
     extra: dict[str, Any],
 ) -> dict[str, Any]:
     """What the HTML page lists under "how this was measured"."""
@@ -682,7 +704,11 @@ def _settings(
         "extractor": {"path": str(model_path), "description": describe_extractor(setup.extractor.manifest)},
         "model": model_summary,
         "feature_cache": setup.cache_info,
-        "detection": {"detect": face_options.detect, "upsample": face_options.upsample, "detector": face_options.detector},
+        "detection": {
+            "detect": face_options.detect,
+            "upsample": face_options.upsample,
+            "detector": face_options.detector,
+        },
         **extra,
     }
 
@@ -690,7 +716,11 @@ def _settings(
 def _summary_head(command: str, setup: _Setup, model_path, classification, images: EmbeddedImages) -> dict[str, Any]:
     return {
         "command": command,
-        "extractor": {"path": str(model_path), "backbone": setup.extractor.name, "fingerprint": setup.extractor.fingerprint},
+        "extractor": {
+            "path": str(model_path),
+            "backbone": setup.extractor.name,
+            "fingerprint": setup.extractor.fingerprint,
+        },
         "model": None if classification is None else str(classification),
         "feature_cache": setup.cache_info,
         "images": images.counts(),
@@ -709,14 +739,19 @@ def _replace_missing(
 
     Only missing or unreadable images are swapped (an image without a face stays, so the
     no-face policy still applies to it); replacements are drawn from the fold's embedded
-    images. Same pairs are never changed: no other image is known to show the same person.
+    images, so person-disjoint folds stay disjoint, and a pair whose fold has no image of
+    another person is left out. Same pairs are never changed: no other image is known to
+    show the same person.
     """
     first, second = list(pairs.first), list(pairs.second)
     replaced = 0
     for k in range(pairs.n_folds):
         rows = np.flatnonzero(pairs.fold == k)
-        pool = [key for key in dict.fromkeys([first[row] for row in rows] + [second[row] for row in rows])
-                if key in embedded]
+        pool = [
+            key
+            for key in dict.fromkeys([first[row] for row in rows] + [second[row] for row in rows])
+            if key in embedded
+        ]
         for row in rows:
             if pairs.is_same[row] or (available[first[row]] and available[second[row]]):
                 continue
@@ -730,8 +765,15 @@ def _replace_missing(
 
 
 def _train_fold_heads(
-    features: np.ndarray, first_rows: np.ndarray, second_rows: np.ndarray, is_same: np.ndarray, fold: np.ndarray,
-    trainable: np.ndarray, epochs: int, seed: int, progress: bool,
+    features: np.ndarray,
+    first_rows: np.ndarray,
+    second_rows: np.ndarray,
+    is_same: np.ndarray,
+    fold: np.ndarray,
+    trainable: np.ndarray,
+    epochs: int,
+    seed: int,
+    progress: bool,
 ) -> list[SimilarityHead]:
     """One head per fold, trained on the other folds' listed pairs (both images embedded).
 
@@ -746,14 +788,24 @@ def _train_fold_heads(
         rows = np.flatnonzero((fold != k) & trainable)
         positives, negatives = rows[is_same[rows]], rows[~is_same[rows]]
         if len(positives) == 0 or len(negatives) == 0:
-            raise InputError(f"fold {k}: the other folds hold no {'same' if len(positives) == 0 else 'different'} "
-                             "pair with both images embedded, so no head can be trained for it")
+            raise InputError(
+                f"fold {k}: the other folds hold no {'same' if len(positives) == 0 else 'different'} "
+                "pair with both images embedded, so no head can be trained for it"
+            )
         size = max(len(positives), len(negatives))
         rows = np.concatenate([np.resize(positives, size), np.resize(negatives, size)])
         pair_set = PairSet(first=first_rows[rows], second=second_rows[rows], label=is_same[rows].astype(np.float32))
-        head, _ = train_head(features, pair_set, None, architecture=HeadArchitecture(), epochs=epochs,
-                             batch_size=DEFAULTS.train_batch_size, learning_rate=DEFAULTS.learning_rate,
-                             seed=seed + k, progress=False)
+        head, _ = train_head(
+            features,
+            pair_set,
+            None,
+            architecture=HeadArchitecture(),
+            epochs=epochs,
+            batch_size=DEFAULTS.train_batch_size,
+            learning_rate=DEFAULTS.learning_rate,
+            seed=seed + k,
+            progress=False,
+        )
         heads.append(head)
     return heads
 
@@ -791,8 +843,9 @@ def evaluate_pairs(
     head_epochs: int = 10,
     missing: str = "drop",
     no_face: str = "centre",
+    face_choice: str = "centre",
     far_targets: Sequence[float] = DEFAULT_FAR_TARGETS,
-    face_options: FaceOptions = FaceOptions(),
+    face_options: FaceOptions | None = None,
     batch_size: int = DEFAULTS.batch_size,
     seed: int = DEFAULTS.seed,
     progress: bool = True,
@@ -817,10 +870,21 @@ def evaluate_pairs(
     pairs = read_pair_list(pairs_file, folds)
     images_root = Path(images_root)
     if not images_root.is_dir():
-        raise InputError(f"images root {images_root} is not a folder: pass --images_root DIR holding <name>/<name>_0001.jpg")
+        raise InputError(
+            f"images root {images_root} is not a folder: pass --images_root DIR holding <name>/<name>_0001.jpg"
+        )
+    face_options = face_options or FaceOptions()
     setup = _set_up(model_path, classification, features, face_options)
-    images = embed_images(pairs.images(), images_root, setup.embedder, setup.cache_index,
-                          no_face=no_face, batch_size=batch_size, progress=progress)
+    images = embed_images(
+        pairs.images(),
+        images_root,
+        setup.embedder,
+        setup.cache_index,
+        no_face=no_face,
+        face_choice=face_choice,
+        batch_size=batch_size,
+        progress=progress,
+    )
 
     # "Available": the file exists and could be read. Pairs naming an unavailable image are
     # left out (or, for different pairs with missing="replace", repaired first).
@@ -834,7 +898,11 @@ def evaluate_pairs(
     if n_missing:
         logger.warning(
             "%d of %d pairs name an image that is missing or unreadable under %s: %d replaced, %d left out",
-            n_missing, len(pairs), images_root, replaced, n_dropped,
+            n_missing,
+            len(pairs),
+            images_root,
+            replaced,
+            n_dropped,
         )
     rows = np.flatnonzero(keep)
     is_same, fold = pairs.is_same[rows], pairs.fold[rows]
@@ -850,7 +918,9 @@ def evaluate_pairs(
     keys = list(dict.fromkeys([key for key in kept_first + kept_second if key in images.vectors]))
     row_of = {key: index for index, key in enumerate(keys)}
     dim = setup.extractor.output_dim
-    matrix = np.stack([images.vectors[key] for key in keys]).astype(np.float32) if keys else np.zeros((0, dim), np.float32)
+    matrix = (
+        np.stack([images.vectors[key] for key in keys]).astype(np.float32) if keys else np.zeros((0, dim), np.float32)
+    )
     first_rows = np.array([row_of.get(key, -1) for key in kept_first])
     second_rows = np.array([row_of.get(key, -1) for key in kept_second])
 
@@ -869,10 +939,16 @@ def evaluate_pairs(
         scores_by_method[method.name] = (pooled, pooled)
     if train_per_fold:
         heads = _train_fold_heads(matrix, first_rows, second_rows, is_same, fold, scored, head_epochs, seed, progress)
-        per_fold = np.stack([
-            finish(Method("head_per_fold", "head", head=head).pair_scores(matrix[first_rows[scored]], matrix[second_rows[scored]]))
-            for head in heads
-        ])
+        per_fold = np.stack(
+            [
+                finish(
+                    Method("head_per_fold", "head", head=head).pair_scores(
+                        matrix[first_rows[scored]], matrix[second_rows[scored]]
+                    )
+                )
+                for head in heads
+            ]
+        )
         pooled = per_fold[fold, np.arange(len(rows))]
         scores_by_method["head_per_fold"] = (per_fold, pooled)
 
@@ -884,37 +960,69 @@ def evaluate_pairs(
         results[name]["no_face_share"] = no_face_share
         if name == "euclidean":
             results[name]["distance_threshold"] = -results[name]["threshold"]
+        if name == "head_per_fold":
+            results[name]["threshold"] = None  # ten heads, ten scales: no single threshold to deploy
         far, tar, _ = roc_curve(pooled, is_same)
         curves[name] = {"roc": (far, tar), "genuine": pooled[is_same & scored], "impostor": pooled[~is_same & scored]}
 
     n_different = int(np.count_nonzero(~is_same))
     for target in far_targets:
         if target * n_different < 1:
-            logger.warning("TAR at FAR %g rests on %d different pairs: it means 'no different pair accepted'",
-                           target, n_different)
+            logger.warning(
+                "TAR at FAR %g rests on %d different pairs: it means 'no different pair accepted'", target, n_different
+            )
     summary = _summary_head("pairs", setup, model_path, classification, images)
-    summary.update({
-        "pairs_file": str(pairs_file),
-        "images_root": str(images_root),
-        "folds": {"count": pairs.n_folds, "from_file": pairs.folds_from_file, "person_disjoint": pairs.person_disjoint()},
-        "pairs": {
-            "listed": len(pairs), "evaluated": int(len(rows)), "same": int(is_same.sum()), "different": n_different,
-            "missing_image": n_missing, "replaced": replaced, "left_out": n_dropped, "rejected_no_face": int(np.count_nonzero(~scored)),
+    summary.update(
+        {
+            "pairs_file": str(pairs_file),
+            "images_root": str(images_root),
+            "folds": {
+                "count": pairs.n_folds,
+                "from_file": pairs.folds_from_file,
+                "person_disjoint": pairs.person_disjoint(),
+            },
+            "pairs": {
+                "listed": len(pairs),
+                "evaluated": len(rows),
+                "same": int(is_same.sum()),
+                "different": n_different,
+                "missing_image": n_missing,
+                "replaced": replaced,
+                "left_out": n_dropped,
+                "rejected_no_face": int(np.count_nonzero(~scored)),
+            },
+            "no_face_policy": no_face,
+            "face_choice": face_choice,
+            "missing_policy": missing,
+            "head_per_fold": {
+                "epochs": head_epochs,
+                "architecture": list(HeadArchitecture().hidden_units),
+                "trained_on": "the other folds' listed pairs, minority kind repeated to balance",
+            }
+            if train_per_fold
+            else None,
+            "methods": results,
+            "seconds": round(time.perf_counter() - started, 1),
+        }
+    )
+    fold_source = "from the file" if pairs.folds_from_file else "contiguous chunks of a single list"
+    settings = _settings(
+        setup,
+        model_path,
+        classification,
+        face_options,
+        argv,
+        {
+            "pairs_file": str(pairs_file),
+            "images_root": str(images_root),
+            "folds": f"{pairs.n_folds} ({fold_source}; person-disjoint: {pairs.person_disjoint()})",
+            "no_face": no_face,
+            "face_choice": face_choice,
+            "missing": missing,
+            "train_per_fold": train_per_fold,
+            "seed": seed,
         },
-        "no_face_policy": no_face,
-        "missing_policy": missing,
-        "head_per_fold": {"epochs": head_epochs, "architecture": list(HeadArchitecture().hidden_units),
-                          "trained_on": "the other folds' listed pairs, minority kind repeated to balance"}
-        if train_per_fold else None,
-        "methods": results,
-        "seconds": round(time.perf_counter() - started, 1),
-    })
-    settings = _settings(setup, model_path, classification, face_options, argv, {
-        "pairs_file": str(pairs_file), "images_root": str(images_root),
-        "folds": f"{pairs.n_folds} ({'from the file' if pairs.folds_from_file else 'contiguous chunks of a single list'}; "
-                 f"person-disjoint: {pairs.person_disjoint()})",
-        "no_face": no_face, "missing": missing, "train_per_fold": train_per_fold, "seed": seed,
-    })
+    )
     return Evaluation(summary, curves, settings)
 
 
@@ -948,18 +1056,24 @@ def _open_set_curve(known_correct: np.ndarray, known_best: np.ndarray, stranger_
     """Share of strangers accepted vs share of known probes identified, over every threshold."""
     thresholds = np.unique(np.concatenate([known_best, stranger_best]))[::-1]
     stranger_sorted = np.sort(stranger_best)
-    false_alarm = (len(stranger_sorted) - np.searchsorted(stranger_sorted, thresholds, side="left")) / len(stranger_sorted)
+    false_alarm = (len(stranger_sorted) - np.searchsorted(stranger_sorted, thresholds, side="left")) / len(
+        stranger_sorted
+    )
     correct_sorted = np.sort(known_best[known_correct])
     identified = (len(correct_sorted) - np.searchsorted(correct_sorted, thresholds, side="left")) / len(known_best)
     return false_alarm, identified
 
 
 def _split_gallery(
-    vectors_by_person: dict[str, list[np.ndarray]], gallery_per_person: int, min_images: int, stranger_share: float,
-    max_probes: int, rng: np.random.Generator,
+    vectors_by_person: dict[str, list[np.ndarray]],
+    gallery_per_person: int,
+    min_images: int,
+    stranger_share: float,
+    max_probes: int,
+    rng: np.random.Generator,
 ) -> dict[str, Any]:
     eligible = sorted(name for name, vectors in vectors_by_person.items() if len(vectors) >= min_images)
-    n_strangers = int(round(stranger_share * len(eligible)))
+    n_strangers = round(stranger_share * len(eligible))
     if stranger_share > 0:
         n_strangers = max(n_strangers, 1)
     if len(eligible) - n_strangers < 2:
@@ -987,20 +1101,32 @@ def _split_gallery(
         order = rng.permutation(len(vectors_by_person[name]))
         stranger_probes += capped([vectors_by_person[name][index] for index in order])
     return {
-        "known": known, "strangers": strangers, "excluded": len(vectors_by_person) - len(eligible),
-        "gallery": np.stack(gallery), "gallery_labels": np.array(gallery_labels),
-        "probes": np.stack(probes), "probe_labels": np.array(probe_labels),
+        "known": known,
+        "strangers": strangers,
+        "excluded": len(vectors_by_person) - len(eligible),
+        "gallery": np.stack(gallery),
+        "gallery_labels": np.array(gallery_labels),
+        "probes": np.stack(probes),
+        "probe_labels": np.array(probe_labels),
         "stranger_probes": np.stack(stranger_probes) if stranger_probes else None,
     }
 
 
 def _folder_vectors(
-    faces_path: Path, setup: _Setup, no_face: str, batch_size: int, progress: bool
+    faces_path: Path, setup: _Setup, no_face: str, face_choice: str, batch_size: int, progress: bool
 ) -> tuple[dict[str, list[np.ndarray]], EmbeddedImages]:
     people = list_people(faces_path)
     keys = [(name, path.name) for name, files in people.items() for path in files]
-    images = embed_images(keys, faces_path, setup.embedder, setup.cache_index,
-                          no_face=no_face, batch_size=batch_size, progress=progress)
+    images = embed_images(
+        keys,
+        faces_path,
+        setup.embedder,
+        setup.cache_index,
+        no_face=no_face,
+        face_choice=face_choice,
+        batch_size=batch_size,
+        progress=progress,
+    )
     vectors_by_person: dict[str, list[np.ndarray]] = {name: [] for name in people}
     for key in keys:
         if key in images.vectors:
@@ -1022,7 +1148,8 @@ def evaluate_identify(
     euclidean_threshold: float | None = None,
     cosine_threshold: float | None = None,
     no_face: str = "skip",
-    face_options: FaceOptions = FaceOptions(),
+    face_choice: str = "largest",
+    face_options: FaceOptions | None = None,
     batch_size: int = DEFAULTS.batch_size,
     seed: int = DEFAULTS.seed,
     progress: bool = True,
@@ -1047,60 +1174,111 @@ def evaluate_identify(
         raise InputError(f"--stranger_share must be in [0, 1), got {stranger_share}")
     min_images = gallery_per_person + 1 if min_images is None else min_images
     if min_images <= gallery_per_person:
-        raise InputError(f"--min_images ({min_images}) must exceed --gallery_per_person ({gallery_per_person}): "
-                         "every enrolled person needs a probe")
+        raise InputError(
+            f"--min_images ({min_images}) must exceed --gallery_per_person ({gallery_per_person}): "
+            "every enrolled person needs a probe"
+        )
     faces_path = Path(faces_path)
+    face_options = face_options or FaceOptions()
     setup = _set_up(model_path, classification, features, face_options)
-    vectors_by_person, images = _folder_vectors(faces_path, setup, no_face, batch_size, progress)
-    split = _split_gallery(vectors_by_person, gallery_per_person, min_images, stranger_share, max_probes_per_person,
-                           np.random.default_rng(seed))
+    vectors_by_person, images = _folder_vectors(faces_path, setup, no_face, face_choice, batch_size, progress)
+    split = _split_gallery(
+        vectors_by_person,
+        gallery_per_person,
+        min_images,
+        stranger_share,
+        max_probes_per_person,
+        np.random.default_rng(seed),
+    )
     n_known = len(split["known"])
     methods = build_methods(setup.model, euclidean_threshold, cosine_threshold)
 
     results: dict[str, Any] = {}
     curves: dict[str, dict[str, Any]] = {}
     for method in methods:
-        known_scores = person_scores(method.score_matrix(split["probes"], split["gallery"]),
-                                     split["gallery_labels"], n_known, method.rule)
+        known_scores = person_scores(
+            method.score_matrix(split["probes"], split["gallery"]), split["gallery_labels"], n_known, method.rule
+        )
         cmc = cmc_curve(known_scores, split["probe_labels"], CMC_MAX_RANK)
-        entry: dict[str, Any] = {"rank1": float(cmc[0]), "rank5": float(cmc[4]), "cmc": [float(v) for v in cmc[:10]],
-                                 "no_face_share": images.counts()["no_face_share"]}
+        entry: dict[str, Any] = {
+            "rank1": float(cmc[0]),
+            "rank5": float(cmc[4]),
+            "cmc": [float(v) for v in cmc[:10]],
+            "no_face_share": images.counts()["no_face_share"],
+        }
         curves[method.name] = {"cmc": cmc}
         if split["stranger_probes"] is not None:
-            stranger_best = person_scores(method.score_matrix(split["stranger_probes"], split["gallery"]),
-                                          split["gallery_labels"], n_known, method.rule).max(axis=1)
+            stranger_best = person_scores(
+                method.score_matrix(split["stranger_probes"], split["gallery"]),
+                split["gallery_labels"],
+                n_known,
+                method.rule,
+            ).max(axis=1)
             dir_rate, far_threshold = open_set_rates(known_scores, split["probe_labels"], stranger_best, target_far)
             best = np.argmax(known_scores, axis=1)
             best_score = known_scores[np.arange(len(known_scores)), best]
             correct = best == split["probe_labels"]
-            entry.update({"dir_at_far": dir_rate, "threshold_at_far": far_threshold,
-                          "threshold": method.threshold, "stranger_rejection_at_threshold": None,
-                          "identified_at_threshold": None})
+            entry.update(
+                {
+                    "dir_at_far": dir_rate,
+                    "threshold_at_far": far_threshold,
+                    "threshold": method.threshold,
+                    "stranger_rejection_at_threshold": None,
+                    "identified_at_threshold": None,
+                }
+            )
             if method.threshold is not None:
-                entry["stranger_rejection_at_threshold"] = float(np.mean(~method.accepts(stranger_best, method.threshold)))
-                entry["identified_at_threshold"] = float(np.mean(correct & method.accepts(best_score, method.threshold)))
+                entry["stranger_rejection_at_threshold"] = float(
+                    np.mean(~method.accepts(stranger_best, method.threshold))
+                )
+                entry["identified_at_threshold"] = float(
+                    np.mean(correct & method.accepts(best_score, method.threshold))
+                )
             curves[method.name]["open_set"] = _open_set_curve(correct, best_score, stranger_best)
         results[method.name] = entry
 
     summary = _summary_head("identify", setup, model_path, classification, images)
-    summary.update({
-        "faces_path": str(faces_path),
-        "gallery_per_person": gallery_per_person,
-        "people": {"known": n_known, "strangers": len(split["strangers"]), "too_few_images": split["excluded"],
-                   "min_images": min_images},
-        "probes": {"known": int(len(split["probes"])), "strangers": 0 if split["stranger_probes"] is None
-                   else int(len(split["stranger_probes"])), "gallery_vectors": int(len(split["gallery"])),
-                   "max_per_person": max_probes_per_person},
-        "target_far": target_far,
-        "no_face_policy": no_face,
-        "methods": results,
-        "seconds": round(time.perf_counter() - started, 1),
-    })
-    settings = _settings(setup, model_path, classification, face_options, argv, {
-        "faces_path": str(faces_path), "gallery_per_person": gallery_per_person, "stranger_share": stranger_share,
-        "min_images": min_images, "max_probes_per_person": max_probes_per_person, "no_face": no_face, "seed": seed,
-        "target_far": target_far,
-    })
+    summary.update(
+        {
+            "faces_path": str(faces_path),
+            "gallery_per_person": gallery_per_person,
+            "people": {
+                "known": n_known,
+                "strangers": len(split["strangers"]),
+                "too_few_images": split["excluded"],
+                "min_images": min_images,
+            },
+            "probes": {
+                "known": len(split["probes"]),
+                "strangers": 0 if split["stranger_probes"] is None else len(split["stranger_probes"]),
+                "gallery_vectors": len(split["gallery"]),
+                "max_per_person": max_probes_per_person,
+            },
+            "target_far": target_far,
+            "no_face_policy": no_face,
+            "face_choice": face_choice,
+            "methods": results,
+            "seconds": round(time.perf_counter() - started, 1),
+        }
+    )
+    settings = _settings(
+        setup,
+        model_path,
+        classification,
+        face_options,
+        argv,
+        {
+            "faces_path": str(faces_path),
+            "gallery_per_person": gallery_per_person,
+            "stranger_share": stranger_share,
+            "min_images": min_images,
+            "max_probes_per_person": max_probes_per_person,
+            "no_face": no_face,
+            "face_choice": face_choice,
+            "seed": seed,
+            "target_far": target_far,
+        },
+    )
     return Evaluation(summary, curves, settings)
 
 
@@ -1138,7 +1316,8 @@ def evaluate_oneshot(
     classification: str | Path | None = None,
     features: str | Path | None = None,
     no_face: str = "skip",
-    face_options: FaceOptions = FaceOptions(),
+    face_choice: str = "largest",
+    face_options: FaceOptions | None = None,
     batch_size: int = DEFAULTS.batch_size,
     seed: int = DEFAULTS.seed,
     progress: bool = True,
@@ -1157,12 +1336,15 @@ def evaluate_oneshot(
     if way < 2 or trials < 1:
         raise InputError(f"--way must be at least 2 and --trials at least 1; got {way} and {trials}")
     faces_path = Path(faces_path)
+    face_options = face_options or FaceOptions()
     setup = _set_up(model_path, classification, features, face_options)
-    vectors_by_person, images = _folder_vectors(faces_path, setup, no_face, batch_size, progress)
+    vectors_by_person, images = _folder_vectors(faces_path, setup, no_face, face_choice, batch_size, progress)
     eligible = sorted(name for name, vectors in vectors_by_person.items() if len(vectors) >= 2)
     if len(eligible) < way:
-        raise InputError(f"{way}-way one-shot needs {way} people with 2 or more usable images; {faces_path} has "
-                         f"{len(eligible)}: lower --way or add people")
+        raise InputError(
+            f"{way}-way one-shot needs {way} people with 2 or more usable images; {faces_path} has "
+            f"{len(eligible)}: lower --way or add people"
+        )
     rng = np.random.default_rng(seed)
     probes, supports = [], []
     for _ in range(trials):
@@ -1184,17 +1366,41 @@ def evaluate_oneshot(
         scores = method.pair_scores(np.repeat(probe_matrix, way, axis=0), support_tensor.reshape(trials * way, -1))
         correct = oneshot_correct(scores.reshape(trials, way))
         low, high = wilson_interval(int(correct.sum()), trials)
-        results[method.name] = {"accuracy": float(correct.mean()), "ci95": [low, high], "correct": int(correct.sum()),
-                                "no_face_share": images.counts()["no_face_share"]}
+        results[method.name] = {
+            "accuracy": float(correct.mean()),
+            "ci95": [low, high],
+            "correct": int(correct.sum()),
+            "no_face_share": images.counts()["no_face_share"],
+        }
         curves[method.name] = {"oneshot": (float(correct.mean()), low, high)}
 
     summary = _summary_head("oneshot", setup, model_path, classification, images)
-    summary.update({
-        "faces_path": str(faces_path), "way": way, "trials": trials, "chance": 1.0 / way,
-        "people": len(eligible), "no_face_policy": no_face, "methods": results,
-        "seconds": round(time.perf_counter() - started, 1),
-    })
-    settings = _settings(setup, model_path, classification, face_options, argv, {
-        "faces_path": str(faces_path), "way": way, "trials": trials, "no_face": no_face, "seed": seed,
-    })
+    summary.update(
+        {
+            "faces_path": str(faces_path),
+            "way": way,
+            "trials": trials,
+            "chance": 1.0 / way,
+            "people": len(eligible),
+            "no_face_policy": no_face,
+            "face_choice": face_choice,
+            "methods": results,
+            "seconds": round(time.perf_counter() - started, 1),
+        }
+    )
+    settings = _settings(
+        setup,
+        model_path,
+        classification,
+        face_options,
+        argv,
+        {
+            "faces_path": str(faces_path),
+            "way": way,
+            "trials": trials,
+            "no_face": no_face,
+            "face_choice": face_choice,
+            "seed": seed,
+        },
+    )
     return Evaluation(summary, curves, settings)

@@ -3,6 +3,10 @@
 >>> gallery = Gallery(head=model.head, normalizer=model.normalizer, threshold=model.threshold)
 >>> gallery.fit(vectors, names)          # the feature cache: (n, dim), (n,)
 >>> gallery.predict(face_vectors)        # names, or "unknown"
+
+By default every face is scored against every cached vector (the exhaustive path, the
+reference). ``Gallery(..., shortlist=20)`` searches in two stages instead
+(:mod:`faceid.search`): a cheap shortlist of 20 people, then the head on their vectors only.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import numpy as np
 
 from faceid.errors import InputError, NotFittedError
 from faceid.scoring import Rule, pairwise_scores, person_scores
+from faceid.search import BACKENDS, ShortlistIndex
+from faceid.settings import DEFAULTS
 
 UNKNOWN = "unknown"
 
@@ -38,6 +44,13 @@ class Gallery:
         threshold: a person is named when their score reaches it. ``None`` uses
             the rule's own (``vote_share`` for the vote rule); required for ``topk``.
         unknown_label: answer for faces below the threshold.
+        shortlist: people kept by the cheap first stage before the head scores their
+            vectors (two-stage search, :mod:`faceid.search`). ``None`` or 0: score every
+            vector (exhaustive, the reference); so does a shortlist of at least the number
+            of people. ``DEFAULTS.shortlist`` is the measured default for large galleries.
+        search_dims: PCA dimensions of the first stage (0 = the vectors' own).
+        search_backend: first-stage engine: ``auto`` (NumPy, FAISS from
+            ``DEFAULTS.faiss_min_vectors`` vectors), ``numpy`` or ``faiss``.
     """
 
     def __init__(
@@ -48,12 +61,18 @@ class Gallery:
         rule: Rule = Rule(),
         threshold: float | None = None,
         unknown_label: str = UNKNOWN,
+        shortlist: int | None = None,
+        search_dims: int = DEFAULTS.search_dims,
+        search_backend: str = "auto",
     ):
         self.head = head
         self.normalizer = normalizer
         self.rule = rule
         self.threshold = threshold
         self.unknown_label = unknown_label
+        self.shortlist = shortlist
+        self.search_dims = search_dims
+        self.search_backend = search_backend
 
     def fit(self, X: np.ndarray, y) -> "Gallery":
         """Enrol vectors ``X (n, dim)`` of people ``y (n,)``."""
@@ -65,22 +84,63 @@ class Gallery:
             raise InputError(f"{len(X)} vectors but {len(y)} names")
         if self.threshold is None and self.rule.name != "vote":
             raise InputError("no decision threshold: pass one, or use the calibrated one saved by train.py")
+        if self.shortlist is not None and self.shortlist < 0:
+            raise InputError(f"--shortlist must be a number of people (0 = exhaustive), got {self.shortlist}")
+        if self.search_backend not in BACKENDS:
+            raise InputError(f"unknown search backend {self.search_backend!r}: choose one of {', '.join(BACKENDS)}")
         self.classes_, self.labels_ = np.unique(y, return_inverse=True)
         self.vectors_ = X
         # The vote rule's score is a share of votes and "over vote_share" is its threshold.
         self.threshold_ = float(self.rule.vote_share if self.threshold is None else self.threshold)
+        self.index_ = None
+        if self.shortlist and self.shortlist < len(self.classes_):
+            # The first stage compares the vectors the head compares: normalised the same way.
+            self.index_ = ShortlistIndex(dims=self.search_dims, backend=self.search_backend).fit(
+                self._normalised(X), self.labels_
+            )
         return self
+
+    def _normalised(self, X: np.ndarray) -> np.ndarray:
+        return X if self.normalizer is None else self.normalizer(X)
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "vectors_"):
             raise NotFittedError("this Gallery is not fitted yet: call fit(vectors, names) first")
 
     def score_people(self, X: np.ndarray) -> np.ndarray:
-        """Per-person scores of faces ``X (m, dim)``: ``(m, n_classes) float32``."""
+        """Per-person scores of faces ``X (m, dim)``: ``(m, n_classes) float32``.
+
+        With a shortlist, only the shortlisted people of each face are scored (with the
+        exhaustive path's exact scores); the others get ``-inf``.
+        """
         self._check_fitted()
         X = np.asarray(X, dtype=np.float32).reshape(-1, self.vectors_.shape[1])
-        pair_scores = pairwise_scores(X, self.vectors_, head=self.head, normalizer=self.normalizer)
-        return person_scores(pair_scores, self.labels_, len(self.classes_), self.rule)
+        if self.index_ is None:
+            pair_scores = pairwise_scores(X, self.vectors_, head=self.head, normalizer=self.normalizer)
+            return person_scores(pair_scores, self.labels_, len(self.classes_), self.rule)
+        return self._score_shortlisted(X)
+
+    def shortlist_people(self, X: np.ndarray) -> np.ndarray:
+        """The people the first stage keeps for faces ``X (m, dim)``: ``(m, shortlist)`` class
+        indices, nearest first (``-1`` pads a row an approximate search could not fill)."""
+        self._check_fitted()
+        if self.index_ is None:
+            raise InputError("this Gallery scores every person (no shortlist): pass shortlist=M to search in two stages")
+        X = np.asarray(X, dtype=np.float32).reshape(-1, self.vectors_.shape[1])
+        return self.index_.shortlist(self._normalised(X), self.shortlist)
+
+    def _score_shortlisted(self, X: np.ndarray) -> np.ndarray:
+        index = self.index_
+        scores = np.full((len(X), len(self.classes_)), -np.inf, dtype=np.float32)
+        for face, people in enumerate(self.shortlist_people(X)):
+            people = people[people >= 0]
+            if len(people) == 0:
+                continue
+            rows = np.concatenate([index.order_[index.starts_[p] : index.starts_[p] + index.counts_[p]] for p in people])
+            local_labels = np.repeat(np.arange(len(people)), index.counts_[people])
+            pair_scores = pairwise_scores(X[face : face + 1], self.vectors_[rows], head=self.head, normalizer=self.normalizer)
+            scores[face, people] = person_scores(pair_scores, local_labels, len(people), self.rule)[0]
+        return scores
 
     def accepts(self, scores: np.ndarray) -> np.ndarray:
         """Whether person scores pass the threshold (the vote rule needs *more than* its share)."""

@@ -387,7 +387,8 @@ class LiveIdentifier:
     * **Detect** on every ``detect_every``-th frame (downscaled to ``detect_width``),
       and **track** faces with a correlation tracker in between.
     * **Embed** a tracked face every frame until its vote has ``min_evidence``
-      identifications, then every ``reid_every`` frames, or sooner when
+      identifications or while its last identification disagrees with the shown
+      name, otherwise every ``reid_every`` frames, or sooner when
       its box moved (overlap with the box at the last embedding under ``reid_iou``);
       all faces due in a frame go through the backbone in one batch.
     * **Match** those vectors against the gallery in one call and feed each track's
@@ -449,6 +450,9 @@ class LiveIdentifier:
             if (
                 # A new track is identified every frame until it has the votes to show a name.
                 len(track.vote.history) < track.vote.min_evidence
+                # The last identification disagreed with the shown name: gather the
+                # evidence to confirm or replace it now, not reid_every frames later.
+                or track.vote.history[-1][0] != track.vote.name
                 or track.frames_since_embed + 1 >= options.reid_every
                 or iou(track.box, track.embedded_box) < options.reid_iou
             ):

@@ -41,26 +41,67 @@ def result_table(evaluation: Evaluation) -> tuple[list[str], list[list[str]]]:
     methods: dict[str, dict[str, Any]] = summary["methods"]
     if summary["command"] == "pairs":
         targets = list(next(iter(methods.values()))["tar_at_far"])
-        header = ["method", "accuracy", "balanced acc.", "AUC", "EER", *[f"TAR@FAR {t}" for t in targets],
-                  "threshold", "no face"]
-        rows = [[name, f"{_percent(m['accuracy'])} ± {_percent(m['accuracy_std'])}",
-                 f"{_percent(m['balanced_accuracy'])} ± {_percent(m['balanced_accuracy_std'])}",
-                 _number(m["auc"]), _percent(m["eer"]), *[_percent(m["tar_at_far"][t]) for t in targets],
-                 _number(m.get("distance_threshold", m["threshold"])) + (" (distance)" if name == "euclidean" else ""),
-                 _percent(m["no_face_share"])]
-                for name, m in methods.items()]
+        header = [
+            "method",
+            "accuracy",
+            "balanced acc.",
+            "AUC",
+            "EER",
+            *[f"TAR@FAR {t}" for t in targets],
+            "threshold",
+            "no face",
+        ]
+        rows = [
+            [
+                name,
+                f"{_percent(m['accuracy'])} ± {_percent(m['accuracy_std'])}",
+                f"{_percent(m['balanced_accuracy'])} ± {_percent(m['balanced_accuracy_std'])}",
+                _number(m["auc"]),
+                _percent(m["eer"]),
+                *[_percent(m["tar_at_far"][t]) for t in targets],
+                _number(m.get("distance_threshold", m["threshold"])) + (" (distance)" if name == "euclidean" else "")
+                if m["threshold"] is not None
+                else "— (one per fold)",
+                _percent(m["no_face_share"]),
+            ]
+            for name, m in methods.items()
+        ]
     elif summary["command"] == "identify":
         far = summary["target_far"]
-        header = ["method", "rank-1", "rank-5", f"DIR @ {far:g} strangers accepted", "threshold there",
-                  "threshold", "strangers rejected there", "identified there"]
-        rows = [[name, _percent(m["rank1"]), _percent(m["rank5"]), _percent(m.get("dir_at_far")),
-                 _number(m.get("threshold_at_far")), _number(m.get("threshold")),
-                 _percent(m.get("stranger_rejection_at_threshold")), _percent(m.get("identified_at_threshold"))]
-                for name, m in methods.items()]
+        header = [
+            "method",
+            "rank-1",
+            "rank-5",
+            f"DIR @ {far:g} strangers accepted",
+            "threshold there",
+            "threshold",
+            "strangers rejected there",
+            "identified there",
+        ]
+        rows = [
+            [
+                name,
+                _percent(m["rank1"]),
+                _percent(m["rank5"]),
+                _percent(m.get("dir_at_far")),
+                _number(m.get("threshold_at_far")),
+                _number(m.get("threshold")),
+                _percent(m.get("stranger_rejection_at_threshold")),
+                _percent(m.get("identified_at_threshold")),
+            ]
+            for name, m in methods.items()
+        ]
     else:
         header = ["method", f"{summary['way']}-way one-shot accuracy", "95% interval", "correct"]
-        rows = [[name, _percent(m["accuracy"], 1), f"{_percent(m['ci95'][0], 1)} – {_percent(m['ci95'][1], 1)}",
-                 f"{m['correct']}/{summary['trials']}"] for name, m in methods.items()]
+        rows = [
+            [
+                name,
+                _percent(m["accuracy"], 1),
+                f"{_percent(m['ci95'][0], 1)} – {_percent(m['ci95'][1], 1)}",
+                f"{m['correct']}/{summary['trials']}",
+            ]
+            for name, m in methods.items()
+        ]
     return header, rows
 
 
@@ -68,41 +109,60 @@ def text_table(evaluation: Evaluation) -> str:
     """The results as an aligned plain-text table (evaluate.py prints it before the JSON line)."""
     header, rows = result_table(evaluation)
     widths = [max(len(row[column]) for row in [header, *rows]) for column in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [header, *rows])
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [header, *rows]
+    )
 
 
 def notes(evaluation: Evaluation) -> list[str]:
     """Short sentences a reader must see next to the numbers (what was left out, and why)."""
     summary = evaluation.summary
     images = summary["images"]
-    lines = [f"Images: {images['total']} ({images['from_cache']} from the feature cache, {images['embedded']} embedded); "
-             f"no face detected in {images['no_face']} ({_percent(images['no_face_share'])}), handled by "
-             f"'{summary['no_face_policy']}'; {images['missing']} missing, {images['unreadable']} unreadable."]
+    first = (
+        f"Images: {images['total']} named ({images['from_cache']} vectors from the feature cache, {images['embedded']} "
+        f"embedded; {images['missing']} missing, {images['unreadable']} unreadable); face taken: the "
+        f"{summary['face_choice']} one; no face found in {images['no_face']} ({_percent(images['no_face_share'])} of "
+        f"the images found), handled by --no_face {summary['no_face_policy']}."
+    )
+    lines = [first]
     if summary["command"] == "pairs":
         pairs, folds = summary["pairs"], summary["folds"]
         lines.append(
             f"Pairs: {pairs['evaluated']} of {pairs['listed']} evaluated ({pairs['same']} same, {pairs['different']} "
             f"different); {pairs['missing_image']} named a missing image ({pairs['replaced']} replaced, "
-            f"{pairs['left_out']} left out); {pairs['rejected_no_face']} rejected for lack of a face.")
+            f"{pairs['left_out']} left out); {pairs['rejected_no_face']} rejected for lack of a face."
+        )
         lines.append(
             f"Folds: {folds['count']}, {'as defined by the file' if folds['from_file'] else 'cut from a single list'}; "
-            + ("person-disjoint." if folds["person_disjoint"] else
-               "NOT person-disjoint (people recur across folds), so the spread over folds is optimistic."))
+            + (
+                "person-disjoint."
+                if folds["person_disjoint"]
+                else "NOT person-disjoint (people recur across folds), so the spread over folds is optimistic."
+            )
+        )
         if pairs["same"] != pairs["different"]:
-            lines.append("The evaluated pairs are unbalanced: 'balanced accuracy' (mean of the same-pair and "
-                         "different-pair rates, threshold chosen the same way) is the figure comparable to LFW's.")
+            lines.append(
+                "The evaluated pairs are unbalanced, so plain accuracy leans on the larger kind: 'balanced accuracy' "
+                "weighs both kinds equally (threshold chosen the same way); --missing replace restores a balanced list."
+            )
         if summary.get("head_per_fold"):
-            lines.append(f"head_per_fold: a head trained for each fold on {summary['head_per_fold']['trained_on']}, "
-                         f"{summary['head_per_fold']['epochs']} epochs.")
+            lines.append(
+                f"head_per_fold: a head trained for each fold on {summary['head_per_fold']['trained_on']}, "
+                f"{summary['head_per_fold']['epochs']} epochs."
+            )
     elif summary["command"] == "identify":
         people, probes = summary["people"], summary["probes"]
-        lines.append(f"People: {people['known']} enrolled with {summary['gallery_per_person']} images each, "
-                     f"{people['strangers']} held out as strangers, {people['too_few_images']} with fewer than "
-                     f"{people['min_images']} usable images left out. Probes: {probes['known']} of enrolled people, "
-                     f"{probes['strangers']} of strangers (at most {probes['max_per_person'] or 'all'} per person).")
+        lines.append(
+            f"People: {people['known']} enrolled with {summary['gallery_per_person']} images each, "
+            f"{people['strangers']} held out as strangers, {people['too_few_images']} with fewer than "
+            f"{people['min_images']} usable images left out. Probes: {probes['known']} of enrolled people, "
+            f"{probes['strangers']} of strangers (at most {probes['max_per_person'] or 'all'} per person)."
+        )
     else:
-        lines.append(f"{summary['trials']} trials over {summary['people']} people with 2+ images; chance is "
-                     f"{_percent(summary['chance'], 1)}.")
+        lines.append(
+            f"{summary['trials']} trials over {summary['people']} people with 2+ images; chance is "
+            f"{_percent(summary['chance'], 1)}."
+        )
     return lines
 
 
@@ -138,12 +198,23 @@ def render_plots(evaluation: Evaluation) -> dict[str, bytes]:
         for name, curve in curves.items():
             far, tar = curve["roc"]
             metrics = summary["methods"][name]
-            axis.step(far, tar, where="post", color=METHOD_COLOURS.get(name),
-                      label=f"{name}  AUC {metrics['auc']:.4f}  acc {100 * metrics['accuracy']:.2f}%")
+            axis.step(
+                far,
+                tar,
+                where="post",
+                color=METHOD_COLOURS.get(name),
+                label=f"{name}  AUC {metrics['auc']:.4f}  acc {100 * metrics['accuracy']:.2f}%",
+            )
         axis.set_xscale("log")
         axis.set_xlim(min(1e-3, 0.5 / n_impostor), 1.0)
-        axis.set_ylim(max(0.0, min(float(np.min(c["roc"][1][np.asarray(c["roc"][0]) >= 1e-3], initial=1.0))
-                                   for c in curves.values()) - 0.05), 1.005)
+        axis.set_ylim(
+            max(
+                0.0,
+                min(float(np.min(c["roc"][1][np.asarray(c["roc"][0]) >= 1e-3], initial=1.0)) for c in curves.values())
+                - 0.05,
+            ),
+            1.005,
+        )
         axis.set_xlabel(f"false accept rate (different pairs accepted; {n_impostor} pairs)")
         axis.set_ylabel("true accept rate (same pairs accepted)")
         axis.set_title("ROC, pooled over folds")
@@ -155,13 +226,28 @@ def render_plots(evaluation: Evaluation) -> dict[str, bytes]:
             genuine, impostor = np.asarray(curve["genuine"]), np.asarray(curve["impostor"])
             both = np.concatenate([genuine, impostor])
             bins = np.linspace(both.min(), both.max(), 60) if len(both) else 10
-            axis.hist(impostor, bins=bins, alpha=0.6, density=True, color="#ff7f0e", label=f"different ({len(impostor)})")
-            axis.hist(genuine, bins=bins, alpha=0.6, density=True, color="#1f77b4", label=f"same ({len(genuine)})")
+            # Log density: the overlap of the two tails, where the errors are, stays visible.
+            axis.hist(
+                impostor,
+                bins=bins,
+                alpha=0.6,
+                density=True,
+                log=True,
+                color="#ff7f0e",
+                label=f"different ({len(impostor)})",
+            )
+            axis.hist(
+                genuine, bins=bins, alpha=0.6, density=True, log=True, color="#1f77b4", label=f"same ({len(genuine)})"
+            )
             threshold = summary["methods"][name]["threshold"]
-            axis.axvline(threshold, color="black", linestyle="--", linewidth=1, label=f"threshold {threshold:.3f}")
-            axis.set_xlabel({"euclidean": "score = minus Euclidean distance", "cosine": "cosine similarity"}.get(
-                name, "head probability (same person)"))
-            axis.set_ylabel("density")
+            if threshold is not None:
+                axis.axvline(threshold, color="black", linestyle="--", linewidth=1, label=f"threshold {threshold:.3f}")
+            axis.set_xlabel(
+                {"euclidean": "score = minus Euclidean distance", "cosine": "cosine similarity"}.get(
+                    name, "head probability (same person)"
+                )
+            )
+            axis.set_ylabel("density (log)")
             axis.set_title(f"{name}: score distributions")
             axis.legend(fontsize=8)
             plots[f"hist_{name}.png"] = _png(figure)
@@ -169,8 +255,14 @@ def render_plots(evaluation: Evaluation) -> dict[str, bytes]:
         figure, axis = plt.subplots(figsize=(6.4, 4.2))
         for name, curve in curves.items():
             cmc = np.asarray(curve["cmc"])
-            axis.plot(np.arange(1, len(cmc) + 1), cmc, marker="o", markersize=3, color=METHOD_COLOURS.get(name),
-                      label=f"{name}  rank-1 {100 * cmc[0]:.1f}%")
+            axis.plot(
+                np.arange(1, len(cmc) + 1),
+                cmc,
+                marker="o",
+                markersize=3,
+                color=METHOD_COLOURS.get(name),
+                label=f"{name}  rank-1 {100 * cmc[0]:.1f}%",
+            )
         axis.set_xlabel("rank")
         axis.set_ylabel("identification rate")
         axis.set_title(f"CMC: {summary['people']['known']} enrolled people, {summary['probes']['known']} probes")
@@ -183,8 +275,13 @@ def render_plots(evaluation: Evaluation) -> dict[str, bytes]:
             for name, curve in curves.items():
                 false_alarm, identified = curve["open_set"]
                 axis.step(false_alarm, identified, where="post", color=METHOD_COLOURS.get(name), label=name)
-            axis.axvline(summary["target_far"], color="black", linestyle="--", linewidth=1,
-                         label=f"{summary['target_far']:g} of strangers accepted")
+            axis.axvline(
+                summary["target_far"],
+                color="black",
+                linestyle="--",
+                linewidth=1,
+                label=f"{summary['target_far']:g} of strangers accepted",
+            )
             axis.set_xscale("log")
             axis.set_xlim(0.5 / max(summary["probes"]["strangers"], 1), 1.0)
             axis.set_xlabel(f"share of strangers accepted ({summary['probes']['strangers']} stranger probes)")
@@ -199,8 +296,13 @@ def render_plots(evaluation: Evaluation) -> dict[str, bytes]:
         accuracy = np.array([curves[name]["oneshot"][0] for name in names])
         low = np.array([curves[name]["oneshot"][1] for name in names])
         high = np.array([curves[name]["oneshot"][2] for name in names])
-        axis.bar(names, accuracy, yerr=[accuracy - low, high - accuracy], capsize=6,
-                 color=[METHOD_COLOURS.get(name, "grey") for name in names])
+        axis.bar(
+            names,
+            accuracy,
+            yerr=[accuracy - low, high - accuracy],
+            capsize=6,
+            color=[METHOD_COLOURS.get(name, "grey") for name in names],
+        )
         axis.axhline(summary["chance"], color="black", linestyle="--", linewidth=1, label="chance")
         axis.set_ylim(0, 1.0)
         axis.set_ylabel("accuracy (95% interval)")
@@ -244,26 +346,35 @@ def render_html(evaluation: Evaluation, plots: dict[str, bytes]) -> str:
     summary = evaluation.summary
     title = f"faceid evaluation: {summary['command']}"
     header, rows = result_table(evaluation)
-    table = "<table><tr>" + "".join(f"<th>{html.escape(cell)}</th>" for cell in header) + "</tr>" + "".join(
-        "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in rows) + "</table>"
+    table = (
+        "<table><tr>"
+        + "".join(f"<th>{html.escape(cell)}</th>" for cell in header)
+        + "</tr>"
+        + "".join("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in rows)
+        + "</table>"
+    )
     figures = "".join(
         f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
-        f"<figcaption>{html.escape(name)}</figcaption></figure>" for name, data in plots.items())
-    settings = "".join(f"<dt>{html.escape(key)}</dt><dd>{html.escape(value)}</dd>"
-                       for key, value in _settings_rows(evaluation.settings))
+        f"<figcaption>{html.escape(name)}</figcaption></figure>"
+        for name, data in plots.items()
+    )
+    settings = evaluation.settings
+    settings_list = "".join(
+        f"<dt>{html.escape(key)}</dt><dd>{html.escape(value)}</dd>" for key, value in _settings_rows(settings)
+    )
     note_items = "".join(f"<li>{html.escape(line)}</li>" for line in notes(evaluation))
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{_STYLE}</style></head>
 <body>
 <h1>{html.escape(title)}</h1>
-<p>Generated {html.escape(evaluation.settings['generated'])} by <code>{html.escape(evaluation.settings['command_line'])}</code></p>
+<p>Generated {html.escape(settings["generated"])} by <code>{html.escape(settings["command_line"])}</code></p>
 <h2>Results</h2>
 {table}
 <ul>{note_items}</ul>
 <h2>Plots</h2>
 <div class="plots">{figures}</div>
 <h2>How this was measured</h2>
-<dl>{settings}</dl>
+<dl>{settings_list}</dl>
 <details><summary>Full JSON</summary><pre>{html.escape(json.dumps(summary, indent=2))}</pre></details>
 </body></html>
 """

@@ -79,3 +79,38 @@ class OnnxModel:
     def run(self, batch: np.ndarray) -> np.ndarray:
         """The model's first output for one input batch (``float32``)."""
         return np.asarray(self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0])
+
+
+def matmul_gflops(size: int = 1024, repeats: int = 10, threads: int | None = None) -> float:
+    """This machine's float32 matrix-multiply rate through ONNX Runtime (best of ``repeats``).
+
+    The "physical floor" of a network is its FLOPs over this rate. Measured with
+    the runtime the extractor runs on, not NumPy: NumPy's BLAS may be pinned to a
+    conservative kernel on some machines (OPENBLAS_CORETYPE) and would understate it.
+    """
+    import time
+
+    import onnx
+    import onnxruntime
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "b"], ["c"])],
+        "matmul",
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, [size, size]) for name in ("a", "b")],
+        [helper.make_tensor_value_info("c", TensorProto.FLOAT, [size, size])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = min(model.ir_version, onnx.IR_VERSION)
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads or os.cpu_count() or 1
+    session = onnxruntime.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    inputs = {name: rng.standard_normal((size, size), dtype=np.float32) for name in ("a", "b")}
+    session.run(None, inputs)
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        session.run(None, inputs)
+        best = min(best, time.perf_counter() - started)
+    return 2.0 * size**3 / best / 1e9

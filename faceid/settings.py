@@ -6,6 +6,7 @@ changed here once and every script, README example and test follows.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 
@@ -34,6 +35,9 @@ class Settings:
     # --- feature extraction ------------------------------------------------------
     # Images per backbone call; larger batches amortise framework overhead.
     batch_size: int = 32
+    # Processes that decode, detect and align while the backbone runs: one per
+    # core keeps a 2-core machine busy (0 = all in the main process).
+    workers: int = min(os.cpu_count() or 1, 4)
 
     # --- similarity head training (train.py) -------------------------------------
     epochs: int = 15
@@ -81,6 +85,20 @@ class Settings:
     # score above vote_score.
     vote_score: float = 0.8
     vote_share: float = 0.85
+
+    # --- gallery search (Gallery(shortlist=...), faceid/search.py, bench.py match) ----
+    # People the cheap first stage keeps for the similarity head. The head then runs on
+    # ~shortlist x (photos per person) vectors instead of the whole gallery; fewer is
+    # faster, too few misses the person the exhaustive head would pick (bench.py match).
+    shortlist: int = 20
+    # Dimensions the first stage compares in (PCA of the normalised vectors). 128 keeps
+    # a 100k-vector scan at ~1-2 ms on 2 cores; 2048-d costs ~20 ms, memory-bound.
+    search_dims: int = 128
+    # Gallery size (vectors) from which the first stage uses a FAISS inverted-file index
+    # instead of an exact NumPy scan; measured crossover, see bench.py match.
+    faiss_min_vectors: int = 200_000
+    # FAISS clusters scanned per face, of ~sqrt(n): more is slower and closer to exact.
+    faiss_nprobe: int = 16
 
 
 DEFAULTS = Settings()

@@ -10,7 +10,8 @@ from conftest import LFW, ORL, copy_people
 
 from faceid.backbones import BackboneOptions, create_extractor
 from faceid.cache import NO_FACE, UNREADABLE, FeatureCache, extract_features
-from faceid.embedding import FaceEmbedder, FaceOptions
+from faceid.backbones import DlibExtractor
+from faceid.embedding import FaceCropper, FaceOptions
 from faceid.errors import InputError, ManifestMismatchError
 
 
@@ -40,12 +41,8 @@ def test_cache_skips_unchanged_images(orl_faces, dlib_extractor, tmp_path, monke
     extract_features(orl_faces, dlib_extractor, tmp_path / "features", progress=False)
     before = FeatureCache.load(tmp_path / "features").people["s4"].vectors.copy()
     calls = []
-    original = FaceEmbedder.embed_chips
-    monkeypatch.setattr(
-        FaceEmbedder,
-        "embed_chips",
-        lambda self, chips: calls.append(len(chips)) or original(self, chips),
-    )
+    original = DlibExtractor.embed
+    monkeypatch.setattr(DlibExtractor, "embed", lambda self, chips, **kw: calls.append(len(chips)) or original(self, chips, **kw))
     summary = extract_features(orl_faces, dlib_extractor, tmp_path / "features", progress=False)
     assert calls == [] and summary.embedded == 0 and summary.reused > 0
     assert np.array_equal(FeatureCache.load(tmp_path / "features").people["s4"].vectors, before)
@@ -108,8 +105,8 @@ def test_unreadable_and_faceless_images_are_reported_and_remembered(
     assert "s4/blank.png" in summary.skipped[NO_FACE]
     assert "notes.jpg" not in FeatureCache.load(tmp_path / "features").people["s3"].files
     # Second run: the failures are remembered by content hash, not retried.
-    monkeypatch.setattr(FaceEmbedder, "find_faces", lambda *args: pytest.fail("image re-processed"))
-    again = extract_features(orl_faces, dlib_extractor, tmp_path / "features", progress=False)
+    monkeypatch.setattr(FaceCropper, "find_faces", lambda *args: pytest.fail("image re-processed"))
+    again = extract_features(orl_faces, dlib_extractor, tmp_path / "features", workers=0, progress=False)
     assert "s4/blank.png" in again.skipped[NO_FACE] and again.embedded == 0
 
 
@@ -157,30 +154,45 @@ def test_no_detect_embeds_whole_images(tmp_path, dlib_extractor):
     assert summary.embedded == 4 and not summary.skipped
 
 
-def test_interrupted_extraction_keeps_finished_people_and_resumes(
-    orl_faces, dlib_extractor, tmp_path, monkeypatch
-):
+def test_interrupted_extraction_keeps_finished_people_and_resumes(orl_faces, dlib_extractor, tmp_path, monkeypatch):
     features = tmp_path / "features"
-    original = FaceEmbedder.embed_chips
+    original = DlibExtractor.embed
     calls = {"count": 0}
 
-    def crash_on_third_person(self, chips):
+    def crash_on_third_batch(self, chips, **kwargs):
         calls["count"] += 1
         if calls["count"] == 3:
             raise KeyboardInterrupt
-        return original(self, chips)
+        return original(self, chips, **kwargs)
 
-    monkeypatch.setattr(FaceEmbedder, "embed_chips", crash_on_third_person)
+    monkeypatch.setattr(DlibExtractor, "embed", crash_on_third_batch)
     with pytest.raises(KeyboardInterrupt):
-        extract_features(orl_faces, dlib_extractor, features, batch_size=64, progress=False)
-    monkeypatch.setattr(FaceEmbedder, "embed_chips", original)
-    finished = sorted(
-        path.name for path in (features / "people").iterdir() if not path.name.startswith(".")
-    )
+        extract_features(orl_faces, dlib_extractor, features, batch_size=4, workers=0, progress=False)
+    monkeypatch.setattr(DlibExtractor, "embed", original)
+    finished = sorted(path.name for path in (features / "people").iterdir() if not path.name.startswith("."))
     assert finished == ["s3.npz", "s4.npz"]
     summary = extract_features(orl_faces, dlib_extractor, features, progress=False)
-    assert summary.reused >= 6 and summary.embedded == 4
+    assert summary.reused == 8 and summary.embedded == 4
     assert sorted(FeatureCache.load(features).people) == ["s3", "s4", "s5"]
+
+
+def test_workers_and_file_order_do_not_change_the_vectors(orl_faces, dlib_extractor, tmp_path):
+    extract_features(orl_faces, dlib_extractor, tmp_path / "in_process", workers=0, batch_size=5, progress=False)
+    extract_features(orl_faces, dlib_extractor, tmp_path / "two_workers", workers=2, batch_size=3, progress=False)
+    # Same images written in the opposite order: the cache follows names, not creation order.
+    reordered = tmp_path / "reordered"
+    for person in sorted(orl_faces.iterdir()):
+        (reordered / person.name).mkdir(parents=True)
+        for image in sorted(person.iterdir(), reverse=True):
+            shutil.copy2(image, reordered / person.name / image.name)
+    extract_features(reordered, dlib_extractor, tmp_path / "reordered_features", workers=2, progress=False)
+    reference = FeatureCache.load(tmp_path / "in_process").people
+    for other in ("two_workers", "reordered_features"):
+        people = FeatureCache.load(tmp_path / other).people
+        assert sorted(people) == sorted(reference)
+        for name, person in reference.items():
+            assert people[name].files == person.files
+            np.testing.assert_allclose(people[name].vectors, person.vectors, atol=1e-4)
 
 
 def test_corrupt_person_file_is_reported_not_read(orl_faces, dlib_extractor, tmp_path):

@@ -87,7 +87,7 @@ def test_stale_statistics_are_refused(tmp_path, dlib_extractor_dir, capsys):
 
 def test_head_trained_on_another_extractor_is_refused_by_test_py(tmp_path, trained_model_dir, capsys):
     extractor = tmp_path / "resnet"
-    assert network.main(["--backbone", "resnet50", "--weights", "none", "--input_size", "64", "--output", str(extractor)]) == 0
+    assert network.main(["--backbone", "resnet50", "--weights", "none", "--input_size", "64", "--export", "none", "--output", str(extractor)]) == 0
     faces = copy_people(ORL, tmp_path / "faces", ["s7", "s8"], max_images=2)
     features = tmp_path / "features"
     assert extract_features.main(["--faces_path", str(faces), "--model_path", str(extractor), "--features", str(features), "-q"]) == 0

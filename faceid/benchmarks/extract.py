@@ -1,0 +1,151 @@
+"""Feature extraction throughput: the original design against ours, per backbone.
+
+(a) baseline, the original design: one person at a time, each image decoded,
+    detected and aligned in this process, then the backbone called once on the
+    person's stack of chips (Keras ``predict`` for ResNet50, dlib's batch
+    descriptor for dlib).
+(b) ours: ``faceid.cache.extract_features`` with its defaults: decoding,
+    detection and alignment in worker processes while the backbone (ONNX Runtime
+    for ResNet50) embeds batches of 32 chips across people.
+
+Both use the same detector, alignment and images (the first people of the folder
+until ``--images`` is reached), into a fresh cache, so every image is embedded.
+ResNet50 runs with random weights: speed does not depend on weight values. The
+floor is the backbone's FLOPs per image over this machine's measured
+matrix-multiply rate: what a perfect runtime on these cores could reach.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from faceid.backbones import BackboneOptions, create_extractor, load_extractor, preprocess_resnet50
+from faceid.benchmarks.common import print_json_lines, print_table
+from faceid.cache import extract_features
+from faceid.embedding import FaceEmbedder
+from faceid.errors import ImageReadError, InputError
+from faceid.faces import list_people, read_image
+from faceid.runtime import matmul_gflops
+from faceid.settings import DEFAULTS
+
+SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--faces_path", type=Path, default=SHARED_DATA / "lfw_devtrain",
+                        help="folder of person folders to embed")
+    parser.add_argument("--images", type=int, default=300, help="images to embed (whole people, in name order)")
+    parser.add_argument("--backbones", default="resnet50,dlib", help="comma-separated backbones to measure")
+    parser.add_argument("--workers", type=int, default=DEFAULTS.workers, help="worker processes for ours")
+
+
+def run(args: argparse.Namespace) -> int:
+    records = []
+    gflops = matmul_gflops()
+    with tempfile.TemporaryDirectory(prefix="faceid-bench-") as workdir:
+        subset = _subset(args.faces_path, args.images, Path(workdir) / "faces")
+        n_images = sum(len(files) for files in list_people(subset).values())
+        for backbone in [name.strip() for name in args.backbones.split(",") if name.strip()]:
+            directory = Path(workdir) / backbone
+            options = BackboneOptions(weights="none") if backbone == "resnet50" else BackboneOptions()
+            create_extractor(backbone, options).save(directory / "extractor", "extractor")
+            baseline_extractor = load_extractor(directory / "extractor", runtime="keras")
+            ours_extractor = load_extractor(directory / "extractor")
+            # Warm both runtimes up (graph compilation, thread pools) outside the timed runs.
+            warm = np.zeros((2, ours_extractor.chip_size, ours_extractor.chip_size, 3), np.uint8)
+            baseline_extractor.embed(warm)
+            ours_extractor.embed(warm)
+
+            started = time.perf_counter()
+            baseline_vectors = _baseline(subset, baseline_extractor)
+            baseline_seconds = time.perf_counter() - started
+            started = time.perf_counter()
+            summary = extract_features(subset, ours_extractor, directory / "features", workers=args.workers, progress=False)
+            ours_seconds = time.perf_counter() - started
+            record = {
+                "bench": "extract",
+                "backbone": backbone,
+                "runtime": ours_extractor.runtime,
+                "images": n_images,
+                "embedded": summary.embedded,
+                "baseline_embedded": baseline_vectors,
+                "workers": args.workers,
+                "baseline_img_per_s": round(n_images / baseline_seconds, 2),
+                "img_per_s": round(n_images / ours_seconds, 2),
+                "ratio": round(baseline_seconds / ours_seconds, 2),
+            }
+            flops = backbone_flops(baseline_extractor)
+            if flops:
+                record["gflop_per_img"] = round(flops / 1e9, 2)
+                record["matmul_gflops"] = round(gflops, 1)
+                record["floor_img_per_s"] = round(gflops * 1e9 / flops, 2)
+            records.append(record)
+    print(f"bench extract: {n_images} images of {args.faces_path}; float32 matrix multiply here "
+          f"(ONNX Runtime, all cores): {gflops:.1f} GFLOP/s")
+    print_table(records, ["backbone", "runtime", "images", "baseline_img_per_s", "img_per_s", "ratio",
+                          "gflop_per_img", "floor_img_per_s"])
+    print_json_lines(records)
+    return 0
+
+
+def _subset(faces_path: Path, images: int, destination: Path) -> Path:
+    """The first people of ``faces_path`` (by name) holding ``images`` images, as symlinks."""
+    destination.mkdir(parents=True)
+    total = 0
+    for name, files in list_people(faces_path).items():
+        if total >= images:
+            break
+        (destination / name).symlink_to(faces_path.resolve() / name, target_is_directory=True)
+        total += len(files)
+    if total == 0:
+        raise InputError(f"no images under {faces_path}")
+    return destination
+
+
+def _baseline(faces_root: Path, extractor) -> int:
+    """The original design; returns how many images it embedded."""
+    embedder = FaceEmbedder(extractor)
+    embedded = 0
+    for files in list_people(faces_root).values():
+        chips = []
+        for path in files:
+            try:
+                image = read_image(path)
+            except ImageReadError:
+                continue
+            faces = embedder.find_faces(image)
+            if faces:
+                chips.append(embedder.chips(image, faces[:1])[0])
+        if not chips:
+            continue
+        stack = np.stack(chips)
+        if extractor.runtime == "keras":
+            extractor.model.predict(preprocess_resnet50(stack), verbose=0)  # one predict per person
+        else:
+            extractor.embed(stack)
+        embedded += len(chips)
+    return embedded
+
+
+def backbone_flops(extractor) -> float | None:
+    """Multiply-adds x 2 of the Keras model's convolutions and dense layers for one image."""
+    model = getattr(extractor, "model", None)
+    if model is None or not hasattr(model, "layers"):
+        return None  # dlib's network is not introspectable from Python
+    total = 0.0
+    for layer in model.layers:
+        kind = type(layer).__name__
+        if kind == "Conv2D":
+            height, width, channels_out = layer.output.shape[1:]
+            kernel_h, kernel_w = layer.kernel_size
+            channels_in = layer.input.shape[-1]
+            total += 2.0 * height * width * kernel_h * kernel_w * channels_in * channels_out
+        elif kind == "Dense":
+            total += 2.0 * layer.input.shape[-1] * layer.units
+    return total
+

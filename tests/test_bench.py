@@ -1,0 +1,50 @@
+"""bench.py sub-commands run end to end on real data and print their JSON lines (no timing asserts)."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import LFW, VIDEO
+
+import bench
+from faceid.benchmarks.live import score_labels
+from faceid.faces import FaceBox
+from faceid.live import FaceResult
+
+
+def json_lines(output: str) -> list[dict]:
+    return [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+
+
+def test_bench_live_prints_one_json_line_per_backbone(capsys):
+    assert bench.main(["live", "--video", str(VIDEO), "--backbones", "dlib", "--max_frames", "12", "-q"]) == 0
+    out = capsys.readouterr().out
+    (record,) = json_lines(out)
+    assert {"bench", "backbone", "baseline_fps", "fps", "p95_ms", "ratio", "one_face", "labels"} <= set(record)
+    assert record["bench"] == "live" and record["backbone"] == "dlib" and record["frames"] == 12
+    assert record["fps"] > 0 and record["baseline_fps"] > 0
+    assert record["ratio"] == round(record["fps"] / record["baseline_fps"], 2)
+    # The first 12 frames show Miranda, far away: both pipelines are scored against the clip's truth.
+    assert record["labels"]["ours"]["person_frames"] == 12
+    assert out.strip().splitlines()[-1].startswith("{")
+
+
+def test_bench_extract_prints_rates_and_ratio(tmp_path, capsys):
+    assert bench.main(["extract", "--faces_path", str(LFW), "--images", "8", "--backbones", "dlib",
+                       "--workers", "1", "-q"]) == 0
+    (record,) = json_lines(capsys.readouterr().out)
+    assert record["bench"] == "extract" and record["backbone"] == "dlib"
+    assert record["images"] >= 8 and record["embedded"] == record["baseline_embedded"]
+    assert record["ratio"] > 0 and record["img_per_s"] > 0
+
+
+def test_label_scoring_counts_named_frames_and_wrong_names():
+    truth = {"shots": [{"first": 0, "last": 1, "person": "ann"}, {"first": 2, "last": 2, "person": None}]}
+    box = FaceBox(0, 0, 10, 10)
+    frames = [
+        [FaceResult(box, "ann", 0.9, "ann")],
+        [FaceResult(box, "unknown", 0.1, "ann")],
+        [FaceResult(box, "ann", 0.9, "ann")],  # a stranger named ann
+    ]
+    scores = score_labels(frames, truth)
+    assert scores["named_correctly"] == 1 and scores["person_frames"] == 2 and scores["wrong_names"] == 1

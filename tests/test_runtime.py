@@ -1,0 +1,59 @@
+"""The ONNX Runtime extractor gives the Keras extractor's vectors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import LFW
+
+import network
+from faceid.backbones import load_extractor
+from faceid.embedding import FaceEmbedder
+from faceid.errors import InputError
+from faceid.faces import read_image
+
+
+@pytest.fixture(scope="module")
+def exported_extractor(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("resnet_onnx")
+    assert network.main(["--backbone", "resnet50", "--weights", "none", "--output", str(directory), "-q"]) == 0
+    return directory
+
+
+def real_chips(extractor, count=6):
+    embedder = FaceEmbedder(extractor)
+    chips = []
+    for path in sorted((LFW / "Aaron_Sorkin").iterdir())[:count]:
+        image = read_image(path)
+        chips.append(embedder.chips(image, embedder.find_faces(image)[:1])[0])
+    return np.stack(chips)
+
+
+def test_network_writes_onnx_beside_keras(exported_extractor):
+    manifest = json.loads((exported_extractor / "manifest.json").read_text())
+    assert (exported_extractor / manifest["onnx_file"]).is_file()
+    assert (exported_extractor / manifest["model_file"]).is_file()
+    assert type(load_extractor(exported_extractor)).__name__ == "OnnxExtractor"
+
+
+def test_onnx_and_keras_extractors_agree_on_real_faces(exported_extractor):
+    onnx_extractor = load_extractor(exported_extractor, runtime="onnx")
+    keras_extractor = load_extractor(exported_extractor, runtime="keras")
+    assert onnx_extractor.fingerprint == keras_extractor.fingerprint
+    chips = real_chips(keras_extractor)
+    onnx_vectors = onnx_extractor.embed(chips)
+    keras_vectors = keras_extractor.embed(chips)
+    assert onnx_vectors.shape == (len(chips), 2048)
+    np.testing.assert_allclose(onnx_vectors, keras_vectors, atol=1e-4)
+    # Batched and one-by-one inference give the same vectors.
+    np.testing.assert_allclose(onnx_extractor.embed(chips[:1]), onnx_vectors[:1], atol=1e-5)
+
+
+def test_onnx_runtime_without_export_is_refused(tmp_path):
+    assert network.main(["--backbone", "resnet50", "--weights", "none", "--input_size", "64",
+                         "--export", "none", "--output", str(tmp_path), "-q"]) == 0
+    assert type(load_extractor(tmp_path)).__name__ == "KerasExtractor"
+    with pytest.raises(InputError, match="no ONNX export"):
+        load_extractor(tmp_path, runtime="onnx")

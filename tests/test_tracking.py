@@ -1,0 +1,110 @@
+"""Tracking faces across frames of the clip, and the per-track identity vote."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from conftest import KNOWN, VIDEO
+
+from faceid.cache import FeatureCache, extract_features
+from faceid.embedding import FaceEmbedder
+from faceid.gallery import Gallery
+from faceid.live import LiveIdentifier, LiveOptions, VideoSource
+from faceid.tracking import PENDING, IdentityVote, iou
+from faceid.faces import FaceBox
+
+MIRANDA = "lin-manuel-miranda"
+
+
+def test_vote_is_pending_until_min_evidence():
+    vote = IdentityVote(window=5, min_evidence=3, switch_margin=2)
+    assert vote.add("ann", 0.9) == PENDING
+    assert vote.add("ann", 0.8) == PENDING
+    assert vote.add("ann", 0.7) == "ann"
+    assert vote.score == pytest.approx(0.8)
+
+
+def test_vote_ignores_a_single_odd_identification():
+    vote = IdentityVote(window=5, min_evidence=1, switch_margin=2)
+    for name in ["ann", "ann", "bob", "ann", "unknown"]:
+        shown = vote.add(name, 0.5)
+    assert shown == "ann" and vote.switches == 0
+
+
+def test_vote_switches_only_after_the_configured_margin():
+    vote = IdentityVote(window=6, min_evidence=1, switch_margin=2)
+    vote.add("ann", 0.9)
+    vote.add("ann", 0.9)
+    shown = [vote.add("bob", 0.9) for _ in range(4)]
+    # bob needs to lead ann by 2 votes: 2-2 (tie), 3-2 (lead 1), then 4-2 (lead 2).
+    assert shown == ["ann", "ann", "ann", "bob"]
+    assert vote.switches == 1
+
+
+def test_iou_of_boxes():
+    assert iou(FaceBox(0, 0, 10, 10), FaceBox(0, 0, 10, 10)) == 1.0
+    assert iou(FaceBox(0, 0, 10, 10), FaceBox(5, 0, 15, 10)) == pytest.approx(50 / 150)
+    assert iou(FaceBox(0, 0, 10, 10), FaceBox(20, 20, 30, 30)) == 0.0
+
+
+@pytest.fixture(scope="module")
+def known_gallery(tmp_path_factory, dlib_extractor):
+    features = tmp_path_factory.mktemp("known_features")
+    extract_features(KNOWN, dlib_extractor, features, progress=False)
+    vectors, labels, names = FeatureCache.load(features).matrix()
+    # Head-free gallery (minus Euclidean distance; dlib's usual 0.6): the tracker is under test here.
+    return Gallery(threshold=-0.6).fit(vectors, np.array(names)[labels])
+
+
+def run_frames(identifier: LiveIdentifier, first: int, last: int) -> dict[int, list]:
+    results = {}
+    with VideoSource(VIDEO) as source:
+        for index, _, frame in itertools.islice(source, last + 1):
+            if index >= first:
+                results[index] = identifier.process(frame)
+    return results
+
+
+def test_face_keeps_its_track_id_across_consecutive_frames(dlib_extractor, known_gallery):
+    identifier = LiveIdentifier(FaceEmbedder(dlib_extractor), known_gallery, LiveOptions(detect_every=5))
+    results = run_frames(identifier, 82, 140)  # Miranda close up, one shot
+    track_ids = [faces[0].track_id for faces in results.values() if faces]
+    assert len(track_ids) >= 50
+    assert len(set(track_ids)) == 1
+    # Between detections the tracker moves the box with the face (he walks across the stage).
+    boxes = [faces[0].box for faces in results.values() if faces]
+    assert max(box.left for box in boxes) - min(box.left for box in boxes) > 20
+    assert sum(faces[0].name == MIRANDA for faces in results.values() if faces) >= 0.9 * len(track_ids)
+
+
+def test_scene_cut_ends_tracks(dlib_extractor, known_gallery):
+    identifier = LiveIdentifier(FaceEmbedder(dlib_extractor), known_gallery, LiveOptions(detect_every=5))
+    results = run_frames(identifier, 0, 25)  # the shot changes at frame 20
+    before = {face.track_id for index in range(0, 20) for face in results[index]}
+    after = {face.track_id for index in range(20, 26) for face in results[index]}
+    assert before and not (before & after)
+
+
+def test_tracking_does_less_work_than_per_frame(dlib_extractor, known_gallery, monkeypatch):
+    calls = {"detect": 0, "embedded": 0}
+    embedder = FaceEmbedder(dlib_extractor)
+    original_find, original_embed = FaceEmbedder.find_faces, FaceEmbedder.embed_faces
+
+    def counting_find(self, image):
+        calls["detect"] += 1
+        return original_find(self, image)
+
+    def counting_embed(self, image, faces):
+        calls["embedded"] += len(faces)
+        return original_embed(self, image, faces)
+
+    monkeypatch.setattr(FaceEmbedder, "find_faces", counting_find)
+    monkeypatch.setattr(FaceEmbedder, "embed_faces", counting_embed)
+    run_frames(LiveIdentifier(embedder, known_gallery, LiveOptions(detect_every=5, reid_every=10)), 82, 121)
+    tracked = dict(calls)
+    calls.update(detect=0, embedded=0)
+    run_frames(LiveIdentifier(embedder, known_gallery, LiveOptions.per_frame()), 82, 121)
+    assert tracked["detect"] <= 9 and calls["detect"] == 40
+    assert tracked["embedded"] <= 10 and calls["embedded"] >= 35
