@@ -39,7 +39,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from faceid.errors import ImageReadError, InputError
-from faceid.faces import DetectedFace, align_face, detect_faces, list_image_files, list_people, read_image
+from faceid.embedding import FaceCropper, FaceOptions
+from faceid.faces import DetectedFace, list_image_files, list_people, read_image
 from faceid.quality import DEFAULT_THRESHOLDS, NearDuplicateIndex, QualityThresholds, measure_face, thumbnail
 from faceid.settings import DEFAULTS
 
@@ -77,23 +78,30 @@ class CropOptions:
     max_width: int = 1600
 
 
+    def cropper(self) -> FaceCropper:
+        """The pipeline's own face finder and aligner, with these settings."""
+        return FaceCropper(
+            FaceOptions(upsample=self.upsample, detector=self.detector, max_width=self.max_width or None),
+            chip_size=self.size,
+            padding=self.padding,
+        )
+
+
 DEFAULT_CROP = CropOptions()
 
 
 def find_faces(image_rgb: np.ndarray, options: CropOptions = DEFAULT_CROP) -> list[DetectedFace]:
     """Every face of an image, largest first, in the image's own pixel coordinates.
 
-    :func:`faceid.faces.detect_faces` searches a copy shrunk to ``options.max_width``
-    when the image is wider, and maps the faces back to the full-size image.
+    The search runs on a copy shrunk to ``options.max_width`` when the image is
+    wider; faces are mapped back to the full-size image.
     """
-    return detect_faces(
-        image_rgb, upsample=options.upsample, detector=options.detector, max_width=options.max_width or None
-    )
+    return options.cropper().find_faces(image_rgb)
 
 
 def crop_face(image_rgb: np.ndarray, face: DetectedFace, options: CropOptions = DEFAULT_CROP) -> np.ndarray:
     """The aligned crop enrolment saves: ``(size, size, 3) uint8`` RGB (the pipeline's chip)."""
-    return align_face(image_rgb, face, options.size, options.padding)
+    return options.cropper().chips(image_rgb, [face])[0]
 
 
 # --------------------------------------------------------------------------------------

@@ -185,7 +185,7 @@ class CameraSource(_CaptureSource):
         self._open_capture(
             self.device,
             f"cannot open camera {self.device}: check that it is connected and not used by another program, "
-            "try another --camera number, or pass --video_path FILE or --images DIR",
+            "try another --camera number, or pass --video_path FILE to read a video instead",
         )
 
     def __iter__(self) -> Iterator[Frame]:
