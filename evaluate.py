@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from faceid.cli import add_verbosity, run_reporting_errors, setup_logging
+from faceid.cli import add_verbosity, run_main
 from faceid.embedding import FaceOptions
 from faceid.evaluation import (
     FACE_CHOICES,
@@ -97,38 +97,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run(args: argparse.Namespace, argv: list[str]) -> int:
+    common = {
+        "model_path": args.model_path, "classification": args.classification, "features": args.features,
+        "face_options": FaceOptions(upsample=args.upsample, detector=args.detector), "no_face": args.no_face,
+        "face_choice": args.face, "batch_size": args.batch_size, "seed": args.seed, "progress": not args.quiet,
+        "argv": argv,
+    }
+    if args.command == "pairs":
+        evaluation = evaluate_pairs(
+            args.pairs_file, args.images_root, folds=args.folds, train_per_fold=args.train_per_fold,
+            head_epochs=args.head_epochs, missing=args.missing, far_targets=args.far, **common)
+    elif args.command == "identify":
+        evaluation = evaluate_identify(
+            args.faces_path, gallery_per_person=args.gallery_per_person, min_images=args.min_images,
+            stranger_share=args.stranger_share, target_far=args.target_far,
+            max_probes_per_person=args.max_probes_per_person, euclidean_threshold=args.euclidean_threshold,
+            cosine_threshold=args.cosine_threshold, **common)
+    else:
+        evaluation = evaluate_oneshot(args.faces_path, way=args.way, trials=args.trials, **common)
+    written = write_outputs(evaluation, args.json, args.plots, args.html)
+    print(text_table(evaluation))
+    print("\n".join(notes(evaluation)))
+    for path in written:
+        print(f"wrote {path}")
+    print(json.dumps(evaluation.summary))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args)
-
-    def body() -> int:
-        common = {
-            "model_path": args.model_path, "classification": args.classification, "features": args.features,
-            "face_options": FaceOptions(upsample=args.upsample, detector=args.detector), "no_face": args.no_face,
-            "face_choice": args.face, "batch_size": args.batch_size, "seed": args.seed, "progress": not args.quiet,
-            "argv": sys.argv[1:] if argv is None else argv,
-        }
-        if args.command == "pairs":
-            evaluation = evaluate_pairs(
-                args.pairs_file, args.images_root, folds=args.folds, train_per_fold=args.train_per_fold,
-                head_epochs=args.head_epochs, missing=args.missing, far_targets=args.far, **common)
-        elif args.command == "identify":
-            evaluation = evaluate_identify(
-                args.faces_path, gallery_per_person=args.gallery_per_person, min_images=args.min_images,
-                stranger_share=args.stranger_share, target_far=args.target_far,
-                max_probes_per_person=args.max_probes_per_person, euclidean_threshold=args.euclidean_threshold,
-                cosine_threshold=args.cosine_threshold, **common)
-        else:
-            evaluation = evaluate_oneshot(args.faces_path, way=args.way, trials=args.trials, **common)
-        written = write_outputs(evaluation, args.json, args.plots, args.html)
-        print(text_table(evaluation))
-        print("\n".join(notes(evaluation)))
-        for path in written:
-            print(f"wrote {path}")
-        print(json.dumps(evaluation.summary))
-        return 0
-
-    return run_reporting_errors(body)
+    # The command line is recorded in the HTML report's settings.
+    return run_main(build_parser(), lambda args: run(args, sys.argv[1:] if argv is None else argv), argv)
 
 
 if __name__ == "__main__":

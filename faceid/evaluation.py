@@ -66,7 +66,7 @@ from faceid.backbones import Extractor, load_extractor
 from faceid.cache import NO_FACE, UNREADABLE, FeatureCache, describe_extractor
 from faceid.embedding import FaceEmbedder, FaceOptions
 from faceid.errors import ImageReadError, InputError
-from faceid.faces import DetectedFace, FaceBox, list_people, read_image
+from faceid.faces import DetectedFace, FaceBox, face_at, list_people, read_image
 from faceid.head import HeadArchitecture, SimilarityHead, score_pairs, train_head
 from faceid.manifest import sha256_file
 from faceid.metrics import (
@@ -502,26 +502,23 @@ def _cache_index(features: Path | None, extractor: Extractor) -> tuple[dict[Imag
     return index, {"path": str(features), "used": True}
 
 
-def centre_face(image_rgb: np.ndarray) -> DetectedFace:
+def centre_face(image_rgb: np.ndarray) -> DetectedFace | None:
     """A face where LFW's deep-funnelled photos have it, with landmarks found inside that box.
 
     For images the detector missed: dlib's 5-point predictor still places the eyes and
     nose inside a box given to it, so the chip is aligned like a detected face's.
+    ``None`` when the image is too small to hold a face there.
     """
-    # faces.py's landmark step is the one copy of it; it is private there because only
-    # detection needed it so far.
-    from faceid.faces import _landmarks_for
-
     height, width = image_rgb.shape[:2]
     side = CENTRE_BOX_SIDE * min(height, width)
     centre_x, centre_y = CENTRE_BOX_X * width, CENTRE_BOX_Y * height
     box = FaceBox(
-        left=max(round(centre_x - side / 2), 0),
-        top=max(round(centre_y - side / 2), 0),
-        right=min(round(centre_x + side / 2), width),
-        bottom=min(round(centre_y + side / 2), height),
+        left=round(centre_x - side / 2),
+        top=round(centre_y - side / 2),
+        right=round(centre_x + side / 2),
+        bottom=round(centre_y + side / 2),
     )
-    return DetectedFace(box=box, landmarks=_landmarks_for(np.ascontiguousarray(image_rgb), box))
+    return face_at(image_rgb, box)
 
 
 def centred_face(faces: Sequence[DetectedFace], image_shape: tuple[int, ...]) -> int | None:
@@ -622,10 +619,9 @@ def embed_images(
                     result.from_cache += 1
                     continue
                 face = faces[chosen]
-            elif no_face == "centre":
+            elif no_face == "centre" and (face := centre_face(image)) is not None:
                 logger.info("no %sface found in %s/%s: using the centre crop", "centred " * bool(faces), *key)
                 result.status[key] = CENTRE
-                face = centre_face(image)
             else:
                 logger.info("no %sface found in %s/%s: skipped", "centred " * bool(faces), *key)
                 result.status[key] = SKIPPED

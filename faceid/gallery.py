@@ -11,8 +11,8 @@ reference). ``Gallery(..., shortlist=20)`` searches in two stages instead
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -74,7 +74,7 @@ class Gallery:
         self.search_dims = search_dims
         self.search_backend = search_backend
 
-    def fit(self, X: np.ndarray, y) -> "Gallery":
+    def fit(self, X: np.ndarray, y) -> Gallery:
         """Enrol vectors ``X (n, dim)`` of people ``y (n,)``."""
         X = np.asarray(X, dtype=np.float32)
         y = np.asarray(y)
@@ -95,9 +95,9 @@ class Gallery:
         self.index_ = None
         if self.shortlist and self.shortlist < len(self.classes_):
             # The first stage compares the vectors the head compares: normalised the same way.
-            self.index_ = ShortlistIndex(dims=self.search_dims, backend=self.search_backend).fit(
-                self._normalised(X), self.labels_
-            )
+            self.index_ = ShortlistIndex(
+                dims=self.search_dims, backend=self.search_backend, top_k=self.rule.top_k
+            ).fit(self._normalised(X), self.labels_)
         return self
 
     def _normalised(self, X: np.ndarray) -> np.ndarray:

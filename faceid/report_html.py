@@ -303,11 +303,29 @@ def render_plots(evaluation: Evaluation) -> dict[str, bytes]:
             capsize=6,
             color=[METHOD_COLOURS.get(name, "grey") for name in names],
         )
-        axis.axhline(summary["chance"], color="black", linestyle="--", linewidth=1, label="chance")
+        axis.axhline(summary["chance"], color="black", linestyle="--", linewidth=1)
+        axis.annotate(
+            f"chance {100 * summary['chance']:.1f}%",
+            (0.99, summary["chance"]),
+            xycoords=("axes fraction", "data"),
+            xytext=(0, 3),
+            textcoords="offset points",
+            ha="right",
+            fontsize=8,
+        )
+        for index, value in enumerate(accuracy):
+            axis.annotate(
+                f"{100 * value:.1f}%",
+                (index, value),
+                xytext=(0, -14),
+                textcoords="offset points",
+                ha="center",
+                color="white",
+                fontsize=9,
+            )
         axis.set_ylim(0, 1.0)
         axis.set_ylabel("accuracy (95% interval)")
         axis.set_title(f"{summary['way']}-way one-shot, {summary['trials']} trials")
-        axis.legend(fontsize=8)
         plots["oneshot.png"] = _png(figure)
     return plots
 

@@ -6,12 +6,14 @@ head evaluation per cached vector per face, ~2.4 MFLOP each for a 2048-d head, s
 (seconds) per face at 100k vectors. :class:`faceid.gallery.Gallery` with ``shortlist=M`` splits
 the work in two:
 
-1. **Shortlist** (this module). :class:`ShortlistIndex` ranks *people* by how close the face
-   is to their nearest cached vector (squared Euclidean distance) in a cheap copy of the
-   gallery: the vectors normalised as the head sees them, centred and PCA-reduced to
-   ``search_dims`` dimensions. Below ``faiss_min_vectors`` this is one exact matrix-vector
-   product in NumPy; above it, a FAISS inverted-file index (``IndexIVFFlat``) scans only the
-   ``faiss_nprobe`` closest of ~sqrt(n) clusters. The best ``M`` people are kept.
+1. **Shortlist** (this module). :class:`ShortlistIndex` works in a cheap copy of the gallery:
+   the vectors normalised as the head sees them, centred and PCA-reduced to ``search_dims``
+   dimensions, compared by squared Euclidean distance. It finds the ``4 M`` people with the
+   nearest vectors to the face (below ``faiss_min_vectors`` vectors by one exact
+   matrix-vector product in NumPy; above it with a FAISS inverted-file index,
+   ``IndexIVFFlat``, that scans only the ``faiss_nprobe`` nearest of ~sqrt(n) clusters), then
+   re-ranks those by the mean closeness of each one's ``top_k`` nearest vectors (the same
+   aggregation as the identification rule) and keeps the best ``M``.
 2. **Head.** The exhaustive scorer (``pairwise_scores`` + ``person_scores``) runs on the
    shortlisted people's vectors only, so each of them gets exactly the score the exhaustive
    path gives; everyone else gets ``-inf``.
@@ -40,6 +42,10 @@ _PCA_SAMPLE_ROWS = 20_000
 _FAISS_POINTS_PER_CLUSTER = 64
 # Queries per NumPy block: bounds the (queries x vectors) score matrix to ~100 MB at 400k vectors.
 _QUERY_BLOCK = 64
+# People found by nearest vector per shortlist place, before re-ranking by the top-k mean:
+# a person's top-k mean is at most their nearest vector's closeness, so the true top-M by
+# top-k mean are, in practice, among the nearest 4M.
+_CANDIDATES_PER_PLACE = 4
 
 
 def faiss_module():
@@ -63,6 +69,8 @@ class ShortlistIndex:
         faiss_min_vectors: gallery size from which ``auto`` uses FAISS.
         faiss_nprobe: clusters FAISS scans per face (of ~sqrt(n)); more is slower and closer
             to exact. At least the number of clusters makes FAISS exact.
+        top_k: people are ranked by the mean closeness of their ``top_k`` nearest vectors
+            (capped at their number of vectors); pass the identification rule's ``top_k``.
         seed: seeds the PCA sample and the FAISS clustering.
     """
 
@@ -73,23 +81,27 @@ class ShortlistIndex:
         backend: str = "auto",
         faiss_min_vectors: int = DEFAULTS.faiss_min_vectors,
         faiss_nprobe: int = DEFAULTS.faiss_nprobe,
+        top_k: int = 1,
         seed: int = DEFAULTS.seed,
     ):
         self.dims = dims
         self.backend = backend
         self.faiss_min_vectors = faiss_min_vectors
         self.faiss_nprobe = faiss_nprobe
+        self.top_k = top_k
         self.seed = seed
 
-    def fit(self, X: np.ndarray, labels: np.ndarray) -> "ShortlistIndex":
+    def fit(self, X: np.ndarray, labels: np.ndarray) -> ShortlistIndex:
         """Index vectors ``X (n, dim)`` (normalised as the head sees them) of people ``labels (n,)``.
 
         ``labels`` are person indices in ``[0, n_people)``; every person needs a vector.
         """
         if self.backend not in BACKENDS:
             raise InputError(f"unknown search backend {self.backend!r}: choose one of {', '.join(BACKENDS)}")
-        if self.dims < 0 or self.faiss_nprobe < 1:
-            raise InputError(f"search dims must be >= 0 and nprobe >= 1, got {self.dims} and {self.faiss_nprobe}")
+        if self.dims < 0 or self.faiss_nprobe < 1 or self.top_k < 1:
+            raise InputError(
+                f"search dims must be >= 0, nprobe and top_k >= 1; got {self.dims}, {self.faiss_nprobe}, {self.top_k}"
+            )
         X = np.asarray(X, dtype=np.float32)
         labels = np.asarray(labels)
         if X.ndim != 2 or len(X) == 0 or len(labels) != len(X):
@@ -119,13 +131,10 @@ class ShortlistIndex:
             )
             backend = "numpy"
         self.backend_ = backend
-        if backend == "faiss":
-            self.index_ = self._faiss_index(reduced)
-            self.reduced_ = None
-        else:
-            self.index_ = None
-            self.reduced_ = reduced
-            self.squared_norms_ = np.einsum("ij,ij->i", reduced, reduced)
+        # Kept by both backends: the re-ranking reads the candidates' vectors from it.
+        self.reduced_ = reduced
+        self.squared_norms_ = np.einsum("ij,ij->i", reduced, reduced)
+        self.index_ = self._faiss_index(reduced) if backend == "faiss" else None
         return self
 
     def _principal_axes(self, X: np.ndarray) -> np.ndarray:
@@ -140,7 +149,7 @@ class ShortlistIndex:
     def _faiss_index(self, reduced: np.ndarray):
         faiss = faiss_module()
         n, dims = reduced.shape
-        n_lists = max(1, min(int(round(math.sqrt(n))), n // _FAISS_POINTS_PER_CLUSTER))
+        n_lists = max(1, min(round(math.sqrt(n)), n // _FAISS_POINTS_PER_CLUSTER))
         quantizer = faiss.IndexFlatL2(dims)
         index = faiss.IndexIVFFlat(quantizer, dims, n_lists, faiss.METRIC_L2)
         index.cp.seed = self.seed
@@ -150,7 +159,7 @@ class ShortlistIndex:
         index.train(np.ascontiguousarray(training))
         index.add(np.ascontiguousarray(reduced))
         index.nprobe = min(self.faiss_nprobe, n_lists)
-        # Kept for the user (not the quantizer itself): the index needs its quantizer alive.
+        # The IVF index points at the quantizer without owning it: keep it alive as long.
         self.quantizer_ = quantizer
         return index
 
@@ -165,10 +174,10 @@ class ShortlistIndex:
         return np.ascontiguousarray(reduced, dtype=np.float32)
 
     def shortlist(self, X: np.ndarray, n_people: int) -> np.ndarray:
-        """The ``n_people`` people nearest to each face of ``X (m, dim)`` (normalised).
+        """The ``n_people`` people closest to each face of ``X (m, dim)`` (normalised).
 
         Returns:
-            ``(m, min(n_people, n_people_)) int64`` person indices, nearest first; ``-1`` pads a
+            ``(m, min(n_people, n_people_)) int64`` person indices, closest first; ``-1`` pads a
             row when an approximate FAISS search found fewer people.
         """
         self._check_fitted()
@@ -176,23 +185,52 @@ class ShortlistIndex:
             raise InputError(f"the shortlist needs at least one person, got {n_people}")
         n_people = min(n_people, self.n_people_)
         queries = self.transform(np.asarray(X, dtype=np.float32).reshape(-1, len(self.mean_)))
+        n_candidates = min(self.n_people_, _CANDIDATES_PER_PLACE * n_people if self.top_k > 1 else n_people)
         if self.backend_ == "faiss":
-            return self._faiss_shortlist(queries, n_people)
+            candidates = self._faiss_nearest_people(queries, n_candidates)
+        else:
+            candidates = self._numpy_nearest_people(queries, n_candidates)
+        if self.top_k == 1:
+            return candidates
+        result = np.full((len(queries), n_people), -1, dtype=np.int64)
+        for row, (query, people) in enumerate(zip(queries, candidates)):
+            ranked = self._rerank(query, people[people >= 0])[:n_people]
+            result[row, : len(ranked)] = ranked
+        return result
+
+    def _closeness(self, queries: np.ndarray, rows: slice | np.ndarray = slice(None)) -> np.ndarray:
+        """Minus squared distance, up to each query's own norm: ``2 q.g - |g|^2``, ``(m, n_rows)``."""
+        return 2.0 * (queries @ self.reduced_[rows].T) - self.squared_norms_[rows]
+
+    def _numpy_nearest_people(self, queries: np.ndarray, n_people: int) -> np.ndarray:
         result = np.empty((len(queries), n_people), dtype=np.int64)
         for start in range(0, len(queries), _QUERY_BLOCK):
             block = queries[start : start + _QUERY_BLOCK]
-            # Minus squared distance up to the query's own norm: 2 q.g - |g|^2.
-            closeness = 2.0 * (block @ self.reduced_.T) - self.squared_norms_
-            best_per_person = np.maximum.reduceat(closeness, self.starts_, axis=1)
+            best_per_person = np.maximum.reduceat(self._closeness(block), self.starts_, axis=1)
             result[start : start + len(block)] = _top_columns(best_per_person, n_people)
         return result
 
-    def _faiss_shortlist(self, queries: np.ndarray, n_people: int) -> np.ndarray:
+    def _rerank(self, query: np.ndarray, people: np.ndarray) -> np.ndarray:
+        """``people`` sorted by the mean closeness of their ``top_k`` nearest vectors, best first."""
+        counts = self.counts_[people]
+        person_of_row = np.repeat(np.arange(len(people)), counts)
+        first_row = np.cumsum(counts) - counts
+        rank_in_person = np.arange(counts.sum()) - np.repeat(first_row, counts)
+        rows = np.repeat(self.starts_[people], counts) + rank_in_person
+        closeness = self._closeness(query[None], rows)[0]
+        # Rows grouped by person (as they are), best first within each person.
+        order = np.lexsort((-closeness, person_of_row))
+        taken = rank_in_person < self.top_k
+        sums = np.bincount(person_of_row[taken], weights=closeness[order][taken], minlength=len(people))
+        means = sums / np.minimum(counts, self.top_k)
+        return people[np.argsort(-means, kind="stable")]
+
+    def _faiss_nearest_people(self, queries: np.ndarray, n_people: int) -> np.ndarray:
         result = np.full((len(queries), n_people), -1, dtype=np.int64)
         n_vectors = len(self.sorted_labels_)
         # Enough nearest vectors to hold n_people people when each has the typical count;
         # faces whose nearest vectors crowd into fewer people are searched again, wider.
-        wanted = min(n_vectors, 2 * n_people * int(math.ceil(np.median(self.counts_))))
+        wanted = min(n_vectors, 2 * n_people * math.ceil(np.median(self.counts_)))
         pending = np.arange(len(queries))
         while len(pending):
             _, found = self.index_.search(queries[pending], wanted)

@@ -90,15 +90,15 @@ class Settings:
     # People the cheap first stage keeps for the similarity head. The head then runs on
     # ~shortlist x (photos per person) vectors instead of the whole gallery; fewer is
     # faster, too few misses the person the exhaustive head would pick (bench.py match).
-    shortlist: int = 20
+    shortlist: int = 50
     # Dimensions the first stage compares in (PCA of the normalised vectors). 128 keeps
     # a 100k-vector scan at ~1-2 ms on 2 cores; 2048-d costs ~20 ms, memory-bound.
     search_dims: int = 128
     # Gallery size (vectors) from which the first stage uses a FAISS inverted-file index
     # instead of an exact NumPy scan; measured crossover, see bench.py match.
-    faiss_min_vectors: int = 200_000
+    faiss_min_vectors: int = 50_000
     # FAISS clusters scanned per face, of ~sqrt(n): more is slower and closer to exact.
-    faiss_nprobe: int = 16
+    faiss_nprobe: int = 64
 
 
 DEFAULTS = Settings()

@@ -113,6 +113,18 @@ def trained_model_dir(tmp_path_factory, lfw_cache_dir) -> Path:
     return directory
 
 
+@pytest.fixture(autouse=True)
+def restore_logging():
+    """Scripts configure the root logger (-q sets it to ERROR); undo that after each test."""
+    import logging
+
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    yield
+    root.setLevel(level)
+    root.handlers[:] = handlers
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)

@@ -10,15 +10,17 @@ How the gallery is made (printed with the results):
 * **Synthetic people** fill each gallery up to its size, ``--images_per_person`` vectors each.
   A synthetic person's centre is a variance-preserving mix of two real faces of two different
   *other* people of the cache (never an enrolled person); each of their vectors is that centre
-  plus Gaussian noise with the per-dimension within-person spread measured on the cache's
-  real people. Galleries are nested: each is the previous one plus more synthetic people.
+  plus a real within-person offset (one of those people's images minus their mean), or with
+  ``--noise gaussian`` Gaussian noise of the same per-dimension spread. Galleries are nested:
+  each is the previous one plus more synthetic people.
 * **2048-d.** No face-trained 2048-d extractor is available offline (ResNet50 ImageNet weights
   need a download, and random-weight ResNet50 features do not separate people: a head trained
   on them is near chance, so "the exhaustive head's top-1" would be noise). With ``--dim 2048``
   every vector (real and synthetic) is mapped from the cache's space to 2048-d by a fixed random
   orthonormal map, which keeps every distance, and a head of the standard architecture is
-  trained on the mapped vectors of the non-enrolled people (``--head_epochs``, z-scored; cached
-  in ``--work_dir``). ``--dim 0`` keeps the cache's own vectors and needs ``--classification``.
+  trained on the mapped vectors of the non-enrolled people (``--head_epochs``, not z-scored, as
+  train.py's default; cached in ``--work_dir``). ``--dim 0`` keeps the cache's own vectors and
+  needs ``--classification``.
 
 Measured per gallery size, one face per call (the live case): ``Gallery.score_people`` latency
 p50/p95 of two-stage search (``--shortlist`` people) on every probe, and of the exhaustive head
@@ -44,8 +46,7 @@ from faceid.benchmarks.common import print_json_lines, print_table
 from faceid.cache import FeatureCache, PersonFeatures
 from faceid.errors import InputError
 from faceid.gallery import Gallery
-from faceid.scoring import Rule
-from faceid.search import BACKENDS
+from faceid.search import BACKENDS, ShortlistIndex
 from faceid.settings import DEFAULTS
 from faceid.similarity import SimilarityModel
 
@@ -81,6 +82,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--people", type=int, default=100, help="real people enrolled in every gallery")
     parser.add_argument("--enrol", type=int, default=3, help="images enrolled per real person (the rest are probes)")
     parser.add_argument("--images_per_person", type=int, default=5, help="vectors per synthetic person")
+    parser.add_argument("--noise", choices=("residual", "gaussian"), default="residual",
+                        help="a synthetic person's images: their centre plus real within-person offsets (an image "
+                             "minus its person's mean, from other people) or Gaussian noise of the same per-dimension spread")
     parser.add_argument("--head_epochs", type=int, default=8, help="epochs of the head trained for --dim D")
     parser.add_argument("--work_dir", type=Path, default=REPO / "work" / "bench_match",
                         help="where the head trained for --dim D is kept between runs")
@@ -128,8 +132,8 @@ def split_real_faces(cache: FeatureCache, people: int, enrol: int, probes: int) 
     )
 
 
-def within_person_std(vectors: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Per-dimension spread of a person's images around their mean, pooled over people: ``(dim,)``."""
+def within_person_deviations(vectors: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Each image's offset from its person's mean, for people with 2+ images: ``(n, dim)``."""
     deviations = []
     for person in np.unique(labels):
         rows = vectors[labels == person]
@@ -138,12 +142,12 @@ def within_person_std(vectors: np.ndarray, labels: np.ndarray) -> np.ndarray:
             deviations.append((rows - rows.mean(axis=0)) * math.sqrt(len(rows) / (len(rows) - 1)))
     if not deviations:
         raise InputError("no background person has two images: cannot measure the within-person spread")
-    return np.concatenate(deviations).std(axis=0).astype(np.float32)
+    return np.concatenate(deviations).astype(np.float32)
 
 
 def synthetic_people(
-    seeds: np.ndarray, seed_labels: np.ndarray, spread: np.ndarray, n_people: int, per_person: int,
-    rng: np.random.Generator,
+    seeds: np.ndarray, seed_labels: np.ndarray, deviations: np.ndarray, n_people: int, per_person: int,
+    rng: np.random.Generator, noise: str = "residual",
 ) -> np.ndarray:
     """``(n_people * per_person, dim)`` vectors of synthetic people, person by person.
 
@@ -162,8 +166,11 @@ def synthetic_people(
     centres = mean + (share * (seeds[first] - mean) + (1 - share) * (seeds[second] - mean)) / np.sqrt(
         share**2 + (1 - share) ** 2
     )
-    noise = rng.standard_normal((n_people, per_person, seeds.shape[1]), dtype=np.float32) * spread
-    return (centres[:, None, :] + noise).reshape(-1, seeds.shape[1]).astype(np.float32)
+    if noise == "gaussian":
+        offsets = rng.standard_normal((n_people, per_person, seeds.shape[1]), dtype=np.float32) * deviations.std(axis=0)
+    else:
+        offsets = deviations[rng.integers(0, len(deviations), (n_people, per_person))]
+    return (centres[:, None, :] + offsets).reshape(-1, seeds.shape[1]).astype(np.float32)
 
 
 def orthonormal_map(source_dim: int, dim: int, seed: int) -> np.ndarray:
@@ -176,12 +183,11 @@ def orthonormal_map(source_dim: int, dim: int, seed: int) -> np.ndarray:
 
 def trained_head(cache: FeatureCache, mapping: np.ndarray, background_names: set[str], args) -> tuple[SimilarityModel, dict]:
     """A head trained on the mapped vectors of the background people, cached in ``--work_dir``."""
-    from faceid.stats import compute_stats
     from faceid.training import TrainOptions, train_similarity
 
     mapping_digest = hashlib.sha256(mapping.tobytes()).hexdigest()[:12]
     key = hashlib.sha256(
-        f"{cache.content_digest()}|{sorted(background_names)}|{mapping_digest}|{args.head_epochs}|{args.seed}".encode()
+        f"{cache.content_digest()}|{sorted(background_names)}|{mapping_digest}|{args.head_epochs}|{args.seed}|raw".encode()
     ).hexdigest()[:16]
     directory = args.work_dir / f"head-{mapping.shape[1]}d-{key}"
     extractor = dict(cache.manifest["extractor"])
@@ -200,7 +206,7 @@ def trained_head(cache: FeatureCache, mapping: np.ndarray, background_names: set
     mapped = FeatureCache(cache.directory, {**cache.manifest, "extractor": extractor}, people)
     started = time.perf_counter()
     model, report = train_similarity(
-        mapped, compute_stats(mapped), TrainOptions(epochs=args.head_epochs, normalize=True, seed=args.seed),
+        mapped, None, TrainOptions(epochs=args.head_epochs, normalize=False, seed=args.seed),
         progress=not args.quiet,
     )
     model.save(directory)
@@ -250,12 +256,14 @@ def run(args: argparse.Namespace) -> int:
     if sizes[0] < len(real.enrolled):
         raise InputError(f"the smallest gallery ({sizes[0]}) cannot hold the {len(real.enrolled)} real enrolled vectors")
     rng = np.random.default_rng(args.seed)
-    spread = within_person_std(real.background, real.background_labels)
-    n_synthetic = int(math.ceil((sizes[-1] - len(real.enrolled)) / args.images_per_person))
+    deviations = within_person_deviations(real.background, real.background_labels)
+    spread = deviations.std(axis=0)
+    n_synthetic = math.ceil((sizes[-1] - len(real.enrolled)) / args.images_per_person)
     started = time.perf_counter()
     vectors = np.concatenate([
         real.enrolled,
-        synthetic_people(real.background, real.background_labels, spread, n_synthetic, args.images_per_person, rng),
+        synthetic_people(real.background, real.background_labels, deviations, n_synthetic, args.images_per_person, rng,
+                         args.noise),
     ])
     names = np.concatenate([real.enrolled_names, np.repeat([f"synthetic-{i:06d}" for i in range(n_synthetic)],
                                                            args.images_per_person)])
@@ -284,15 +292,16 @@ def run(args: argparse.Namespace) -> int:
           f"{args.features} ({cache.manifest['extractor'].get('backbone')}, {source_dim}-d); "
           f"{len(probes)} real probes (their held-out images)")
     print(f"# synthetic: {n_synthetic} people x {args.images_per_person} vectors around real faces of "
-          f"{len(background_names)} other people (mix of two + within-person noise, spread "
-          f"{float(np.sqrt(np.mean(spread ** 2))):.4f} rms/dim); built in {build_s:.1f} s")
+          f"{len(background_names)} other people: centre = mix of two of their faces, images = centre + "
+          + ("real within-person offsets" if args.noise == "residual" else "Gaussian noise")
+          + f" (spread {float(np.sqrt(np.mean(spread ** 2))):.4f} rms/dim); built in {build_s:.1f} s")
     print(f"# vectors: {dim}-d" + (f" (orthonormal map from {source_dim}-d: distances kept)" if dim != source_dim else "")
           + f"; head {model.head.input_dim}->{list(model.head.architecture.hidden_units)}->1, "
           f"{per_head / 1e6:.2f} MFLOP per vector, {head_info}")
     print(f"# machine: {gflops:.0f} GFLOP/s float32 matmul (NumPy 2048^3), {gbps:.0f} GB/s read; "
           f"two-stage: shortlist {args.shortlist} people, stage 1 in {search_dims} dims")
 
-    records, rows = [], []
+    records, rows, stage1_rows = [], [], []
     for size in sizes:
         records.append(_measure_size(size, vectors[:size], names[:size], probes, real.probe_names, model, args,
                                      search_dims, per_head, gflops, gbps))
@@ -305,10 +314,20 @@ def run(args: argparse.Namespace) -> int:
             "agree": f"{record['top1_agreement']:.4f} ({record['agreement_probes']})",
             "rank1": f"{record['rank1']:.3f}/{record['exhaustive_rank1']:.3f}",
         })
+        for backend, stage1 in record["stage1"].items():
+            stage1_rows.append({"gallery": size, "stage 1": backend, "p50_ms": stage1["p50_ms"],
+                                "agree": stage1["top1_agreement"], "build_s": stage1["build_s"] or record["fit_s"],
+                                "note": f"IVF {stage1['lists']} lists, nprobe {stage1['nprobe']}" if backend == "faiss"
+                                else "exact scan"})
     print()
     print_table(rows, list(rows[0]))
     print("# exh = exhaustive head over every vector (the reference); agree = two-stage top-1 == exhaustive top-1 "
           "(on N probes); rank1 = two-stage/exhaustive accuracy on those probes; floor = FLOPs / matmul rate")
+    if stage1_rows:
+        print()
+        print_table(stage1_rows, list(stage1_rows[0]))
+        print("# stage 1 alone, per face, on every probe; agree = share of the N probes above whose exhaustive top-1 "
+              "it shortlists (the two-stage agreement that backend would give)")
     print_json_lines(records)
     return 0
 
@@ -337,6 +356,7 @@ def _measure_size(size, vectors, names, probes, probe_names, model, args, search
     n_exhaustive = int(min(len(probes), max(MIN_EXHAUSTIVE_PROBES, args.exhaustive_pairs // size)))
     exhaustive_ms, exhaustive_top1 = timed_top1(exhaustive, probes[:n_exhaustive])
     shortlisted = two_stage.index_ is not None
+    stage1 = _stage1_backends(two_stage, vectors, probes, exhaustive_top1, args) if shortlisted else {}
     stage2_vectors = (float(np.mean([two_stage.index_.counts_[row[row >= 0]].sum()
                                      for row in two_stage.shortlist_people(probes[:20])]))
                       if shortlisted else size)
@@ -347,7 +367,7 @@ def _measure_size(size, vectors, names, probes, probe_names, model, args, search
         "bench": "match",
         "gallery": size,
         "dim": int(vectors.shape[1]),
-        "people": int(len(exhaustive.classes_)),
+        "people": len(exhaustive.classes_),
         "shortlist": int(args.shortlist),
         "backend": two_stage.index_.backend_ if shortlisted else "exhaustive",
         "search_dims": int(search_dims),
@@ -358,7 +378,7 @@ def _measure_size(size, vectors, names, probes, probe_names, model, args, search
         "speedup": round(float(np.percentile(exhaustive_ms, 50) / np.percentile(two_stage_ms, 50)), 1),
         "top1_agreement": round(float(np.mean(two_stage_top1[:n_exhaustive] == exhaustive_top1)), 4),
         "agreement_probes": n_exhaustive,
-        "probes": int(len(probes)),
+        "probes": len(probes),
         "rank1": round(float(np.mean(two_stage_top1[:n_exhaustive] == truth[:n_exhaustive])), 4),
         "exhaustive_rank1": round(float(np.mean(exhaustive_top1 == truth[:n_exhaustive])), 4),
         "rank1_all_probes": round(float(np.mean(two_stage_top1 == truth)), 4),
@@ -368,4 +388,37 @@ def _measure_size(size, vectors, names, probes, probe_names, model, args, search
         "exhaustive_floor_ms": round(size * per_head / (gflops * 1e9) * 1e3, 1),
         "matmul_gflops": round(gflops, 1),
         "fit_s": round(fit_s, 2),
+        "stage1": stage1,
     }
+
+
+def _stage1_backends(two_stage: Gallery, vectors, probes, exhaustive_top1, args) -> dict:
+    """First stage alone with each backend: p50 per face, build time, and the share of faces whose
+    exhaustive top-1 it shortlists (= two-stage top-1 agreement, the shortlisted scores being exact)."""
+    normalised = two_stage._normalised(vectors)
+    queries = two_stage._normalised(probes)
+    results = {}
+    for backend in ("numpy", "faiss"):
+        if backend == two_stage.index_.backend_:
+            index, build_s = two_stage.index_, None
+        else:
+            started = time.perf_counter()
+            index = ShortlistIndex(dims=args.search_dims, backend=backend, top_k=two_stage.rule.top_k).fit(
+                normalised, two_stage.labels_
+            )
+            build_s = round(time.perf_counter() - started, 2)
+            if index.backend_ != backend:  # faiss-cpu missing: nothing to compare
+                continue
+        index.shortlist(queries[:1], args.shortlist)
+        milliseconds, found = [], []
+        for query in queries:
+            started = time.perf_counter()
+            found.append(index.shortlist(query[None], args.shortlist)[0])
+            milliseconds.append((time.perf_counter() - started) * 1e3)
+        kept = [top1 in row for top1, row in zip(exhaustive_top1, found)]
+        results[backend] = {"p50_ms": round(float(np.percentile(milliseconds, 50)), 3),
+                            "top1_agreement": round(float(np.mean(kept)), 4), "build_s": build_s}
+        if backend == "faiss":
+            results[backend]["nprobe"] = int(index.index_.nprobe)
+            results[backend]["lists"] = int(index.index_.nlist)
+    return results
