@@ -30,8 +30,8 @@ from faceid.backbones import Extractor
 from faceid.embedding import FaceCropper, FaceEmbedder, FaceOptions
 from faceid.errors import ImageReadError, InputError, ManifestMismatchError
 from faceid.faces import list_people, read_image
-from faceid.settings import DEFAULTS
 from faceid.manifest import CORRUPT_FILE_ERRORS, atomic_path, read_json, sha256_file, write_json
+from faceid.settings import DEFAULTS
 
 logger = logging.getLogger(__name__)
 

@@ -38,8 +38,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from faceid.errors import ImageReadError, InputError
 from faceid.embedding import FaceCropper, FaceOptions
+from faceid.errors import ImageReadError, InputError
 from faceid.faces import DetectedFace, list_image_files, list_people, read_image
 from faceid.quality import DEFAULT_THRESHOLDS, NearDuplicateIndex, QualityThresholds, measure_face, thumbnail
 from faceid.settings import DEFAULTS

@@ -5,8 +5,8 @@
 >>> gallery.predict(face_vectors)        # names, or "unknown"
 
 By default every face is scored against every cached vector (the exhaustive path, the
-reference). ``Gallery(..., shortlist=20)`` searches in two stages instead
-(:mod:`faceid.search`): a cheap shortlist of 20 people, then the head on their vectors only.
+reference). ``Gallery(..., shortlist=50)`` searches in two stages instead
+(:mod:`faceid.search`): a cheap shortlist of 50 people, then the head on their vectors only.
 """
 
 from __future__ import annotations

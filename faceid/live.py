@@ -451,8 +451,12 @@ class LiveIdentifier:
                 # A new track is identified every frame until it has the votes to show a name.
                 len(track.vote.history) < track.vote.min_evidence
                 # The last identification disagreed with the shown name: gather the
-                # evidence to confirm or replace it now, not reid_every frames later.
-                or track.vote.history[-1][0] != track.vote.name
+                # evidence to confirm or replace it soon, not reid_every frames later
+                # (but not every frame: an ambiguous face would be embedded non-stop).
+                or (
+                    track.vote.history[-1][0] != track.vote.name
+                    and track.frames_since_embed + 1 >= max(1, options.reid_every // 4)
+                )
                 or track.frames_since_embed + 1 >= options.reid_every
                 or iou(track.box, track.embedded_box) < options.reid_iou
             ):

@@ -94,13 +94,14 @@ class SimilarityModel:
             "use that extractor, or train a head on this extractor's features with train.py",
         )
 
-    def gallery(self, rule: Rule | None = None, threshold: float | None = None) -> Gallery:
+    def gallery(self, rule: Rule | None = None, threshold: float | None = None, shortlist: int | None = None) -> Gallery:
         """An unfitted :class:`Gallery` using this head, its normalisation and threshold.
 
         Without a ``threshold``, the ``topk`` rule uses the calibrated one and the
-        ``vote`` rule its own share (the original design's decision).
+        ``vote`` rule its own share (the original design's decision). ``shortlist``
+        turns on the two-stage search (:mod:`faceid.search`) for large galleries.
         """
         rule = rule or self.rule
         if threshold is None and rule.name == "topk":
             threshold = self.threshold
-        return Gallery(head=self.head, normalizer=self.normalizer, rule=rule, threshold=threshold)
+        return Gallery(head=self.head, normalizer=self.normalizer, rule=rule, threshold=threshold, shortlist=shortlist)

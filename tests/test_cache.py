@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 from conftest import LFW, ORL, copy_people
 
-from faceid.backbones import BackboneOptions, create_extractor
+from faceid.backbones import BackboneOptions, DlibExtractor, create_extractor
 from faceid.cache import NO_FACE, UNREADABLE, FeatureCache, extract_features
-from faceid.backbones import DlibExtractor
 from faceid.embedding import FaceCropper, FaceOptions
 from faceid.errors import InputError, ManifestMismatchError
 

@@ -15,7 +15,6 @@ from conftest import KNOWN, LFW, VIDEO, load_script
 from faceid.cache import FeatureCache, extract_features
 from faceid.embedding import FaceEmbedder
 from faceid.errors import InputError
-from faceid.tracking import PENDING
 from faceid.gallery import UNKNOWN, Gallery
 from faceid.head import HeadArchitecture, SimilarityHead
 from faceid.live import (
@@ -27,6 +26,7 @@ from faceid.live import (
 from faceid.scoring import Rule
 from faceid.similarity import SimilarityModel
 from faceid.stats import Normalizer
+from faceid.tracking import PENDING
 
 CLIP = VIDEO
 MIRANDA = "lin-manuel-miranda"

@@ -10,10 +10,10 @@ from conftest import KNOWN, VIDEO
 
 from faceid.cache import FeatureCache, extract_features
 from faceid.embedding import FaceEmbedder
+from faceid.faces import FaceBox
 from faceid.gallery import Gallery
 from faceid.live import LiveIdentifier, LiveOptions, VideoSource
 from faceid.tracking import PENDING, IdentityVote, iou
-from faceid.faces import FaceBox
 
 MIRANDA = "lin-manuel-miranda"
 

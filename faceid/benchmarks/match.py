@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import logging
 import math
 import time
 from dataclasses import dataclass
@@ -49,8 +48,6 @@ from faceid.gallery import Gallery
 from faceid.search import BACKENDS, ShortlistIndex
 from faceid.settings import DEFAULTS
 from faceid.similarity import SimilarityModel
-
-logger = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]
 # Probes per enrolled person at most: spreads the probes over many people.
@@ -250,6 +247,11 @@ def run(args: argparse.Namespace) -> int:
     sizes = sorted({int(float(size)) for size in args.sizes.split(",") if size.strip()})
     if not sizes or sizes[0] < 1 or args.probes < 1 or args.images_per_person < 1 or args.enrol < 1:
         raise InputError("--sizes, --probes, --images_per_person and --enrol must be positive")
+    if not (args.features / "manifest.json").is_file():
+        raise InputError(
+            f"no feature cache at {args.features}: run ./run.sh demo (it builds this dlib cache of LFW DevTrain), "
+            "or pass --features DIR, any cache of many people with several images each"
+        )
     cache = FeatureCache.load(args.features)
     real = split_real_faces(cache, args.people, args.enrol, args.probes)
     source_dim = real.enrolled.shape[1]
@@ -328,6 +330,14 @@ def run(args: argparse.Namespace) -> int:
         print_table(stage1_rows, list(stage1_rows[0]))
         print("# stage 1 alone, per face, on every probe; agree = share of the N probes above whose exhaustive top-1 "
               "it shortlists (the two-stage agreement that backend would give)")
+    last = records[-1]
+    if last["backend"] != "exhaustive":
+        print(f"# floor at {last['gallery']}: stage 1 {last['stage1_mflop']} MFLOP (project the face, scan "
+              f"{last['gallery']} x {search_dims}) + head on {last['stage2_vectors']} shortlisted vectors "
+              f"{last['stage2_mflop']} MFLOP = {last['stage1_mflop'] + last['stage2_mflop']:.0f} MFLOP / "
+              f"{gflops:.0f} GFLOP/s = {last['floor_ms']} ms; an exact scan also reads {last['gallery']} x "
+              f"{search_dims} x 4 B = {last['gallery'] * search_dims * 4 / 1e6:.0f} MB at {gbps:.0f} GB/s = "
+              f"{last['stage1_memory_ms']} ms")
     print_json_lines(records)
     return 0
 
@@ -383,6 +393,8 @@ def _measure_size(size, vectors, names, probes, probe_names, model, args, search
         "exhaustive_rank1": round(float(np.mean(exhaustive_top1 == truth[:n_exhaustive])), 4),
         "rank1_all_probes": round(float(np.mean(two_stage_top1 == truth)), 4),
         "stage2_vectors": round(stage2_vectors, 1),
+        "stage1_mflop": round(stage1_flops / 1e6, 1),
+        "stage2_mflop": round(stage2_vectors * per_head / 1e6, 1),
         "floor_ms": round(floor_flops / (gflops * 1e9) * 1e3, 3),
         "stage1_memory_ms": round(size * search_dims * 4 / (gbps * 1e9) * 1e3, 3) if shortlisted else 0.0,
         "exhaustive_floor_ms": round(size * per_head / (gflops * 1e9) * 1e3, 1),
