@@ -73,11 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reid_every", type=int, default=DEFAULTS.reid_every,
                         help="re-embed a tracked face every N frames (also when its box moves)")
     parser.add_argument("--vote_window", type=int, default=DEFAULTS.vote_window,
-                        help="identifications per track the shown name is voted over; larger is steadier")
+                        help="identifications per track the name is decided over (most frequent best match, "
+                             "accepted on its mean score); larger is steadier")
     parser.add_argument("--min_evidence", type=int, default=DEFAULTS.min_evidence,
                         help="identifications a new track needs before it shows a name (it shows … until then)")
     parser.add_argument("--switch_margin", type=int, default=DEFAULTS.switch_margin,
-                        help="votes another name must lead by to replace the shown one (hysteresis)")
+                        help="identifications in a row another name must win to replace the shown one (hysteresis)")
     parser.add_argument("--per_frame", action="store_true",
                         help="detect, embed and decide every face in every frame with no tracking or vote "
                              "(the reference behaviour; several times slower)")

@@ -404,6 +404,7 @@ class LiveIdentifier:
         self.tracker = FaceTracker(
             max_missed=options.max_missed, vote_window=options.vote_window,
             min_evidence=options.min_evidence, switch_margin=options.switch_margin,
+            vote_accepts=lambda score: bool(gallery.accepts(np.float32(score))), unknown_label=gallery.unknown_label,
         )
         # Same detector and settings as the embedder, searching downscaled frames.
         self._detection = FaceEmbedder(embedder.extractor, replace(embedder.options, max_width=options.detect_width))
@@ -454,7 +455,7 @@ class LiveIdentifier:
                 # evidence to confirm or replace it soon, not reid_every frames later
                 # (but not every frame: an ambiguous face would be embedded non-stop).
                 or (
-                    track.vote.history[-1][0] != track.vote.name
+                    not track.vote.settled
                     and track.frames_since_embed + 1 >= max(1, options.reid_every // 4)
                 )
                 or track.frames_since_embed + 1 >= options.reid_every
@@ -471,7 +472,7 @@ class LiveIdentifier:
 
         started = time.perf_counter()
         for track, decision in zip(due, self.gallery.identify(vectors) if due else [], strict=True):
-            track.vote.add(decision.name, decision.score)
+            track.vote.add(decision.best_person, decision.score)
             track.best_person = decision.best_person
             track.embedded_box = track.box
             track.frames_since_embed = 0

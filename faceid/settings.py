@@ -65,7 +65,7 @@ class Settings:
     reid_every: int = 10
     reid_iou: float = 0.6
     # Per-track vote: identifications remembered, needed before a name is shown,
-    # and the lead another name needs to replace the shown one (hysteresis).
+    # and how many in a row another name must win to replace the shown one (hysteresis).
     vote_window: int = 9
     min_evidence: int = 2
     switch_margin: int = 2

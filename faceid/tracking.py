@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,43 +34,64 @@ def iou(first: FaceBox, second: FaceBox) -> float:
 
 
 class IdentityVote:
-    """A track's identity: the name voted over its last ``window`` identifications.
+    """A track's identity, decided over its last ``window`` identifications.
 
-    A new track shows :data:`PENDING` until it has ``min_evidence`` votes. After
-    that the shown name changes only when another name (``unknown`` included)
-    leads it by at least ``switch_margin`` votes in the window: one odd frame
-    never flips the label, a real change of person does within a few frames.
+    Each identification brings the best-matching person and their score. The
+    candidate is the person who was best most often in the window, accepted if
+    the *mean* of their scores there passes the gallery's threshold (``accepts``),
+    else ``unknown_label``: one borderline frame neither names nor rejects a face.
+    A new track shows :data:`PENDING` until it has ``min_evidence``
+    identifications; after that a different candidate replaces the shown name only
+    once it has won ``switch_margin`` identifications in a row (hysteresis).
     """
 
-    def __init__(self, window: int, min_evidence: int, switch_margin: int):
+    def __init__(
+        self,
+        window: int,
+        min_evidence: int,
+        switch_margin: int,
+        accepts: Callable[[float], bool] = lambda score: score >= 0.5,
+        unknown_label: str = "unknown",
+    ):
         if window < 1 or min_evidence < 1 or switch_margin < 1:
             raise ValueError("window, min_evidence and switch_margin must be at least 1")
         self.window = window
         self.min_evidence = min(min_evidence, window)
         self.switch_margin = switch_margin
-        self.history: deque[tuple[str, float]] = deque(maxlen=window)
+        self.accepts = accepts
+        self.unknown_label = unknown_label
+        self.history: deque[tuple[str, float]] = deque(maxlen=window)  # (best person, score)
         self.name = PENDING
+        self.candidate = PENDING  # what the window says now
         self.switches = 0  # changes of the shown name after the first one
+        self.score = 0.0  # mean score of the candidate's identifications in the window
+        self._streak = 0
 
-    def add(self, name: str, score: float) -> str:
+    def add(self, best_person: str, score: float) -> str:
         """Record one identification; returns the name to show now."""
-        self.history.append((name, score))
+        self.history.append((best_person, float(score)))
         if len(self.history) < self.min_evidence:
             return self.name
-        counts = Counter(vote for vote, _ in self.history)
-        leader, leader_votes = max(counts.items(), key=lambda item: (item[1], item[0] == self.name))
+        counts = Counter(person for person, _ in self.history)
+        leader = max(counts, key=lambda person: (counts[person], person == self.name))
+        self.score = float(np.mean([value for person, value in self.history if person == leader]))
+        self.candidate = leader if bool(self.accepts(self.score)) else self.unknown_label
         if self.name == PENDING:
-            self.name = leader
-        elif leader != self.name and leader_votes - counts.get(self.name, 0) >= self.switch_margin:
-            self.name = leader
-            self.switches += 1
+            self.name = self.candidate
+        elif self.candidate == self.name:
+            self._streak = 0
+        else:
+            self._streak += 1
+            if self._streak >= self.switch_margin:
+                self.name = self.candidate
+                self.switches += 1
+                self._streak = 0
         return self.name
 
     @property
-    def score(self) -> float:
-        """Mean score of the votes for the shown name (0 while pending)."""
-        scores = [score for vote, score in self.history if vote == self.name]
-        return float(np.mean(scores)) if scores else 0.0
+    def settled(self) -> bool:
+        """Whether the latest identifications agree with the shown name."""
+        return self.candidate == self.name and self.name != PENDING
 
 
 @dataclass
@@ -109,11 +131,15 @@ class FaceTracker:
     vote_window: int = 15
     min_evidence: int = 2
     switch_margin: int = 2
+    vote_accepts: Callable[[float], bool] = lambda score: score >= 0.5
+    unknown_label: str = "unknown"
     tracks: list[Track] = field(default_factory=list)
     _ids: itertools.count = field(default_factory=lambda: itertools.count(1))
 
     def new_vote(self) -> IdentityVote:
-        return IdentityVote(self.vote_window, self.min_evidence, self.switch_margin)
+        return IdentityVote(
+            self.vote_window, self.min_evidence, self.switch_margin, self.vote_accepts, self.unknown_label
+        )
 
     def update_with_detections(self, frame_rgb: np.ndarray, faces: list[DetectedFace]) -> list[Track]:
         """A detection frame: match faces to tracks (greedy by IoU), start new tracks, age the rest."""

@@ -7,6 +7,7 @@ them pays once.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -113,16 +114,17 @@ def trained_model_dir(tmp_path_factory, lfw_cache_dir) -> Path:
     return directory
 
 
+_ROOT_LOGGING = (logging.getLogger().level, list(logging.getLogger().handlers))
+
+
 @pytest.fixture(autouse=True)
 def restore_logging():
-    """Scripts configure the root logger (-q sets it to ERROR); undo that after each test."""
-    import logging
-
-    root = logging.getLogger()
-    level, handlers = root.level, list(root.handlers)
+    """Scripts configure the root logger (-q sets it to ERROR), also inside session fixtures
+    that run before this one; put back the state from before any test after each test."""
     yield
-    root.setLevel(level)
-    root.handlers[:] = handlers
+    root = logging.getLogger()
+    root.setLevel(_ROOT_LOGGING[0])
+    root.handlers[:] = _ROOT_LOGGING[1]
 
 
 @pytest.fixture

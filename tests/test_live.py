@@ -206,11 +206,17 @@ class WarningCollector(logging.Handler):
         self.messages.append(record.getMessage())
 
     def __enter__(self):
-        logging.getLogger("faceid.live").addHandler(self)
+        logger = logging.getLogger("faceid.live")
+        # Whatever the root logger's level (scripts run with -q set it to ERROR), collect warnings.
+        self._previous_level = logger.level
+        logger.setLevel(logging.WARNING)
+        logger.addHandler(self)
         return self
 
     def __exit__(self, *exc_info):
-        logging.getLogger("faceid.live").removeHandler(self)
+        logger = logging.getLogger("faceid.live")
+        logger.removeHandler(self)
+        logger.setLevel(self._previous_level)
 
 
 def test_stills_are_annotated_under_their_own_names(stills_run):

@@ -28,9 +28,18 @@ def test_vote_is_pending_until_min_evidence():
 
 def test_vote_ignores_a_single_odd_identification():
     vote = IdentityVote(window=5, min_evidence=1, switch_margin=2)
-    for name in ["ann", "ann", "bob", "ann", "unknown"]:
-        shown = vote.add(name, 0.5)
+    for person, score in [("ann", 0.9), ("ann", 0.9), ("bob", 0.9), ("ann", 0.9), ("ann", 0.2)]:
+        shown = vote.add(person, score)
     assert shown == "ann" and vote.switches == 0
+
+
+def test_vote_decides_on_the_mean_score_not_one_borderline_frame():
+    vote = IdentityVote(window=5, min_evidence=2, switch_margin=2)
+    vote.add("ann", 0.45)  # alone, this would be rejected (threshold 0.5)
+    assert vote.add("ann", 0.65) == "ann" and vote.score == pytest.approx(0.55)
+    low = IdentityVote(window=5, min_evidence=2, switch_margin=2)
+    low.add("ann", 0.55)
+    assert low.add("ann", 0.35) == "unknown"
 
 
 def test_vote_switches_only_after_the_configured_margin():
@@ -38,7 +47,7 @@ def test_vote_switches_only_after_the_configured_margin():
     vote.add("ann", 0.9)
     vote.add("ann", 0.9)
     shown = [vote.add("bob", 0.9) for _ in range(4)]
-    # bob needs to lead ann by 2 votes: 2-2 (tie), 3-2 (lead 1), then 4-2 (lead 2).
+    # bob leads the window from his 3rd identification; he must stay ahead twice in a row.
     assert shown == ["ann", "ann", "ann", "bob"]
     assert vote.switches == 1
 
