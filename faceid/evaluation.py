@@ -72,6 +72,7 @@ from faceid.manifest import sha256_file
 from faceid.metrics import (
     accuracy_at,
     best_accuracy_threshold,
+    best_balanced_threshold,
     cmc_curve,
     equal_error_rate,
     roc_auc,
@@ -368,30 +369,6 @@ class FoldAccuracy:
     def std(self) -> float:
         """Sample standard deviation over folds (0 for a single fold)."""
         return float(np.std(self.accuracies, ddof=1)) if len(self.accuracies) > 1 else 0.0
-
-
-def best_balanced_threshold(scores: np.ndarray, is_same: np.ndarray) -> tuple[float, float]:
-    """Threshold maximising the balanced accuracy ``(TAR + TNR) / 2``, and that accuracy.
-
-    On a list with as many same as different pairs this is exactly
-    :func:`faceid.metrics.best_accuracy_threshold`; on an unbalanced one it weighs both
-    kinds equally, so the threshold does not drift towards the majority. The threshold is
-    placed like :func:`best_accuracy_threshold` does (midpoint of the best gap; highest
-    threshold among ties).
-    """
-    far, tar, thresholds = roc_curve(scores, is_same)
-    balanced = (tar + 1.0 - far) / 2.0
-    best = int(np.argmax(balanced))
-    if best == 0:
-        threshold = np.nextafter(thresholds[1], np.inf)
-    elif best == len(thresholds) - 1:
-        threshold = thresholds[best]
-    else:
-        upper, lower = thresholds[best], thresholds[best + 1]
-        threshold = lower + (upper - lower) / 2
-        if not lower < threshold <= upper:
-            threshold = upper
-    return float(threshold), float(balanced[best])
 
 
 def _balanced_accuracy_at(scores: np.ndarray, is_same: np.ndarray, threshold: float) -> float:

@@ -180,18 +180,35 @@ def best_accuracy_threshold(scores: np.ndarray, is_same: np.ndarray) -> tuple[fl
     n_impostor = int(np.count_nonzero(~is_same))
     correct = true_accepts + (n_impostor - false_accepts)
     best = int(np.argmax(correct))
-    accuracy = float(correct[best] / len(scores))
+    return _gap_threshold(thresholds, best), float(correct[best] / len(scores))
+
+
+def best_balanced_threshold(scores: np.ndarray, is_same: np.ndarray) -> tuple[float, float]:
+    """Threshold maximising balanced accuracy (mean of the same and different rates), and it.
+
+    On a list with as many same as different pairs this is exactly
+    :func:`best_accuracy_threshold`; on an unbalanced one it weighs both kinds
+    equally, so the threshold does not drift towards the majority. Placed like
+    :func:`best_accuracy_threshold` (midpoint of the best gap; highest among ties).
+    """
+    far, tar, thresholds = roc_curve(scores, is_same)
+    balanced = (tar + 1.0 - far) / 2.0
+    best = int(np.argmax(balanced))
+    return _gap_threshold(thresholds, best), float(balanced[best])
+
+
+def _gap_threshold(thresholds: np.ndarray, best: int) -> float:
+    """The threshold for ROC point ``best`` (``thresholds`` descending, ``+inf`` first):
+    the midpoint of the gap below it, the next float above the top score for
+    "reject all", the lowest score for "accept all"."""
     if best == 0:
-        threshold = np.nextafter(thresholds[1], np.inf)
-    elif best == len(thresholds) - 1:
-        threshold = thresholds[best]
-    else:
-        upper, lower = thresholds[best], thresholds[best + 1]
-        threshold = lower + (upper - lower) / 2
-        if not lower < threshold <= upper:
-            # The two scores are adjacent floats: no midpoint exists, the upper one is exact.
-            threshold = upper
-    return float(threshold), accuracy
+        return float(np.nextafter(thresholds[1], np.inf))
+    if best == len(thresholds) - 1:
+        return float(thresholds[best])
+    upper, lower = thresholds[best], thresholds[best + 1]
+    threshold = lower + (upper - lower) / 2
+    # Adjacent floats have no midpoint: the upper one is exact.
+    return float(threshold if lower < threshold <= upper else upper)
 
 
 def accuracy_at(scores: np.ndarray, is_same: np.ndarray, threshold: float) -> float:
