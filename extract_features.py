@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="hog: fast frontal detector; cnn: slower, finds turned and small faces")
     parser.add_argument("--batch_size", type=int, default=DEFAULTS.batch_size,
                         help="faces per backbone call; larger amortises overhead, costs memory")
+    parser.add_argument("--workers", type=int, default=DEFAULTS.workers,
+                        help="processes that decode, detect and align while the backbone runs; one per core "
+                             "keeps the CPU busy, 0 does everything in this process")
     parser.add_argument("--runtime", choices=RUNTIMES, default="auto",
                         help="resnet50: onnx (ONNX Runtime, fast), keras, or auto (onnx when exported); same vectors")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON line")
@@ -49,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     summary = extract_features(
         args.faces_path, extractor, args.features,
         face_options=FaceOptions(detect=not args.no_detect, upsample=args.upsample, detector=args.detector),
-        rebuild=args.rebuild, batch_size=args.batch_size, progress=not args.quiet,
+        rebuild=args.rebuild, batch_size=args.batch_size, workers=args.workers, progress=not args.quiet,
     )
     if args.json:
         print(json.dumps(summary.as_dict()))
