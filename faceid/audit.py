@@ -41,7 +41,7 @@ import numpy as np
 from faceid.enrol import DEFAULT_CROP, CropOptions, crop_face, find_faces
 from faceid.errors import ImageReadError, InputError
 from faceid.faces import list_people, read_image
-from faceid.manifest import sha256_file
+from faceid.manifest import check_output_folder, sha256_file
 from faceid.quality import DEFAULT_THRESHOLDS, QualityThresholds, measure_face, near_duplicate_pairs, thumbnail
 from faceid.settings import DEFAULTS
 
@@ -443,14 +443,7 @@ def quarantine(report: AuditReport, faces_root: str | Path, destination: str | P
         InputError: ``destination`` is inside ``faces_root`` (it would become a person).
     """
     faces_root, destination = Path(faces_root), Path(destination)
-    root, target = faces_root.resolve(), destination.resolve()
-    if target == root or root in target.parents:
-        raise InputError(
-            f"--quarantine {destination} is inside --faces_path {faces_root}: it would be read as a person; "
-            "pass a folder outside it"
-        )
-    if destination.exists() and not destination.is_dir():
-        raise InputError(f"--quarantine {destination} is a file: pass a folder")
+    check_output_folder(destination, "--quarantine", faces_root, "--faces_path", "it would be read as a person")
     moves = []
     for person, file in report.flagged_files():
         source = faces_root / person / file

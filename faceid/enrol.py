@@ -41,6 +41,7 @@ import numpy as np
 from faceid.embedding import FaceCropper, FaceOptions
 from faceid.errors import ImageReadError, InputError
 from faceid.faces import DetectedFace, list_image_files, list_people, read_image
+from faceid.manifest import check_output_folder
 from faceid.quality import DEFAULT_THRESHOLDS, NearDuplicateIndex, QualityThresholds, measure_face, thumbnail
 from faceid.settings import DEFAULTS
 
@@ -532,14 +533,9 @@ def crop_names(files: list[Path]) -> dict[Path, str]:
 
 
 def _check_selfie_folders(selfies_root: Path, faces_root: Path) -> None:
-    source, destination = selfies_root.resolve(), faces_root.resolve()
-    if destination == source or source in destination.parents:
-        raise InputError(
-            f"--faces_path {faces_root} is inside --face_selfies {selfies_root}: the crops would be read as "
-            "selfies next time; pass an output folder outside it"
-        )
-    if faces_root.exists() and not faces_root.is_dir():
-        raise InputError(f"--faces_path {faces_root} is a file: pass a folder for the crops")
+    check_output_folder(
+        faces_root, "--faces_path", selfies_root, "--face_selfies", "the crops would be read as selfies next time"
+    )
 
 
 def selfies_to_faces(

@@ -109,3 +109,14 @@ def check_equal(
         raise ManifestMismatchError(
             f"{what} differs: {expected_from} has {describe(expected)}, {found_from} has {describe(found)}; {fix}"
         )
+
+
+def check_output_folder(output: Path, output_flag: str, source: Path, source_flag: str, why: str) -> None:
+    """Refuse an output folder inside (or equal to) a source folder, or one that is a file.
+
+    Raises :class:`InputError` naming both options and ``why`` the place is wrong.
+    """
+    if output.resolve() == source.resolve() or source.resolve() in output.resolve().parents:
+        raise InputError(f"{output_flag} {output} is inside {source_flag} {source}: {why}; pass a folder outside it")
+    if output.exists() and not output.is_dir():
+        raise InputError(f"{output_flag} {output} is a file: pass a folder")
