@@ -16,11 +16,9 @@ import json
 import sys
 from pathlib import Path
 
-from faceid.cli import add_verbosity, run_reporting_errors, setup_logging
+from faceid.cli import add_detection_options, add_verbosity, run_reporting_errors, setup_logging
 from faceid.enrol import CaptureOptions, CropOptions, capture_faces
-from faceid.faces import DETECTORS
 from faceid.quality import DEFAULT_THRESHOLDS, QualityThresholds
-from faceid.settings import DEFAULTS
 
 CAPTURE, CROP, QUALITY = CaptureOptions(), CropOptions(), DEFAULT_THRESHOLDS
 
@@ -52,10 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="--auto: how turned a face may be (0 = frontal, ~0.4 = 45 degrees); lower: more frontal")
     parser.add_argument("--near_duplicate", type=float, default=QUALITY.near_duplicate,
                         help="--auto: skip a crop this close to one in the folder (1 - correlation); raise: more varied")
-    parser.add_argument("--upsample", type=int, default=DEFAULTS.upsample,
-                        help="detector upsampling: 0 is fastest (faces > ~80 px), 1 finds ~40 px faces")
-    parser.add_argument("--detector", choices=DETECTORS, default=CROP.detector,
-                        help="hog: fast, frontal faces; cnn: slower, also turned faces")
+    add_detection_options(parser)
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON line")
     add_verbosity(parser)
     return parser

@@ -19,11 +19,9 @@ import sys
 from pathlib import Path
 
 from faceid.audit import KINDS, audit_faces, quarantine
-from faceid.cli import add_verbosity, run_reporting_errors, setup_logging
+from faceid.cli import add_detection_options, add_verbosity, run_reporting_errors, setup_logging
 from faceid.enrol import CropOptions
-from faceid.faces import DETECTORS
 from faceid.quality import DEFAULT_THRESHOLDS, QualityThresholds
-from faceid.settings import DEFAULTS
 
 CROP, QUALITY = CropOptions(), DEFAULT_THRESHOLDS
 FLAGGED_EXIT_CODE = 3
@@ -52,10 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mislabel_ratio", type=float, default=QUALITY.mislabel_ratio,
                         help="flag an image whose nearest other person's centre is closer than this share of its own "
                         "centre's distance; lower flags fewer (more certain) images")
-    parser.add_argument("--upsample", type=int, default=DEFAULTS.upsample,
-                        help="detector upsampling, as extraction will use it: 1 finds ~40 px faces, 2 ~20 px")
-    parser.add_argument("--detector", choices=DETECTORS, default=CROP.detector,
-                        help="as extraction will use it: hog (fast, frontal) or cnn (slower, also turned faces)")
+    add_detection_options(parser)
     parser.add_argument("--max_width", type=int, default=CROP.max_width,
                         help="search photos wider than this shrunk to this width (speed); 0 = full size")
     parser.add_argument("--strict", action="store_true", help=f"exit {FLAGGED_EXIT_CODE} when anything is flagged")

@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from faceid.cli import add_verbosity, run_main
+from faceid.cli import add_detection_options, add_verbosity, run_main
 from faceid.embedding import FaceOptions
 from faceid.evaluation import (
     FACE_CHOICES,
@@ -28,7 +28,6 @@ from faceid.evaluation import (
     evaluate_oneshot,
     evaluate_pairs,
 )
-from faceid.faces import DETECTORS
 from faceid.report_html import notes, text_table, write_outputs
 from faceid.settings import DEFAULTS
 
@@ -41,10 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="similarity model from train.py, evaluated as method 'head' (omit: distances only)")
     common.add_argument("--features", "--features_path", dest="features", type=Path,
                         help="feature cache of this extractor: images it holds (same bytes) are not embedded again")
-    common.add_argument("--upsample", type=int, default=DEFAULTS.upsample,
-                        help="detector upsampling, as in extract_features.py: 0 fastest, 1 finds ~40 px faces")
-    common.add_argument("--detector", choices=DETECTORS, default="hog",
-                        help="hog: fast; cnn: slower, finds turned faces")
+    add_detection_options(common)
     common.add_argument("--batch_size", type=int, default=DEFAULTS.batch_size, help="faces per backbone call")
     common.add_argument("--seed", type=int, default=DEFAULTS.seed,
                         help="fixes every random choice (folds' heads, splits, trials)")

@@ -15,9 +15,8 @@ from pathlib import Path
 
 from faceid.backbones import RUNTIMES, load_extractor
 from faceid.cache import extract_features
-from faceid.cli import add_verbosity, run_main
+from faceid.cli import add_detection_options, add_verbosity, run_main
 from faceid.embedding import FaceOptions
-from faceid.faces import DETECTORS
 from faceid.settings import DEFAULTS
 
 
@@ -31,10 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="re-embed everything (needed when the cache was made by another extractor)")
     parser.add_argument("--no_detect", action="store_true",
                         help="the images already are face crops: resize them whole instead of detecting a face")
-    parser.add_argument("--upsample", type=int, default=DEFAULTS.upsample,
-                        help="detector upsampling: 0 is fastest (faces > ~80 px), 1 finds ~40 px faces, 2 ~20 px")
-    parser.add_argument("--detector", choices=DETECTORS, default="hog",
-                        help="hog: fast frontal detector; cnn: slower, finds turned and small faces")
+    add_detection_options(parser)
     parser.add_argument("--batch_size", type=int, default=DEFAULTS.batch_size,
                         help="faces per backbone call; larger amortises overhead, costs memory")
     parser.add_argument("--workers", type=int, default=DEFAULTS.workers,

@@ -16,10 +16,8 @@ import json
 import sys
 from pathlib import Path
 
-from faceid.cli import add_verbosity, run_reporting_errors, setup_logging
+from faceid.cli import add_detection_options, add_verbosity, run_reporting_errors, setup_logging
 from faceid.enrol import MULTI_CHOICES, CropOptions, selfies_to_faces
-from faceid.faces import DETECTORS
-from faceid.settings import DEFAULTS
 
 CROP = CropOptions()
 
@@ -34,10 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a photo with several faces: skip it (reported) or save the largest face")
     parser.add_argument("--size", type=int, default=CROP.size,
                         help="crop side in px; the same aligned crop at any size (150 is dlib's, 224 ResNet50's)")
-    parser.add_argument("--upsample", type=int, default=DEFAULTS.upsample,
-                        help="detector upsampling: 0 is fastest (faces > ~80 px), 1 finds ~40 px faces, 2 ~20 px")
-    parser.add_argument("--detector", choices=DETECTORS, default=CROP.detector,
-                        help="hog: fast, frontal faces; cnn: slower, also turned faces (try it for 'no face' photos)")
+    add_detection_options(parser)
     parser.add_argument("--max_width", type=int, default=CROP.max_width,
                         help="search photos wider than this shrunk to this width (speed); "
                         "the crop keeps full resolution; 0 = full size")

@@ -20,10 +20,9 @@ import numpy as np
 
 from faceid.backbones import RUNTIMES, load_extractor
 from faceid.cache import FeatureCache
-from faceid.cli import add_verbosity, run_reporting_errors, setup_logging
+from faceid.cli import add_detection_options, add_verbosity, run_reporting_errors, setup_logging
 from faceid.embedding import FaceEmbedder, FaceOptions
 from faceid.errors import ManifestMismatchError
-from faceid.faces import DETECTORS
 from faceid.live import LiveOptions, display_available, frame_source, run_live
 from faceid.scoring import RULES
 from faceid.settings import DEFAULTS
@@ -60,10 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(default: the model's, normally {DEFAULTS.vote_share}); raise it for fewer wrong names")
     parser.add_argument("--normalize", type=int, choices=(0, 1),
                         help="must match how the head was trained (default: read from the model)")
-    parser.add_argument("--upsample", type=int, default=DEFAULTS.upsample,
-                        help="detector upsampling: 0 is fastest (faces > ~80 px), 1 finds ~40 px faces, 2 ~20 px")
-    parser.add_argument("--detector", choices=DETECTORS, default="hog",
-                        help="hog: fast, frontal faces; cnn: slower, also finds turned faces")
+    add_detection_options(parser)
     parser.add_argument("--detect_every", type=int, default=DEFAULTS.detect_every,
                         help="full detection every N frames, faces tracked in between; 1 = every frame "
                              "(slowest, catches new faces soonest)")

@@ -17,6 +17,20 @@ def add_verbosity(parser: argparse.ArgumentParser) -> None:
     group.add_argument("-q", "--quiet", action="store_true", help="only errors; no progress bar")
 
 
+def add_detection_options(parser) -> None:
+    """``--upsample`` and ``--detector``: every script that finds faces offers them the same way."""
+    from faceid.embedding import FaceOptions
+    from faceid.faces import DETECTORS
+    from faceid.settings import DEFAULTS
+
+    parser.add_argument("--upsample", type=int, default=DEFAULTS.upsample,
+                        help="detector upsampling: 0 is fastest (faces > ~80 px), 1 finds ~40 px faces, 2 ~20 px; "
+                             "use the same value for enrolment and identification")
+    parser.add_argument("--detector", choices=DETECTORS, default=FaceOptions().detector,
+                        help="hog: fast, frontal faces; cnn: slower, also finds turned and small faces "
+                             "(try it for 'no face' photos)")
+
+
 def setup_logging(args: argparse.Namespace) -> None:
     """Configure logging once, in the script (the package never does)."""
     level = logging.DEBUG if args.verbose else logging.ERROR if args.quiet else logging.WARNING
