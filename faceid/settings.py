@@ -28,9 +28,23 @@ class Settings:
     # Upsampling doubles the image per step so dlib's HOG finds faces smaller than
     # its ~80 px window; 1 finds ~40 px faces at ~4x the cost of 0.
     upsample: int = 1
+    # dlib's frontal HOG detector: fast on a CPU, frontal faces only. "cnn" (dlib's MMOD
+    # network) also finds turned faces, at ~25x the cost.
+    detector: str = "hog"
+    # Still images wider than this are searched for faces downscaled to it (a 12-megapixel
+    # phone photo at upsample 1 takes seconds and gigabytes); crops are still cut from the
+    # full-size image. Extraction, enrolment, the audit and evaluation share it, so they
+    # agree about "no face". Live video uses detect_width instead.
+    max_search_width: int = 1600
     # Margin around the landmark-aligned face, as a share of the face size.
     # 0.25 is what dlib's face ResNet was trained with.
     align_padding: float = 0.25
+
+    # --- where artefacts go (every script's default paths) ---------------------------
+    extractor_path: str = "models/extractor"
+    features_path: str = "features"
+    similarity_path: str = "models/similarity"
+    faces_path: str = "faces"
 
     # --- feature extraction ------------------------------------------------------
     # Images per backbone call; larger batches amortise framework overhead.

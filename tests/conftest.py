@@ -31,16 +31,6 @@ def pytest_configure(config):
         )
 
 
-def load_script(file_name: str):
-    """Import a root script by path: ``test.py`` would otherwise clash with the stdlib ``test`` package."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"faceid_script_{Path(file_name).stem}", REPO / file_name)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def copy_people(
     source: Path, destination: Path, people: list[str], max_images: int | None = None
 ) -> Path:
@@ -86,7 +76,7 @@ def lfw_train_faces(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def lfw_cache_dir(tmp_path_factory, lfw_train_faces, dlib_extractor) -> Path:
-    from faceid.cache import extract_features
+    from faceid.features.extract import extract_features
 
     directory = tmp_path_factory.mktemp("lfw_features")
     extract_features(lfw_train_faces, dlib_extractor, directory, progress=False)
@@ -96,7 +86,7 @@ def lfw_cache_dir(tmp_path_factory, lfw_train_faces, dlib_extractor) -> Path:
 @pytest.fixture(scope="session")
 def trained_model_dir(tmp_path_factory, lfw_cache_dir) -> Path:
     """A similarity head trained on the LFW slice with train.py (the real entry point)."""
-    import train
+    from faceid.cli import train
 
     directory = tmp_path_factory.mktemp("similarity")
     code = train.main(

@@ -12,15 +12,15 @@ from pathlib import Path
 
 import cv2
 import pytest
-from conftest import LFW, ORL, copy_people, load_script
+from conftest import LFW, ORL, copy_people
 from PIL import Image
 from test_enrol import add_problem_files
 
-from faceid.audit import audit_faces
+from faceid.apps.audit import audit_faces
+from faceid.cli import check_faces
 from faceid.errors import InputError
-from faceid.faces import read_image
+from faceid.io.images import read_image
 
-check_faces = load_script("check_faces.py")
 PEOPLE = ["Al_Gore", "Al_Sharpton", "Alejandro_Toledo", "Amelia_Vega"]
 
 
@@ -97,7 +97,7 @@ def test_audit_without_extractor_does_not_guess_labels(faces_root):
 
 
 def test_audit_reuses_a_feature_cache_without_changing_it(faces_root, dlib_extractor, tmp_path):
-    from faceid.cache import extract_features
+    from faceid.features.extract import extract_features
 
     cache = tmp_path / "features"
     extract_features(faces_root, dlib_extractor, cache, progress=False)

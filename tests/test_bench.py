@@ -6,10 +6,10 @@ import json
 
 from conftest import LFW, VIDEO
 
-import bench
+from faceid.apps.live import FaceResult
 from faceid.benchmarks.live import score_labels
-from faceid.faces import FaceBox
-from faceid.live import FaceResult
+from faceid.cli import bench
+from faceid.detect.faces import FaceBox
 
 
 def json_lines(output: str) -> list[dict]:

@@ -8,10 +8,13 @@ import numpy as np
 import pytest
 from conftest import LFW, ORL, copy_people
 
-from faceid.backbones import BackboneOptions, DlibExtractor, create_extractor
-from faceid.cache import NO_FACE, UNREADABLE, FeatureCache, extract_features
-from faceid.embedding import FaceCropper, FaceOptions
+from faceid.backbones import BackboneOptions, create_extractor
+from faceid.backbones.dlib_resnet import DlibExtractor
+from faceid.detect.faces import NO_FACE, FaceCropper, FaceOptions
 from faceid.errors import InputError, ManifestMismatchError
+from faceid.features.cache import FeatureCache
+from faceid.features.extract import extract_features
+from faceid.io.images import UNREADABLE
 
 
 @pytest.fixture

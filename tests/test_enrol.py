@@ -10,16 +10,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import LFW, ORL, VIDEO, load_script
+from conftest import LFW, ORL, VIDEO
 from PIL import Image
 
-from faceid.enrol import CROP_SIZE, FRAMES_DIR, CropOptions, crop_face, find_faces, save_new_image, write_new_file
-from faceid.faces import align_face, detect_faces, read_image, whole_image_face
-from faceid.quality import DEFAULT_THRESHOLDS, measure_face, thumbnail, thumbnail_distance, yaw_ratio
-
-capture = load_script("capture.py")
-selfies2face = load_script("selfies2face.py")
-
+from faceid.apps.enrol import CROP_SIZE, FRAMES_DIR, CropOptions, crop_face, find_faces, save_new_image
+from faceid.cli import capture, selfies2face
+from faceid.detect.faces import align_face, detect_faces, whole_image_face
+from faceid.detect.quality import DEFAULT_THRESHOLDS, measure_face, thumbnail, thumbnail_distance, yaw_ratio
+from faceid.io.images import read_image
+from faceid.io.store import write_new_file
 
 # --------------------------------------------------------------------------------------
 # A messy enrolment folder, built from real faces (shared with test_audit.py)
@@ -66,7 +65,7 @@ def save_exif_rotated(source: Path, destination: Path) -> None:
 
 
 def clip_frame(index: int) -> np.ndarray:
-    from faceid.live import VideoSource
+    from faceid.io.video import VideoSource
 
     with VideoSource(VIDEO) as source:
         return next(itertools.islice(source, index, None))[2]

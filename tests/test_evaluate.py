@@ -14,20 +14,16 @@ import pytest
 from conftest import LFW, lfw_people
 from PIL import Image
 
-import evaluate
-from faceid.cache import FeatureCache
+from faceid.cli import evaluate
+from faceid.detect.faces import DetectedFace, FaceBox
 from faceid.errors import InputError
-from faceid.evaluation import (
-    best_balanced_threshold,
-    centred_face,
-    fold_accuracy,
-    oneshot_correct,
-    open_set_rates,
-    read_pair_list,
-    wilson_interval,
-)
-from faceid.faces import DetectedFace, FaceBox
-from faceid.metrics import best_accuracy_threshold
+from faceid.evaluate.folds import fold_accuracy
+from faceid.evaluate.identify import open_set_rates
+from faceid.evaluate.images import centred_face
+from faceid.evaluate.oneshot import oneshot_correct, wilson_interval
+from faceid.evaluate.pairlist import read_pair_list
+from faceid.features.cache import FeatureCache
+from faceid.match.metrics import best_accuracy_threshold, best_balanced_threshold
 
 # --------------------------------------------------------------------------------------
 # Pure numerics

@@ -7,8 +7,9 @@ import pytest
 from conftest import LFW, ORL
 from PIL import Image
 
+from faceid.detect.faces import align_face, detect_faces, whole_image_face
 from faceid.errors import ImageReadError, InputError
-from faceid.faces import align_face, detect_faces, list_people, read_image, whole_image_face
+from faceid.io.images import list_people, read_image
 
 
 def test_read_image_gives_rgb_for_greyscale_pgm():

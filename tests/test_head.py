@@ -1,4 +1,4 @@
-"""Tests for faceid.head: NumPy inference, save/load, training on a separable toy problem."""
+"""Tests for faceid.match.head: NumPy inference, save/load, training on a separable toy problem."""
 
 from __future__ import annotations
 
@@ -12,15 +12,10 @@ import numpy as np
 import pytest
 
 from faceid.errors import InputError
-from faceid.head import (
-    HeadArchitecture,
-    SimilarityHead,
-    build_keras_head,
-    score_pairs,
-    train_head,
-)
-from faceid.metrics import roc_auc
-from faceid.pairs import PairSet, pair_features, sample_pairs
+from faceid.match.head import HeadArchitecture, SimilarityHead, score_pairs
+from faceid.match.metrics import roc_auc
+from faceid.train.head import build_keras_head, train_head
+from faceid.train.pairs import PairSet, pair_features, sample_pairs
 
 SMALL_ARCHITECTURE = HeadArchitecture(hidden_units=(32, 16), dropout=(0.2, 0.0))
 FEATURE_DIMS = 16
@@ -73,7 +68,7 @@ def trained(toy_problem) -> tuple[SimilarityHead, dict[str, list[float]]]:
 
 
 def test_importing_the_head_module_does_not_import_keras() -> None:
-    code = "import sys, faceid.head; print('keras' in sys.modules, 'tensorflow' in sys.modules)"
+    code = "import sys, faceid.match.head; print('keras' in sys.modules, 'tensorflow' in sys.modules)"
     result = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,

@@ -1,4 +1,4 @@
-"""Live identification (faceid.live) and its script (test.py), on the Hamilton clip and LFW stills."""
+"""Live identification (faceid.apps.live) and its script (test.py), on the Hamilton clip and LFW stills."""
 
 from __future__ import annotations
 
@@ -10,23 +10,22 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import KNOWN, LFW, VIDEO, load_script
+from conftest import KNOWN, LFW, VIDEO
 
-from faceid.cache import FeatureCache, extract_features
-from faceid.embedding import FaceEmbedder
+from faceid.apps.live import run_live
+from faceid.detect.tracking import PENDING
 from faceid.errors import InputError
-from faceid.gallery import UNKNOWN, Gallery
-from faceid.head import HeadArchitecture, SimilarityHead
-from faceid.live import (
-    ImageFolderSource,
-    VideoSource,
-    display_available,
-    run_live,
-)
-from faceid.scoring import Rule
-from faceid.similarity import SimilarityModel
-from faceid.stats import Normalizer
-from faceid.tracking import PENDING
+from faceid.features.cache import FeatureCache
+from faceid.features.embedding import FaceEmbedder
+from faceid.features.extract import extract_features
+from faceid.features.stats import Normalizer
+from faceid.io.display import display_available
+from faceid.io.video import ImageFolderSource, VideoSource
+from faceid.match.decision import Decision
+from faceid.match.gallery import UNKNOWN, Gallery
+from faceid.match.head import HeadArchitecture, SimilarityHead
+from faceid.match.model import SimilarityModel
+from faceid.match.scoring import Rule
 
 CLIP = VIDEO
 MIRANDA = "lin-manuel-miranda"
@@ -36,7 +35,7 @@ EUCLIDEAN_THRESHOLD = -0.6
 JSONL_KEYS = {"frame", "time", "source", "track", "box", "name", "score", "best_person", "ms"}
 
 
-identify_script = load_script("test.py")
+from faceid.cli import identify as identify_script
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -196,7 +195,7 @@ def stills_run(embedder, gallery, tmp_path_factory):
 
 
 class WarningCollector(logging.Handler):
-    """Collects faceid.live's warnings (caplog is function-scoped; the run is shared)."""
+    """Collects the package's warnings (caplog is function-scoped; the run is shared)."""
 
     def __init__(self):
         super().__init__(logging.WARNING)
@@ -206,7 +205,7 @@ class WarningCollector(logging.Handler):
         self.messages.append(record.getMessage())
 
     def __enter__(self):
-        logger = logging.getLogger("faceid.live")
+        logger = logging.getLogger("faceid")
         # Whatever the root logger's level (scripts run with -q set it to ERROR), collect warnings.
         self._previous_level = logger.level
         logger.setLevel(logging.WARNING)
@@ -214,7 +213,7 @@ class WarningCollector(logging.Handler):
         return self
 
     def __exit__(self, *exc_info):
-        logger = logging.getLogger("faceid.live")
+        logger = logging.getLogger("faceid")
         logger.removeHandler(self)
         logger.setLevel(self._previous_level)
 
@@ -275,7 +274,7 @@ def test_no_display_without_a_display_server(monkeypatch):
 
 
 def test_asking_for_a_window_without_one_says_what_to_do(embedder, gallery, monkeypatch, tmp_path):
-    monkeypatch.setattr("faceid.live.display_available", lambda: False)
+    monkeypatch.setattr("faceid.io.display.display_available", lambda: False)
     with pytest.raises(InputError, match="--no_display"):
         run_live(VideoSource(CLIP), embedder, gallery, display=True, jsonl_path=tmp_path / "faces.jsonl",
                  progress=False)
@@ -298,8 +297,8 @@ def save_model(directory: Path, extractor, normalize: bool) -> Path:
     )
     # mean 0 / std 1: the identity, so a "normalised" model scores the same.
     normalizer = Normalizer.from_arrays(np.zeros(128), np.ones(128)) if normalize else None
-    SimilarityModel(head=head, normalizer=normalizer, threshold=0.5, rule=Rule("topk"),
-                    extractor=extractor.manifest, target_far=0.01).save(directory)
+    SimilarityModel(head=head, normalizer=normalizer, decision=Decision.calibrated(0.5, Rule("topk"), 0.01),
+                    extractor=extractor.manifest).save(directory)
     return directory
 
 

@@ -1,4 +1,4 @@
-"""Tests for faceid.metrics against hand-computed answers and scikit-learn."""
+"""Tests for faceid.match.metrics against hand-computed answers and scikit-learn."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from sklearn import metrics as sklearn_metrics
 
 from faceid.errors import InputError
-from faceid.metrics import (
+from faceid.match.metrics import (
     accuracy_at,
     best_accuracy_threshold,
     cmc_curve,

@@ -1,4 +1,4 @@
-"""Tests for faceid.pairs: pair sampling, labels, caps, batching."""
+"""Tests for faceid.train.pairs: pair sampling, labels, caps, batching."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from faceid.errors import InputError
-from faceid.pairs import PairSet, iter_pair_batches, pair_features, sample_pairs
+from faceid.train.pairs import PairSet, iter_pair_batches, pair_features, sample_pairs
 
 # Uneven group sizes on purpose: a big person, small ones, and singletons that can only ever be
 # the "other" side of a negative.

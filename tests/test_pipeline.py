@@ -6,17 +6,13 @@ import json
 
 import numpy as np
 import pytest
-from conftest import KNOWN, LFW, ORL, VIDEO, copy_people, lfw_people, load_script
+from conftest import KNOWN, LFW, ORL, VIDEO, copy_people, lfw_people
 
-import compute_mean
-import extract_features
-import network
-import train
-from faceid.cache import FeatureCache
-from faceid.similarity import SimilarityModel
-from faceid.stats import load_stats
-
-identify_script = load_script("test.py")
+from faceid.cli import compute_mean, extract_features, network, train
+from faceid.cli import identify as identify_script
+from faceid.features.cache import FeatureCache
+from faceid.features.stats import load_stats
+from faceid.match.model import SimilarityModel
 
 
 def run(script, args, capsys):

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from conftest import LFW
 
-import network
 from faceid.backbones import load_extractor
-from faceid.embedding import FaceEmbedder
+from faceid.cli import network
 from faceid.errors import InputError
-from faceid.faces import read_image
+from faceid.features.embedding import FaceEmbedder
+from faceid.io.images import read_image
 
 
 @pytest.fixture(scope="module")

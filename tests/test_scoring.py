@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from faceid.errors import InputError, NotFittedError
-from faceid.gallery import Gallery
-from faceid.scoring import Rule, pairwise_scores, person_scores
+from faceid.match.gallery import Gallery
+from faceid.match.scoring import Rule, pairwise_scores, person_scores
 
 
 def test_topk_rule_averages_the_k_best_scores_of_each_person():

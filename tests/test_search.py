@@ -8,13 +8,13 @@ import logging
 import numpy as np
 import pytest
 
-import bench
-from faceid import search
-from faceid.cache import FeatureCache
+from faceid.cli import bench
 from faceid.errors import InputError
-from faceid.gallery import Gallery
-from faceid.search import ShortlistIndex
-from faceid.similarity import SimilarityModel
+from faceid.features.cache import FeatureCache
+from faceid.match import search
+from faceid.match.gallery import Gallery
+from faceid.match.model import SimilarityModel
+from faceid.match.search import ShortlistIndex
 
 ENROLLED = 3  # images enrolled per person; the rest of each person's images are probes
 
@@ -34,7 +34,7 @@ def real_gallery(lfw_cache_dir, trained_model_dir):
 
 
 def _gallery(model: SimilarityModel, **search_options) -> Gallery:
-    return Gallery(head=model.head, normalizer=model.normalizer, rule=model.rule, threshold=model.threshold,
+    return Gallery(head=model.head, normalizer=model.normalizer, decision=model.decision,
                    **search_options)
 
 
@@ -101,7 +101,7 @@ def test_shortlist_ranks_by_the_mean_of_each_persons_top_k_nearest_vectors():
 def test_missing_faiss_falls_back_to_numpy_with_a_warning(real_gallery, monkeypatch, caplog):
     vectors, names, _, _, _ = real_gallery
     monkeypatch.setattr(search, "faiss_module", lambda: None)
-    with caplog.at_level(logging.WARNING, logger="faceid.search"):
+    with caplog.at_level(logging.WARNING, logger="faceid.match.search"):
         index = ShortlistIndex(backend="faiss").fit(vectors, np.unique(names, return_inverse=True)[1])
     assert index.backend_ == "numpy"
     assert "faiss-cpu is not installed" in caplog.text

@@ -8,18 +8,24 @@ import numpy as np
 import pytest
 from conftest import KNOWN, VIDEO
 
-from faceid.cache import FeatureCache, extract_features
-from faceid.embedding import FaceEmbedder
-from faceid.faces import FaceBox
-from faceid.gallery import Gallery
-from faceid.live import LiveIdentifier, LiveOptions, VideoSource
-from faceid.tracking import PENDING, IdentityVote, iou
+from faceid.apps.live import LiveIdentifier, LiveOptions
+from faceid.detect.faces import FaceBox
+from faceid.detect.tracking import PENDING, FaceTracker, IdentityVote, iou
+from faceid.features.cache import FeatureCache
+from faceid.features.embedding import FaceEmbedder
+from faceid.features.extract import extract_features
+from faceid.io.video import VideoSource
+from faceid.match.decision import Decision
+from faceid.match.gallery import Gallery
+from faceid.settings import DEFAULTS
 
 MIRANDA = "lin-manuel-miranda"
+# A track is named when its mean score reaches 0.5 (the gallery's decision in live use).
+AT_HALF = Decision(0.5).accepts_one
 
 
 def test_vote_is_pending_until_min_evidence():
-    vote = IdentityVote(window=5, min_evidence=3, switch_margin=2)
+    vote = IdentityVote(window=5, min_evidence=3, switch_margin=2, accepts=AT_HALF)
     assert vote.add("ann", 0.9) == PENDING
     assert vote.add("ann", 0.8) == PENDING
     assert vote.add("ann", 0.7) == "ann"
@@ -27,29 +33,47 @@ def test_vote_is_pending_until_min_evidence():
 
 
 def test_vote_ignores_a_single_odd_identification():
-    vote = IdentityVote(window=5, min_evidence=1, switch_margin=2)
+    vote = IdentityVote(window=5, min_evidence=1, switch_margin=2, accepts=AT_HALF)
     for person, score in [("ann", 0.9), ("ann", 0.9), ("bob", 0.9), ("ann", 0.9), ("ann", 0.2)]:
         shown = vote.add(person, score)
     assert shown == "ann" and vote.switches == 0
 
 
 def test_vote_decides_on_the_mean_score_not_one_borderline_frame():
-    vote = IdentityVote(window=5, min_evidence=2, switch_margin=2)
+    vote = IdentityVote(window=5, min_evidence=2, switch_margin=2, accepts=AT_HALF)
     vote.add("ann", 0.45)  # alone, this would be rejected (threshold 0.5)
     assert vote.add("ann", 0.65) == "ann" and vote.score == pytest.approx(0.55)
-    low = IdentityVote(window=5, min_evidence=2, switch_margin=2)
+    low = IdentityVote(window=5, min_evidence=2, switch_margin=2, accepts=AT_HALF)
     low.add("ann", 0.55)
     assert low.add("ann", 0.35) == "unknown"
 
 
 def test_vote_switches_only_after_the_configured_margin():
-    vote = IdentityVote(window=6, min_evidence=1, switch_margin=2)
+    vote = IdentityVote(window=6, min_evidence=1, switch_margin=2, accepts=AT_HALF)
     vote.add("ann", 0.9)
     vote.add("ann", 0.9)
     shown = [vote.add("bob", 0.9) for _ in range(4)]
     # bob leads the window from his 3rd identification; he must stay ahead twice in a row.
     assert shown == ["ann", "ann", "ann", "bob"]
     assert vote.switches == 1
+
+
+def test_shown_score_belongs_to_the_shown_name_during_hysteresis():
+    vote = IdentityVote(window=5, min_evidence=1, switch_margin=2, accepts=AT_HALF)
+    for person, score in [("ann", 0.7), ("ann", 0.9), ("bob", 0.95), ("bob", 0.97)]:
+        vote.add(person, score)
+    # bob now leads the window (3 to 2) for the first time: ann stays shown until he wins twice.
+    assert vote.add("bob", 0.96) == "ann" and vote.candidate == "bob"
+    assert vote.score == pytest.approx(0.8)  # ann's mean, not bob's 0.96
+    assert vote.candidate_score == pytest.approx(0.96)
+
+
+def test_tracker_defaults_come_from_settings():
+    tracker = FaceTracker(vote_accepts=AT_HALF)
+    vote = tracker.new_vote()
+    assert (vote.window, vote.min_evidence, vote.switch_margin) == (
+        DEFAULTS.vote_window, DEFAULTS.min_evidence, DEFAULTS.switch_margin)
+    assert tracker.max_missed == DEFAULTS.max_missed
 
 
 def test_iou_of_boxes():

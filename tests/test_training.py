@@ -7,18 +7,14 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import ORL, copy_people, load_script
+from conftest import ORL, copy_people
 
-import compute_mean
-import extract_features
-import network
-import train
-from faceid.cache import FeatureCache
+from faceid.cli import compute_mean, extract_features, network, train
+from faceid.cli import identify as identify_script
 from faceid.errors import InputError
-from faceid.scoring import Rule
-from faceid.training import calibrate, split_people
-
-identify_script = load_script("test.py")
+from faceid.features.cache import FeatureCache
+from faceid.match.scoring import Rule
+from faceid.train.trainer import calibrate, split_people
 
 
 def test_split_holds_out_whole_people():

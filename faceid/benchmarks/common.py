@@ -1,12 +1,73 @@
-"""Helpers every benchmark shares: latency statistics and a plain-text table."""
+"""Helpers every benchmark shares: where the data is, the machine's rates, latency statistics, tables."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def shared_data() -> Path:
+    """The shared face data: ``$FACEID_DATA`` (as for ./run.sh and the tests), else ``../shared/data``."""
+    return Path(os.environ.get("FACEID_DATA", REPO.parent / "shared" / "data"))
+
+
+def _timed(call: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    call()
+    return time.perf_counter() - started
+
+
+def matmul_gflops(engine: str = "onnxruntime", size: int = 1024, repeats: int = 10, threads: int | None = None) -> float:
+    """This machine's float32 matrix-multiply rate (best of ``repeats``): the one probe of the benchmarks.
+
+    A computation's "physical floor" is its FLOPs over this rate, measured with the engine
+    that runs it: ``"onnxruntime"`` for the backbones (NumPy's BLAS may be pinned to a
+    conservative kernel on some machines, OPENBLAS_CORETYPE, and would understate it),
+    ``"numpy"`` for the similarity head and the gallery scan, which run in NumPy.
+    """
+    if engine == "numpy":
+        rng = np.random.default_rng(0)
+        a, b = rng.standard_normal((size, size), dtype=np.float32), rng.standard_normal((size, size), dtype=np.float32)
+        a @ b
+        best = min(_timed(lambda: a @ b) for _ in range(repeats))
+        return 2.0 * size**3 / best / 1e9
+    if engine != "onnxruntime":
+        raise ValueError(f"unknown engine {engine!r}: onnxruntime or numpy")
+    import onnx
+    import onnxruntime
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "b"], ["c"])],
+        "matmul",
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, [size, size]) for name in ("a", "b")],
+        [helper.make_tensor_value_info("c", TensorProto.FLOAT, [size, size])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = min(model.ir_version, onnx.IR_VERSION)
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads or os.cpu_count() or 1
+    session = onnxruntime.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    inputs = {name: rng.standard_normal((size, size), dtype=np.float32) for name in ("a", "b")}
+    session.run(None, inputs)
+    best = min(_timed(lambda: session.run(None, inputs)) for _ in range(repeats))
+    return 2.0 * size**3 / best / 1e9
+
+
+def memory_gbps(megabytes: int = 512, repeats: int = 3) -> float:
+    """Read bandwidth: a float32 dot product over an array much larger than the caches."""
+    array = np.ones(megabytes * 2**20 // 4, dtype=np.float32)
+    best = min(_timed(lambda: array @ array) for _ in range(repeats))
+    return array.nbytes / best / 1e9
 
 
 def latency_stats(milliseconds: Sequence[float]) -> dict[str, float]:

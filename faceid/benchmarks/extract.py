@@ -4,7 +4,7 @@
     detected and aligned in this process, then the backbone called once on the
     person's stack of chips (Keras ``predict`` for ResNet50, dlib's batch
     descriptor for dlib).
-(b) ours: ``faceid.cache.extract_features`` with its defaults: decoding,
+(b) ours: ``faceid.features.extract.extract_features`` with its defaults: decoding,
     detection and alignment in worker processes while the backbone (ONNX Runtime
     for ResNet50) embeds batches of 32 chips across people.
 
@@ -24,20 +24,18 @@ from pathlib import Path
 
 import numpy as np
 
-from faceid.backbones import BackboneOptions, create_extractor, load_extractor, preprocess_resnet50
-from faceid.benchmarks.common import print_json_lines, print_table
-from faceid.cache import extract_features
-from faceid.embedding import FaceEmbedder
+from faceid.backbones import BackboneOptions, create_extractor, load_extractor
+from faceid.backbones.resnet50 import preprocess_resnet50
+from faceid.benchmarks.common import matmul_gflops, print_json_lines, print_table, shared_data
 from faceid.errors import ImageReadError, InputError
-from faceid.faces import list_people, read_image
-from faceid.runtime import matmul_gflops
+from faceid.features.embedding import FaceEmbedder
+from faceid.features.extract import extract_features
+from faceid.io.images import list_people, read_image
 from faceid.settings import DEFAULTS
-
-SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--faces_path", type=Path, default=SHARED_DATA / "lfw_devtrain",
+    parser.add_argument("--faces_path", type=Path, default=shared_data() / "lfw_devtrain",
                         help="folder of person folders to embed")
     parser.add_argument("--images", type=int, default=300, help="images to embed (whole people, in name order)")
     parser.add_argument("--backbones", default="resnet50,dlib", help="comma-separated backbones to measure")

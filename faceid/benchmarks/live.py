@@ -4,7 +4,7 @@
     called once per face (Keras ``predict`` for ResNet50, dlib's descriptor for
     dlib), and the Keras similarity head called once per enrolled person, with the
     original decision rule (over 85% of a person's vectors scoring above 0.8).
-(b) ours: faceid.live.LiveIdentifier with its defaults: detection every few
+(b) ours: faceid.apps.live.LiveIdentifier with its defaults: detection every few
     frames (downscaled past 640 px wide) with face tracking in between, one
     batched embedding per frame of only the faces due for re-identification
     (ONNX Runtime for ResNet50), the NumPy head over all people at once, and a
@@ -31,24 +31,25 @@ from typing import Any
 
 import numpy as np
 
+from faceid.apps.live import FaceResult, LiveIdentifier, LiveOptions
 from faceid.backbones import BackboneOptions, create_extractor, load_extractor
-from faceid.benchmarks.common import latency_stats, print_json_lines, print_table
-from faceid.cache import FeatureCache, extract_features
-from faceid.embedding import FaceEmbedder
+from faceid.benchmarks.common import latency_stats, print_json_lines, print_table, shared_data
+from faceid.detect.faces import align_face, detect_faces
+from faceid.detect.tracking import PENDING
 from faceid.errors import InputError
-from faceid.faces import align_face, detect_faces
-from faceid.gallery import UNKNOWN, Gallery
-from faceid.live import FaceResult, LiveIdentifier, LiveOptions, VideoSource
-from faceid.scoring import Rule
+from faceid.features.cache import FeatureCache
+from faceid.features.embedding import FaceEmbedder
+from faceid.features.extract import extract_features
+from faceid.io.video import VideoSource
+from faceid.match.gallery import UNKNOWN, Gallery
+from faceid.match.scoring import Rule
 from faceid.settings import DEFAULTS
-from faceid.tracking import PENDING
 
-SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 TRUTH_FILES = {"hamilton_clip.mp4": Path(__file__).with_name("hamilton_clip_truth.json")}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--video", type=Path, default=SHARED_DATA / "video" / "hamilton_clip.mp4",
+    parser.add_argument("--video", type=Path, default=shared_data() / "video" / "hamilton_clip.mp4",
                         help="video to identify faces in (640x360 for the stated bars)")
     parser.add_argument("--known", type=Path, default=None,
                         help="enrolment folder (one sub-folder per person); default: known/ beside the video")
@@ -108,8 +109,9 @@ def _timed_frames(video: Path, max_frames: int | None):
 
 def _setup(backbone: str, known: Path, workdir: Path, classification: Path | None):
     """Our extractor (ONNX for ResNet50), the baseline's per-face embedding, the gallery, the Keras head."""
-    from faceid.head import HeadArchitecture, SimilarityHead, build_keras_head
-    from faceid.similarity import SimilarityModel
+    from faceid.match.head import HeadArchitecture, SimilarityHead
+    from faceid.match.model import SimilarityModel
+    from faceid.train.head import build_keras_head
 
     options = BackboneOptions(weights="none") if backbone == "resnet50" else BackboneOptions()
     create_extractor(backbone, options).save(workdir / "extractor", "extractor")
@@ -117,7 +119,7 @@ def _setup(backbone: str, known: Path, workdir: Path, classification: Path | Non
     if extractor.runtime == "dlib":
         baseline_embed = lambda chip: extractor.embed(chip[None])[0]  # noqa: E731  one call per face
     else:
-        from faceid.backbones import preprocess_resnet50
+        from faceid.backbones.resnet50 import preprocess_resnet50
 
         keras_model = load_extractor(workdir / "extractor", runtime="keras").model
         # The original: Keras predict() on each face, one at a time.
@@ -137,7 +139,7 @@ def _setup(backbone: str, known: Path, workdir: Path, classification: Path | Non
 
 
 def _keras_of(head):
-    from faceid.head import build_keras_head
+    from faceid.train.head import build_keras_head
 
     model = build_keras_head(head.input_dim, head.architecture, seed=0)
     model.set_weights([array for pair in zip(head.kernels, head.biases) for array in pair])

@@ -41,15 +41,14 @@ from pathlib import Path
 
 import numpy as np
 
-from faceid.benchmarks.common import print_json_lines, print_table
-from faceid.cache import FeatureCache, PersonFeatures
+from faceid.benchmarks.common import REPO, matmul_gflops, memory_gbps, print_json_lines, print_table
 from faceid.errors import InputError
-from faceid.gallery import Gallery
-from faceid.search import BACKENDS, ShortlistIndex
+from faceid.features.cache import FeatureCache, PersonFeatures
+from faceid.match.gallery import Gallery
+from faceid.match.model import SimilarityModel
+from faceid.match.search import BACKENDS, ShortlistIndex
 from faceid.settings import DEFAULTS
-from faceid.similarity import SimilarityModel
 
-REPO = Path(__file__).resolve().parents[2]
 # Probes per enrolled person at most: spreads the probes over many people.
 MAX_PROBES_PER_PERSON = 3
 # Exhaustive calls at each size, at least, even when --exhaustive_pairs allows fewer.
@@ -57,9 +56,9 @@ MIN_EXHAUSTIVE_PROBES = 10
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--features", type=Path, default=REPO / "work" / "demo" / "lfw_features",
-                        help="feature cache of real faces (./run.sh demo writes this one); many people, "
-                             "several images each")
+    parser.add_argument("--features", type=Path, required=True,
+                        help="feature cache of real faces, many people with several images each "
+                             "(./run.sh demo writes work/demo/lfw_features)")
     parser.add_argument("--classification", type=Path, default=None,
                         help="similarity model for the cache's own vectors (needed with --dim 0); "
                              "with --dim D a head is trained on the mapped vectors instead")
@@ -180,7 +179,7 @@ def orthonormal_map(source_dim: int, dim: int, seed: int) -> np.ndarray:
 
 def trained_head(cache: FeatureCache, mapping: np.ndarray, background_names: set[str], args) -> tuple[SimilarityModel, dict]:
     """A head trained on the mapped vectors of the background people, cached in ``--work_dir``."""
-    from faceid.training import TrainOptions, train_similarity
+    from faceid.train.trainer import TrainOptions, train_similarity
 
     mapping_digest = hashlib.sha256(mapping.tobytes()).hexdigest()[:12]
     key = hashlib.sha256(
@@ -212,28 +211,6 @@ def trained_head(cache: FeatureCache, mapping: np.ndarray, background_names: set
         "val_auc": round(report["val_auc"], 4),
         "calibration_rank1": round(report["calibration"]["head"]["rank1"], 4),
     }
-
-
-def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
-    """This machine's float32 matrix-multiply rate through NumPy (the head runs in NumPy), best of ``repeats``."""
-    rng = np.random.default_rng(0)
-    a, b = rng.standard_normal((size, size), dtype=np.float32), rng.standard_normal((size, size), dtype=np.float32)
-    a @ b
-    best = min(_timed(lambda: a @ b) for _ in range(repeats))
-    return 2 * size**3 / best / 1e9
-
-
-def memory_gbps(megabytes: int = 512, repeats: int = 3) -> float:
-    """Read bandwidth: a float32 dot product over an array much larger than the caches."""
-    array = np.ones(megabytes * 2**20 // 4, dtype=np.float32)
-    best = min(_timed(lambda: array @ array) for _ in range(repeats))
-    return array.nbytes / best / 1e9
-
-
-def _timed(call) -> float:
-    started = time.perf_counter()
-    call()
-    return time.perf_counter() - started
 
 
 def head_flops(head) -> int:
@@ -287,7 +264,7 @@ def run(args: argparse.Namespace) -> int:
     dim = vectors.shape[1]
     build_s = time.perf_counter() - started
 
-    gflops, gbps = matmul_gflops(), memory_gbps()
+    gflops, gbps = matmul_gflops("numpy", size=2048, repeats=5), memory_gbps()
     per_head = head_flops(model.head)
     search_dims = args.search_dims if 0 < args.search_dims < dim else dim
     print(f"# real: {len(real.enrolled)} vectors of {len(set(real.enrolled_names))} people enrolled from "
@@ -343,9 +320,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _measure_size(size, vectors, names, probes, probe_names, model, args, search_dims, per_head, gflops, gbps) -> dict:
-    exhaustive = Gallery(head=model.head, normalizer=model.normalizer, rule=model.rule, threshold=model.threshold)
+    exhaustive = Gallery(head=model.head, normalizer=model.normalizer, decision=model.decision)
     exhaustive.fit(vectors, names)
-    two_stage = Gallery(head=model.head, normalizer=model.normalizer, rule=model.rule, threshold=model.threshold,
+    two_stage = Gallery(head=model.head, normalizer=model.normalizer, decision=model.decision,
                         shortlist=args.shortlist, search_dims=args.search_dims, search_backend=args.backend)
     started = time.perf_counter()
     two_stage.fit(vectors, names)
@@ -415,7 +392,7 @@ def _stage1_backends(two_stage: Gallery, vectors, probes, exhaustive_top1, args)
             index, build_s = two_stage.index_, None
         else:
             started = time.perf_counter()
-            index = ShortlistIndex(dims=args.search_dims, backend=backend, top_k=two_stage.rule.top_k).fit(
+            index = ShortlistIndex(dims=args.search_dims, backend=backend, top_k=two_stage.rule_.top_k).fit(
                 normalised, two_stage.labels_
             )
             build_s = round(time.perf_counter() - started, 2)

@@ -1,0 +1,178 @@
+"""The backbone registry: every frozen network that turns aligned face chips into vectors.
+
+A backbone is registered under a name (``resnet50``, ``dlib``) with two
+constructors: :meth:`Backbone.create` (network.py builds one from options) and
+:meth:`Backbone.load` (every other script reopens what network.py saved). Both give an
+:class:`Extractor`, whose :meth:`Extractor.embed` takes aligned RGB chips; each
+backbone module owns its preprocessing (one function per backbone).
+
+An extractor is saved as a directory: ``manifest.json`` (how it was made) and,
+for Keras backbones, the model file named in the manifest. The manifest's
+``fingerprint`` hashes everything that changes the vectors (backbone, layer,
+input size, pooling, alignment, preprocessing, weights); feature caches and
+similarity heads record it and refuse to mix with another.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from faceid.errors import InputError
+from faceid.io.manifest import sha256_json, source_hashes
+from faceid.io.store import read_json, write_json
+from faceid.settings import DEFAULTS
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = "faceid-extractor/1"
+RUNTIMES = ("auto", "onnx", "keras")
+
+
+@dataclass(frozen=True)
+class BackboneOptions:
+    """What network.py's options say about the backbone (ignored where they do not apply)."""
+
+    layer: str = DEFAULTS.resnet_layer
+    input_size: int = DEFAULTS.input_size
+    pooling: str = DEFAULTS.pooling
+    weights: str = DEFAULTS.weights  # "imagenet", "none", or a path to a .h5/.weights.h5 file
+    seed: int = DEFAULTS.seed  # initialises random weights reproducibly (weights="none")
+
+
+class Extractor(ABC):
+    """A loaded backbone: aligned chips in, feature vectors out."""
+
+    runtime: ClassVar[str]  # what runs the network: "keras", "onnx" or "dlib"
+
+    def __init__(self, manifest: dict[str, Any]):
+        self.manifest = manifest
+
+    @property
+    def name(self) -> str:
+        return self.manifest["backbone"]
+
+    @property
+    def fingerprint(self) -> str:
+        return self.manifest["fingerprint"]
+
+    @property
+    def chip_size(self) -> int:
+        """Side in pixels of the aligned chip :meth:`embed` expects."""
+        return int(self.manifest["input_size"])
+
+    @property
+    def align_padding(self) -> float:
+        return float(self.manifest["align_padding"])
+
+    @property
+    def output_dim(self) -> int:
+        return int(self.manifest["output_dim"])
+
+    def check_chips(self, chips: np.ndarray) -> np.ndarray:
+        """``chips`` as an array, or an error naming the shape this backbone takes."""
+        chips = np.asarray(chips)
+        if chips.ndim != 4 or chips.shape[1:] != (self.chip_size, self.chip_size, 3):
+            raise InputError(
+                f"{self.name} extractor expects chips of shape (n, {self.chip_size}, {self.chip_size}, 3), got {chips.shape}"
+            )
+        return chips
+
+    @abstractmethod
+    def embed(self, chips: np.ndarray, batch_size: int = DEFAULTS.batch_size) -> np.ndarray:
+        """Feature vectors of aligned chips.
+
+        Args:
+            chips: ``(n, chip_size, chip_size, 3) uint8`` RGB, from :func:`faceid.detect.faces.align_face`.
+
+        Returns:
+            ``(n, output_dim) float32``.
+        """
+
+    def save(self, directory: Path, model_name: str, export_onnx: bool = True) -> Path:
+        """Write the extractor directory; returns the manifest path."""
+        directory.mkdir(parents=True, exist_ok=True)
+        manifest_path = directory / MANIFEST_NAME
+        write_json(manifest_path, self.manifest)
+        return manifest_path
+
+    def describe(self) -> str:
+        """A human-readable summary (network.py --print_model 1)."""
+        return "\n".join(f"{key}: {value}" for key, value in sorted(self.manifest.items()) if key != "sources")
+
+
+def finish_manifest(fields: dict[str, Any], identity_keys: tuple[str, ...], module_file: str) -> dict[str, Any]:
+    """Add the format, the fingerprint (a hash of ``identity_keys``) and the source hashes."""
+    fields["format"] = MANIFEST_FORMAT
+    fields["fingerprint"] = sha256_json({key: fields[key] for key in identity_keys})[:32]
+    fields["sources"] = source_hashes(["detect/faces.py", "backbones/registry.py", module_file])
+    return fields
+
+
+class Backbone(ABC):
+    """One kind of backbone in the registry."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+
+    @classmethod
+    @abstractmethod
+    def create(cls, options: BackboneOptions) -> Extractor:
+        """Build a new extractor from network.py's options."""
+
+    @classmethod
+    @abstractmethod
+    def load(cls, directory: Path, manifest: dict[str, Any], runtime: str = "auto") -> Extractor:
+        """Reopen an extractor saved by :meth:`Extractor.save` (``runtime``: see :func:`load_extractor`)."""
+
+
+BACKBONES: dict[str, type[Backbone]] = {}
+
+
+def register_backbone(backbone: type[Backbone]) -> type[Backbone]:
+    BACKBONES[backbone.name] = backbone
+    return backbone
+
+
+def _backbone(name: str) -> type[Backbone]:
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise InputError(f"unknown backbone {name!r}: choose one of {', '.join(sorted(BACKBONES))}") from None
+
+
+def create_extractor(backbone: str, options: BackboneOptions = BackboneOptions()) -> Extractor:
+    """Build a fresh extractor (what network.py does)."""
+    return _backbone(backbone).create(options)
+
+
+def load_extractor(path: str | Path, runtime: str = "auto") -> Extractor:
+    """Open an extractor directory written by network.py (or its manifest.json).
+
+    Args:
+        runtime: for Keras backbones, ``"onnx"`` runs the exported ONNX file with
+            ONNX Runtime, ``"keras"`` the Keras model, ``"auto"`` ONNX when the
+            file and onnxruntime are there. Both give the same vectors (within 1e-4),
+            so a cache made with one is valid for the other.
+    """
+    if runtime not in RUNTIMES:
+        raise InputError(f"unknown runtime {runtime!r}: choose one of {', '.join(RUNTIMES)}")
+    path = Path(path)
+    directory = path.parent if path.name == MANIFEST_NAME else path
+    manifest = read_json(
+        directory / MANIFEST_NAME,
+        "extractor manifest",
+        "run network.py --output DIR first and pass that DIR as --model_path",
+    )
+    if manifest.get("format") != MANIFEST_FORMAT:
+        raise InputError(
+            f"{directory / MANIFEST_NAME} is not a faceid extractor manifest "
+            f"(format {manifest.get('format')!r}, expected {MANIFEST_FORMAT!r}): re-create it with network.py"
+        )
+    return _backbone(manifest.get("backbone", "?")).load(directory, manifest, runtime)

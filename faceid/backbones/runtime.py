@@ -1,0 +1,161 @@
+"""What runs a backbone's network: Keras, or the ONNX export through ONNX Runtime.
+
+Keras is the reference runtime for the ResNet50 extractor, but on a CPU its
+per-call overhead dominates the small batches of live identification (one or
+two faces a frame). ``network.py`` therefore also exports the extractor to ONNX
+(:func:`write_onnx`), and :class:`OnnxModel` runs it; both are fed by the same
+preprocessing function, and their outputs agree within 1e-4 (tested).
+:class:`ChipModelExtractor` is the batching both share; each backbone passes its own
+preprocessing function in.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from faceid.backbones.registry import Extractor
+from faceid.errors import InputError
+from faceid.io.store import atomic_path
+from faceid.settings import DEFAULTS
+
+logger = logging.getLogger(__name__)
+
+
+def onnxruntime_available() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def write_onnx(keras_model, path: Path, example_input: np.ndarray) -> Path:
+    """Write ``keras_model`` as an ONNX file with a dynamic batch axis (atomically).
+
+    Args:
+        keras_model: the Keras model to export (TensorFlow backend).
+        path: destination ``.onnx`` file.
+        example_input: one preprocessed batch; Keras needs the model called once
+            before export.
+
+    Raises:
+        InputError: the exporter (``tf2onnx``) is missing or fails.
+    """
+    try:
+        import tf2onnx  # noqa: F401  (Keras' ONNX export is built on it)
+    except ImportError as error:
+        raise InputError("exporting to ONNX needs tf2onnx: pip install -r requirements.txt, or pass --export none") from error
+    import warnings
+
+    keras_model(example_input, training=False)
+    with atomic_path(path) as temporary, warnings.catch_warnings():
+        # tf2onnx probes deprecated NumPy aliases; the warning is theirs, not the user's.
+        warnings.simplefilter("ignore", FutureWarning)
+        try:
+            keras_model.export(str(temporary), format="onnx", verbose=False)
+        except Exception as error:  # the exporter raises anything from ValueError to its own types
+            raise InputError(f"ONNX export failed ({type(error).__name__}: {error}); pass --export none") from error
+    return path
+
+
+class OnnxModel:
+    """One ONNX model on the CPU execution provider: ``run(batch) -> outputs``."""
+
+    def __init__(self, path: str | Path, threads: int | None = None):
+        import onnxruntime
+
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"ONNX model {path} is missing: re-run network.py, or delete the manifest's onnx_file entry")
+        options = onnxruntime.SessionOptions()
+        # One process, all cores for the convolutions: the same as Keras/TensorFlow's default.
+        options.intra_op_num_threads = threads or os.cpu_count() or 1
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # ONNX files are protobufs: loading one runs no code, unlike a pickle.
+        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+        self.path = path
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """The model's first output for one input batch (``float32``)."""
+        return np.asarray(self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0])
+
+
+class ChipModelExtractor(Extractor):
+    """A network from preprocessed chip to vector, run in batches; subclasses give the runtime.
+
+    ``preprocess`` is the backbone's own function, ``(n, size, size, 3) uint8`` RGB chips ->
+    the network's input: the same function feeds every runtime of that backbone.
+    """
+
+    def __init__(self, manifest: dict[str, Any], preprocess: Callable[[np.ndarray], np.ndarray]):
+        super().__init__(manifest)
+        self.preprocess = preprocess
+
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        """``(n, size, size, 3) float32`` preprocessed -> ``(n, output_dim)``."""
+        raise NotImplementedError
+
+    def embed(self, chips: np.ndarray, batch_size: int = DEFAULTS.batch_size) -> np.ndarray:
+        chips = self.check_chips(chips)
+        if len(chips) == 0:
+            return np.zeros((0, self.output_dim), dtype=np.float32)
+        outputs = [
+            self._forward(self.preprocess(chips[start : start + batch_size]))
+            for start in range(0, len(chips), batch_size)
+        ]
+        return np.concatenate(outputs).astype(np.float32, copy=False)
+
+
+class KerasExtractor(ChipModelExtractor):
+    """The Keras model itself (the reference runtime; also what is saved and exported)."""
+
+    runtime = "keras"
+
+    def __init__(self, manifest: dict[str, Any], model, preprocess: Callable[[np.ndarray], np.ndarray]):
+        super().__init__(manifest, preprocess)
+        self.model = model
+
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        # Calling the model directly avoids predict()'s per-call dataset set-up,
+        # which dominates for the small batches of live identification.
+        return np.asarray(self.model(batch, training=False), dtype=np.float32)
+
+    def save(self, directory: Path, model_name: str, export_onnx: bool = True) -> Path:
+        """Write the Keras model, the ONNX export (``export_onnx``) and the manifest."""
+        directory.mkdir(parents=True, exist_ok=True)
+        model_file = f"{model_name}.keras"
+        with atomic_path(directory / model_file) as temporary:
+            self.model.save(temporary)
+        self.manifest["model_file"] = model_file
+        self.manifest.pop("onnx_file", None)
+        if export_onnx:
+            onnx_file = f"{model_name}.onnx"
+            example = self.preprocess(np.zeros((1, self.chip_size, self.chip_size, 3), dtype=np.uint8))
+            write_onnx(self.model, directory / onnx_file, example)
+            self.manifest["onnx_file"] = onnx_file
+        return super().save(directory, model_name)
+
+    def describe(self) -> str:
+        lines: list[str] = []
+        self.model.summary(print_fn=lambda line, *args, **kwargs: lines.append(line))
+        return super().describe() + "\n" + "\n".join(lines)
+
+
+class OnnxExtractor(ChipModelExtractor):
+    """The same network exported to ONNX, run by ONNX Runtime (no TensorFlow import at all)."""
+
+    runtime = "onnx"
+
+    def __init__(self, manifest: dict[str, Any], path: Path, preprocess: Callable[[np.ndarray], np.ndarray]):
+        super().__init__(manifest, preprocess)
+        self.model = OnnxModel(path)
+
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        return self.model.run(batch)

@@ -1,0 +1,58 @@
+"""What every script shares: verbosity flags, logging set-up and error reporting."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable
+
+from faceid.errors import FaceIdError
+
+
+def add_verbosity(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("-v", "--verbose", action="store_true", help="log each step (debugging)")
+    group.add_argument("-q", "--quiet", action="store_true", help="only errors; no progress bar")
+
+
+def add_detection_options(parser) -> None:
+    """``--upsample`` and ``--detector``: every script that finds faces offers them the same way."""
+    from faceid.detect.faces import DETECTORS, FaceOptions
+    from faceid.settings import DEFAULTS
+
+    parser.add_argument("--upsample", type=int, default=DEFAULTS.upsample,
+                        help="detector upsampling: 0 is fastest (faces > ~80 px), 1 finds ~40 px faces, 2 ~20 px; "
+                             "use the same value for enrolment and identification")
+    parser.add_argument("--detector", choices=DETECTORS, default=FaceOptions().detector,
+                        help="hog: fast, frontal faces; cnn: slower, also finds turned and small faces "
+                             "(try it for 'no face' photos)")
+
+
+def setup_logging(args: argparse.Namespace) -> None:
+    """Configure logging once, in the script (the package never does)."""
+    level = logging.DEBUG if args.verbose else logging.ERROR if args.quiet else logging.WARNING
+    # TensorFlow's C++ banners (oneDNN, CPU features) go to stderr before any of our
+    # messages; keep them for -v only. Must be set before TensorFlow is imported.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if args.verbose else "2")
+    logging.basicConfig(level=level, format="%(levelname)s: %(message)s", force=True)
+
+
+def run_main(parser: argparse.ArgumentParser, body: Callable[[argparse.Namespace], int], argv: list[str] | None) -> int:
+    """A script's ``main``: parse ``argv`` (usage errors exit 2), set up logging, run ``body(args)``."""
+    args = parser.parse_args(argv)
+    setup_logging(args)
+    return run_reporting_errors(lambda: body(args))
+
+
+def run_reporting_errors(body: Callable[[], int]) -> int:
+    """Run a script body; a :class:`FaceIdError` becomes ``error: ...`` on stderr and exit 1."""
+    try:
+        return body()
+    except FaceIdError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: finished work was kept", file=sys.stderr)
+        return 130

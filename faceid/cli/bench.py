@@ -1,0 +1,41 @@
+"""Benchmarks that print numbers and ratios against a baseline run in the same process.
+
+Usage:
+    python bench.py live [--video FILE]     per-frame latency and FPS of live identification
+    python bench.py extract                 images/s of feature extraction
+    python bench.py match                   per-face gallery search latency at 1k-100k vectors
+
+Each sub-command's --help lists its options. Run on an otherwise idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from faceid.benchmarks import SUBCOMMANDS
+from faceid.cli import add_verbosity, run_reporting_errors, setup_logging
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, module_name in SUBCOMMANDS.items():
+        module = importlib.import_module(module_name)
+        sub = commands.add_parser(name, help=module.__doc__.splitlines()[0], description=module.__doc__,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(sub)
+        add_verbosity(sub)
+        sub.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args)
+    return run_reporting_errors(lambda: args.run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""Measure accuracy the way the field does: LFW pair verification, identification, N-way one-shot.
+
+Usage:
+    python evaluate.py pairs --pairs_file pairs.txt --images_root lfw/ --model_path models/extractor \\
+        [--classification models/similarity] [--train_per_fold] [--features features/]
+    python evaluate.py identify --faces_path faces/ --model_path models/extractor --gallery_per_person 2
+    python evaluate.py oneshot --faces_path faces/ --model_path models/extractor --way 20 --trials 1000
+
+Euclidean distance, cosine similarity and the similarity head side by side. Each command
+prints a table, then the results as one JSON object on the last line of stdout; --json,
+--plots and --html write them to files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from faceid.cli import add_detection_options, add_verbosity, run_main
+from faceid.detect.faces import FaceOptions
+from faceid.evaluate.identify import evaluate_identify
+from faceid.evaluate.images import FACE_CHOICES, NO_FACE_POLICIES
+from faceid.evaluate.oneshot import evaluate_oneshot
+from faceid.evaluate.pairs import MISSING_POLICIES, evaluate_pairs
+from faceid.evaluate.report import notes, text_table, write_outputs
+from faceid.settings import DEFAULTS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--model_path", type=Path, default=Path("models/extractor"),
+                        help="extractor directory from network.py")
+    common.add_argument("--classification", type=Path,
+                        help="similarity model from train.py, evaluated as method 'head' (omit: distances only)")
+    common.add_argument("--features", "--features_path", dest="features", type=Path,
+                        help="feature cache of this extractor: images it holds (same bytes) are not embedded again")
+    add_detection_options(common)
+    common.add_argument("--batch_size", type=int, default=DEFAULTS.batch_size, help="faces per backbone call")
+    common.add_argument("--seed", type=int, default=DEFAULTS.seed,
+                        help="fixes every random choice (folds' heads, splits, trials)")
+    common.add_argument("--json", type=Path, help="also write the JSON result to this file")
+    common.add_argument("--plots", type=Path, help="write PNG plots into this folder")
+    common.add_argument("--html", type=Path, help="write a self-contained HTML report (numbers, plots, settings)")
+    add_verbosity(common)
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    pairs = commands.add_parser("pairs", parents=[common], help="verification accuracy on an LFW pair list")
+    pairs.add_argument("--pairs_file", type=Path, required=True, help="LFW pair list (pairs.txt, pairsDevTrain.txt)")
+    pairs.add_argument("--images_root", type=Path, required=True, help="folder holding <name>/<name>_0001.jpg")
+    pairs.add_argument("--folds", type=int, default=10,
+                       help="folds to cut a single list into (pairs.txt brings its own 10); more folds, finer std")
+    pairs.add_argument("--train_per_fold", action="store_true",
+                       help="also train a head per fold on the other folds' pairs (LFW restricted protocol)")
+    pairs.add_argument("--head_epochs", type=int, default=10,
+                       help="epochs of each per-fold head; raise if it underfits")
+    pairs.add_argument("--missing", choices=MISSING_POLICIES, default="drop",
+                       help="listed image not on disk: drop its pair, or (different pairs) use another person's image")
+    pairs.add_argument("--no_face", choices=NO_FACE_POLICIES, default="centre",
+                       help="image without a detected face: embed its centre crop (LFW practice), or reject its pairs")
+    pairs.add_argument("--face", choices=FACE_CHOICES, default="centre",
+                       help="the labelled face: the one at the centre (LFW's rule; detects every image) or the largest")
+    pairs.add_argument("--far", type=float, nargs="+", default=[1e-3, 1e-2], help="false accept rates to report TAR at")
+    identify = commands.add_parser("identify", parents=[common], help="closed- and open-set identification")
+    oneshot = commands.add_parser("oneshot", parents=[common], help="N-way one-shot accuracy (Koch et al.)")
+    for command in (identify, oneshot):
+        command.add_argument("--faces_path", type=Path, required=True, help="folder with one sub-folder per person")
+        command.add_argument("--no_face", choices=NO_FACE_POLICIES, default="skip",
+                             help="image without a detected face: skip it (as extraction does), or embed a centre crop")
+        command.add_argument("--face", choices=FACE_CHOICES, default="largest",
+                             help="the person's face in a photo: the largest (as extraction does) or the centred one")
+    identify.add_argument("--gallery_per_person", type=int, default=2,
+                          help="images enrolled per person (K); the others are probes")
+    identify.add_argument("--min_images", type=int, help="people with fewer usable images are left out (default K+1)")
+    identify.add_argument("--stranger_share", type=float, default=0.2,
+                          help="share of people never enrolled, whose images are strangers (0: closed set only)")
+    identify.add_argument("--target_far", type=float, default=DEFAULTS.target_far,
+                          help="share of strangers accepted at which the identification rate is reported")
+    identify.add_argument("--max_probes_per_person", type=int, default=10,
+                          help="probes per person (0 = all); stops one big folder from dominating the rates")
+    identify.add_argument("--euclidean_threshold", type=float,
+                          help="distance under which a person is accepted (dlib: 0.6), for the stranger rejection rate")
+    identify.add_argument("--cosine_threshold", type=float, help="cosine similarity over which a person is accepted")
+    oneshot.add_argument("--way", type=int, default=20, help="people per trial (chance is 1/way)")
+    oneshot.add_argument("--trials", type=int, default=1000,
+                         help="trials; the 95%% interval narrows as 1/sqrt(trials)")
+    return parser
+
+
+def run(args: argparse.Namespace, argv: list[str]) -> int:
+    common = {
+        "model_path": args.model_path, "classification": args.classification, "features": args.features,
+        "face_options": FaceOptions(upsample=args.upsample, detector=args.detector), "no_face": args.no_face,
+        "face_choice": args.face, "batch_size": args.batch_size, "seed": args.seed, "progress": not args.quiet,
+        "argv": argv,
+    }
+    if args.command == "pairs":
+        evaluation = evaluate_pairs(
+            args.pairs_file, args.images_root, folds=args.folds, train_per_fold=args.train_per_fold,
+            head_epochs=args.head_epochs, missing=args.missing, far_targets=args.far, **common)
+    elif args.command == "identify":
+        evaluation = evaluate_identify(
+            args.faces_path, gallery_per_person=args.gallery_per_person, min_images=args.min_images,
+            stranger_share=args.stranger_share, target_far=args.target_far,
+            max_probes_per_person=args.max_probes_per_person, euclidean_threshold=args.euclidean_threshold,
+            cosine_threshold=args.cosine_threshold, **common)
+    else:
+        evaluation = evaluate_oneshot(args.faces_path, way=args.way, trials=args.trials, **common)
+    written = write_outputs(evaluation, args.json, args.plots, args.html)
+    print(text_table(evaluation))
+    print("\n".join(notes(evaluation)))
+    for path in written:
+        print(f"wrote {path}")
+    print(json.dumps(evaluation.summary))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    # The command line is recorded in the HTML report's settings.
+    return run_main(build_parser(), lambda args: run(args, sys.argv[1:] if argv is None else argv), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

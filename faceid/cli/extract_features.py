@@ -1,0 +1,65 @@
+"""Embed every enrolled face once and cache the vectors per person.
+
+Usage:
+    python extract_features.py --faces_path faces/ --model_path models/extractor --features features/
+
+Incremental: a second run embeds only added or changed images and drops removed ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from faceid.backbones import RUNTIMES, load_extractor
+from faceid.cli import add_detection_options, add_verbosity, run_main
+from faceid.detect.faces import FaceOptions
+from faceid.features.extract import extract_features
+from faceid.settings import DEFAULTS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--faces_path", type=Path, required=True, help="folder with one sub-folder of images per person")
+    parser.add_argument("--model_path", type=Path, default=Path("models/extractor"), help="extractor directory from network.py")
+    parser.add_argument("--features", "--features_path", dest="features", type=Path, default=Path("features"),
+                        help="cache directory to create or update")
+    parser.add_argument("--rebuild", action="store_true",
+                        help="re-embed everything (needed when the cache was made by another extractor)")
+    parser.add_argument("--no_detect", action="store_true",
+                        help="the images already are face crops: resize them whole instead of detecting a face")
+    add_detection_options(parser)
+    parser.add_argument("--batch_size", type=int, default=DEFAULTS.batch_size,
+                        help="faces per backbone call; larger amortises overhead, costs memory")
+    parser.add_argument("--workers", type=int, default=DEFAULTS.workers,
+                        help="processes that decode, detect and align while the backbone runs; one per core "
+                             "keeps the CPU busy, 0 does everything in this process")
+    parser.add_argument("--runtime", choices=RUNTIMES, default="auto",
+                        help="resnet50: onnx (ONNX Runtime, fast), keras, or auto (onnx when exported); same vectors")
+    parser.add_argument("--json", action="store_true", help="print the summary as one JSON line")
+    add_verbosity(parser)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    extractor = load_extractor(args.model_path, args.runtime)
+    summary = extract_features(
+        args.faces_path, extractor, args.features,
+        face_options=FaceOptions(detect=not args.no_detect, upsample=args.upsample, detector=args.detector),
+        rebuild=args.rebuild, batch_size=args.batch_size, workers=args.workers, progress=not args.quiet,
+    )
+    if args.json:
+        print(json.dumps(summary.as_dict()))
+    else:
+        print(summary.report())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main(build_parser(), run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,249 @@
+"""Filling the feature cache: every enrolled image embedded once, incrementally.
+
+:func:`extract_features` plans per person what is new (by content hash, through
+:meth:`faceid.features.cache.PersonFeatures.lookup`), has an extraction engine
+decode, detect and align it (:mod:`faceid.features.engine`), embeds the chips in
+backbone batches (:class:`faceid.features.embedding.ChipBatcher`) and writes each
+person's file as soon as that person is complete.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from faceid.backbones import Extractor
+from faceid.detect.faces import FaceCropper, FaceOptions
+from faceid.features.cache import (
+    MANIFEST_NAME,
+    PEOPLE_DIR,
+    FeatureCache,
+    PersonFeatures,
+    cache_manifest,
+    check_same_extractor,
+)
+from faceid.features.embedding import ChipBatcher
+from faceid.features.engine import ExtractionEngine, LocalEngine
+from faceid.io.images import list_people
+from faceid.io.manifest import sha256_file
+from faceid.io.store import remove_leftovers, write_json
+from faceid.settings import DEFAULTS
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ExtractionSummary:
+    """What one extraction run did (printed by extract_features.py)."""
+
+    people: int = 0
+    images: int = 0
+    embedded: int = 0
+    reused: int = 0
+    removed_images: int = 0
+    removed_people: list[str] = field(default_factory=list)
+    several_faces: list[str] = field(default_factory=list)  # largest face used
+    skipped: dict[str, list[str]] = field(default_factory=dict)  # reason -> files
+    too_few: dict[str, int] = field(default_factory=dict)  # person -> usable images (< 2)
+
+    def skip(self, reason: str, file: str) -> None:
+        self.skipped.setdefault(reason, []).append(file)
+
+    def report(self, examples: int = 5) -> str:
+        """A readable summary, naming a few files per kind of problem."""
+        lines = [
+            f"people: {self.people}  images: {self.images}  embedded: {self.embedded}  reused: {self.reused}  "
+            f"skipped: {sum(len(files) for files in self.skipped.values())}  removed images: {self.removed_images}"
+        ]
+        problems = [(reason, files) for reason, files in sorted(self.skipped.items())]
+        problems.append(("several faces (largest used)", self.several_faces))
+        problems.append(("removed people", self.removed_people))
+        for reason, files in problems:
+            if files:
+                shown = ", ".join(files[:examples]) + (f", ... (+{len(files) - examples})" if len(files) > examples else "")
+                lines.append(f"  {reason}: {len(files)}: {shown}")
+        if self.too_few:
+            names = sorted(self.too_few)
+            lines.append(
+                f"  people with fewer than 2 usable images (identifiable, but no same-person pair for training): "
+                f"{len(names)}: " + ", ".join(f"{name} ({self.too_few[name]})" for name in names[:examples])
+                + (" ..." if len(names) > examples else "")
+            )
+        return "\n".join(lines)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "people": self.people,
+            "images": self.images,
+            "embedded": self.embedded,
+            "reused": self.reused,
+            "removed_images": self.removed_images,
+            "removed_people": self.removed_people,
+            "several_faces": len(self.several_faces),
+            "skipped": {reason: len(files) for reason, files in self.skipped.items()},
+            "people_with_fewer_than_2_images": self.too_few,
+        }
+
+
+def _open_or_start_cache(features_dir: Path, extractor: Extractor, rebuild: bool) -> dict[str, PersonFeatures]:
+    """Previous per-person entries that can be reused, after checking the extractor."""
+    manifest_path = features_dir / MANIFEST_NAME
+    if rebuild or not manifest_path.exists():
+        return {}
+    cache = FeatureCache.load(features_dir, for_update=True)
+    check_same_extractor(
+        cache.manifest["extractor"], extractor.manifest, f"feature cache {features_dir}",
+        "nothing was changed; pass --rebuild to re-embed every image with this extractor, or --features a new folder",
+    )
+    return cache.people
+
+
+def extract_features(
+    faces_root: str | Path,
+    extractor: Extractor,
+    features_dir: str | Path,
+    *,
+    face_options: FaceOptions = FaceOptions(),
+    rebuild: bool = False,
+    batch_size: int = DEFAULTS.batch_size,
+    workers: int = DEFAULTS.workers,
+    engine: ExtractionEngine | None = None,
+    progress: bool = True,
+) -> ExtractionSummary:
+    """Embed every person's images into the cache, re-using what is already there.
+
+    Only images whose content hash is new are embedded; vectors of removed files
+    and folders are dropped; images that failed before (no face, unreadable) with
+    the same content are not tried again. Each person's file is written as soon
+    as that person is done, so an interrupted run keeps the finished people.
+
+    Decoding, detection and alignment run in ``workers`` processes (0: in this
+    process) while the backbone embeds batches of ``batch_size`` chips from any
+    people here; at most a few batches of chips are in flight, so memory stays
+    flat whatever the folder size. Results do not depend on ``workers``.
+    ``engine`` replaces that local engine (:mod:`faceid.features.engine`).
+
+    Raises:
+        InputError: ``faces_root`` missing or without person folders.
+        ManifestMismatchError: the cache was made by another extractor and
+            ``rebuild`` is False (nothing is modified then).
+    """
+    from tqdm import tqdm
+
+    faces_root, features_dir = Path(faces_root), Path(features_dir)
+    people_files = list_people(faces_root)
+    previous = _open_or_start_cache(features_dir, extractor, rebuild)
+    people_dir = features_dir / PEOPLE_DIR
+    people_dir.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(people_dir)  # temporary files of an interrupted run: never valid data
+    # The manifest goes first, so person files written below are always checked
+    # against the extractor that wrote them, even if this run stops half-way.
+    write_json(features_dir / MANIFEST_NAME, cache_manifest(extractor.manifest, {}))
+
+    summary = ExtractionSummary(people=len(people_files))
+    plans = {name: _plan_person(name, files, previous.get(name), summary) for name, files in people_files.items()}
+    cropper = FaceCropper(face_options, extractor.chip_size, extractor.align_padding)
+    counts: dict[str, int] = {}
+
+    def finish(plan: _PersonPlan) -> None:
+        person = plan.result(extractor.output_dim)
+        person.save(people_dir / f"{plan.name}.npz", extractor.fingerprint)
+        counts[plan.name] = len(person.vectors)
+        if len(person.vectors) < 2:
+            summary.too_few[plan.name] = len(person.vectors)
+
+    tasks = [(plan.name, path) for plan in plans.values() for path in plan.pending]
+    engine = engine or LocalEngine(workers=workers, batch_size=batch_size)
+
+    def finish_completed() -> None:
+        for plan in plans.values():
+            if plan.remaining == 0 and not plan.written:
+                finish(plan)
+                plan.written = True
+
+    def deliver(keys: list[tuple[_PersonPlan, str]], vectors: np.ndarray) -> None:
+        for (plan, file_name), vector in zip(keys, vectors):
+            plan.vectors[file_name] = vector
+            plan.remaining -= 1
+        summary.embedded += len(keys)
+        bar.update(len(keys))
+        finish_completed()
+
+    embed = functools.partial(extractor.embed, batch_size=batch_size)
+    with tqdm(total=len(tasks), desc="extract", unit="img", disable=None if progress else True) as bar, \
+            ChipBatcher(embed, deliver, batch_size) as batcher:
+        finish_completed()  # people with nothing new: unchanged, or with removals applied
+        prepared_images = engine.prepare([path for _, path in tasks], cropper)
+        for (name, path), prepared in zip(tasks, prepared_images):
+            plan = plans[name]
+            if prepared.reason is not None:
+                plan.skipped[path.name] = (plan.hashes[path.name], prepared.reason)
+                plan.remaining -= 1
+                summary.skip(prepared.reason, f"{name}/{path.name}")
+                bar.update(1)
+            else:
+                if prepared.n_faces > 1:
+                    # Enrolment photos often catch someone in the background: the
+                    # labelled person is the largest (closest) face.
+                    summary.several_faces.append(f"{name}/{path.name}")
+                batcher.add((plan, path.name), prepared.chip)
+            if plan.remaining == 0 and not plan.written:
+                finish(plan)
+                plan.written = True
+    for stale in sorted(set(previous) - set(people_files)):
+        (people_dir / f"{stale}.npz").unlink(missing_ok=True)
+        summary.removed_people.append(stale)
+    write_json(features_dir / MANIFEST_NAME, cache_manifest(extractor.manifest, counts))
+    return summary
+
+
+@dataclass
+class _PersonPlan:
+    """One person's images: what is reused, what was skipped before, what to embed."""
+
+    name: str
+    files: list[str]  # every file of the folder, in order
+    hashes: dict[str, str]
+    vectors: dict[str, np.ndarray]  # reused now, embedded as results come in
+    skipped: dict[str, tuple[str, str]]
+    pending: list[Path]  # files to decode, detect, align and embed
+    remaining: int = 0
+    written: bool = False
+
+    def result(self, dim: int) -> PersonFeatures:
+        kept = [file for file in self.files if file in self.vectors]
+        return PersonFeatures(
+            name=self.name,
+            vectors=np.stack([self.vectors[file] for file in kept]).astype(np.float32) if kept else np.zeros((0, dim), np.float32),
+            files=kept,
+            hashes=[self.hashes[file] for file in kept],
+            skipped=self.skipped,
+        )
+
+
+def _plan_person(name: str, files: list[Path], previous: PersonFeatures | None, summary: ExtractionSummary) -> _PersonPlan:
+    if previous is not None:
+        summary.removed_images += len(set(previous.files) - {path.name for path in files})
+    plan = _PersonPlan(name=name, files=[path.name for path in files], hashes={}, vectors={}, skipped={}, pending=[])
+    for path in files:
+        summary.images += 1
+        digest = sha256_file(path)
+        plan.hashes[path.name] = digest
+        known = None if previous is None else previous.lookup(path.name, digest)
+        if isinstance(known, np.ndarray):
+            plan.vectors[path.name] = known
+            summary.reused += 1
+        elif known is not None:  # failed before with these very bytes: not tried again
+            plan.skipped[path.name] = (digest, known)
+            summary.skip(known, f"{name}/{path.name}")
+        else:
+            plan.pending.append(path)
+    plan.remaining = len(plan.pending)
+    return plan
+
+

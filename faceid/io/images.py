@@ -1,0 +1,88 @@
+"""Reading images and walking enrolment folders: the one copy of that logic.
+
+Images are RGB ``uint8`` arrays of shape ``(height, width, 3)`` throughout the
+package; OpenCV's BGR frames are converted once, where they are read
+(:mod:`faceid.io.video`) or written (:func:`encode_png`, :mod:`faceid.io.writers`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from faceid.errors import ImageReadError, InputError
+
+# Why a file gave no image: the reason every report (extraction, evaluation, audit) uses.
+UNREADABLE = "unreadable or not an image"
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Decode an image file into ``(height, width, 3) uint8`` RGB.
+
+    EXIF orientation is applied (phone photos are often stored sideways) and
+    greyscale or palette images are expanded to three channels.  Anything that is
+    not a complete, decodable image raises :class:`ImageReadError`.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            # load() forces a full decode: a truncated JPEG fails here, not later.
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    except FileNotFoundError as error:
+        raise ImageReadError(f"{path}: no such file") from error
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise ImageReadError(f"{path}: not a readable image ({error})") from error
+    if rgb.ndim != 3 or rgb.shape[0] < 2 or rgb.shape[1] < 2:
+        raise ImageReadError(f"{path}: image has no usable pixels (shape {rgb.shape})")
+    return rgb
+
+
+def encode_png(image_rgb: np.ndarray) -> bytes:
+    """PNG bytes of an RGB image (lossless: what enrolment saves)."""
+    import cv2
+
+    image_bgr = cv2.cvtColor(np.ascontiguousarray(image_rgb), cv2.COLOR_RGB2BGR)
+    ok, encoded = cv2.imencode(".png", image_bgr)
+    if not ok:
+        raise InputError(f"OpenCV could not encode a {image_rgb.shape} image as PNG")
+    return encoded.tobytes()
+
+
+def list_image_files(folder: Path) -> list[Path]:
+    """Files of one person's folder, sorted by name; hidden files are ignored.
+
+    Every regular file is returned, not only known image suffixes, so that a
+    stray non-image is *reported* by the caller instead of silently ignored.
+    """
+    return sorted(
+        path for path in folder.iterdir() if path.is_file() and not path.name.startswith(".")
+    )
+
+
+def list_people(faces_root: str | Path) -> dict[str, list[Path]]:
+    """Map each person (sub-folder of ``faces_root``) to their files, sorted by name.
+
+    Raises:
+        InputError: the folder is missing, is not a folder, or holds no person folder.
+    """
+    faces_root = Path(faces_root)
+    if not faces_root.exists():
+        raise InputError(f"faces folder {faces_root} does not exist: pass --faces_path DIR with one sub-folder per person")
+    if not faces_root.is_dir():
+        raise InputError(f"{faces_root} is not a folder: pass --faces_path DIR with one sub-folder per person")
+    people = {
+        folder.name: list_image_files(folder)
+        for folder in sorted(faces_root.iterdir())
+        if folder.is_dir() and not folder.name.startswith(".")
+    }
+    if not people:
+        raise InputError(
+            f"{faces_root} has no person folders: expected {faces_root}/<person>/<image>, "
+            "e.g. built with capture.py or selfies2face.py"
+        )
+    return people

@@ -1,0 +1,177 @@
+"""Open-set identification against enrolled people, with a scikit-learn shape.
+
+>>> gallery = Gallery(head=model.head, normalizer=model.normalizer, decision=model.decision)
+>>> gallery.fit(vectors, names)          # the feature cache: (n, dim), (n,)
+>>> gallery.predict(face_vectors)        # names, or "unknown"
+
+By default every face is scored against every cached vector (the exhaustive path, the
+reference). ``Gallery(..., shortlist=50)`` searches in two stages instead
+(:mod:`faceid.match.search`): a cheap shortlist of 50 people, then the head on their vectors only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from faceid.errors import InputError, NotFittedError
+from faceid.match.decision import Decision
+from faceid.match.scoring import Rule, pairwise_scores, person_scores
+from faceid.match.search import BACKENDS, ShortlistIndex
+from faceid.settings import DEFAULTS
+
+UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class Identification:
+    """The decision for one face."""
+
+    name: str  # the person, or the unknown label
+    score: float  # the best person's score (under the threshold when unknown)
+    best_person: str  # the best-scoring person, even when rejected
+    known: bool = False  # accepted: ``name`` is ``best_person``
+
+
+class Gallery:
+    """Names faces by their best-scoring enrolled person, or ``unknown_label``.
+
+    Args:
+        head: similarity head (:class:`faceid.match.head.SimilarityHead`); ``None``
+            scores by minus the Euclidean distance.
+        normalizer: z-score applied before the head (what the head was trained with).
+        decision: the accept/reject decision (:class:`faceid.match.decision.Decision`,
+            e.g. the one train.py calibrated); its rule aggregates a person's vectors.
+        rule, threshold: without ``decision``, ``Decision.for_rule(rule, threshold)``: a
+            person is named when their score reaches ``threshold``; ``None`` uses the vote
+            rule's own share (required for ``topk``).
+        unknown_label: answer for faces below the threshold.
+        shortlist: people kept by the cheap first stage before the head scores their
+            vectors (two-stage search, :mod:`faceid.match.search`). ``None`` or 0: score every
+            vector (exhaustive, the reference); so does a shortlist of at least the number
+            of people. ``DEFAULTS.shortlist`` is the measured default for large galleries.
+        search_dims: PCA dimensions of the first stage (0 = the vectors' own).
+        search_backend: first-stage engine: ``auto`` (NumPy, FAISS from
+            ``DEFAULTS.faiss_min_vectors`` vectors), ``numpy`` or ``faiss``.
+    """
+
+    def __init__(
+        self,
+        *,
+        head=None,
+        normalizer: Callable[[np.ndarray], np.ndarray] | None = None,
+        decision: Decision | None = None,
+        rule: Rule | None = None,
+        threshold: float | None = None,
+        unknown_label: str = UNKNOWN,
+        shortlist: int | None = None,
+        search_dims: int = DEFAULTS.search_dims,
+        search_backend: str = "auto",
+    ):
+        self.head = head
+        self.normalizer = normalizer
+        self.decision = decision
+        self.rule = rule
+        self.threshold = threshold
+        self.unknown_label = unknown_label
+        self.shortlist = shortlist
+        self.search_dims = search_dims
+        self.search_backend = search_backend
+
+    def fit(self, X: np.ndarray, y) -> Gallery:
+        """Enrol vectors ``X (n, dim)`` of people ``y (n,)``."""
+        X = np.asarray(X, dtype=np.float32)
+        y = np.asarray(y)
+        if X.ndim != 2 or len(X) == 0:
+            raise InputError(f"nobody to identify: the gallery needs at least one vector, got shape {X.shape}")
+        if len(y) != len(X):
+            raise InputError(f"{len(X)} vectors but {len(y)} names")
+        if self.decision is not None and (self.rule is not None or self.threshold is not None):
+            raise InputError("pass either a decision, or a rule and threshold, not both")
+        self.decision_ = self.decision or Decision.for_rule(self.rule or Rule(), self.threshold)
+        if self.shortlist is not None and self.shortlist < 0:
+            raise InputError(f"--shortlist must be a number of people (0 = exhaustive), got {self.shortlist}")
+        if self.search_backend not in BACKENDS:
+            raise InputError(f"unknown search backend {self.search_backend!r}: choose one of {', '.join(BACKENDS)}")
+        self.classes_, self.labels_ = np.unique(y, return_inverse=True)
+        self.vectors_ = X
+        self.rule_ = self.decision_.rule
+        self.threshold_ = self.decision_.threshold
+        self.index_ = None
+        if self.shortlist and self.shortlist < len(self.classes_):
+            # The first stage compares the vectors the head compares: normalised the same way.
+            self.index_ = ShortlistIndex(
+                dims=self.search_dims, backend=self.search_backend, top_k=self.rule_.top_k
+            ).fit(self._normalised(X), self.labels_)
+        return self
+
+    def _normalised(self, X: np.ndarray) -> np.ndarray:
+        return X if self.normalizer is None else self.normalizer(X)
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "vectors_"):
+            raise NotFittedError("this Gallery is not fitted yet: call fit(vectors, names) first")
+
+    def score_people(self, X: np.ndarray) -> np.ndarray:
+        """Per-person scores of faces ``X (m, dim)``: ``(m, n_classes) float32``.
+
+        With a shortlist, only the shortlisted people of each face are scored (with the
+        exhaustive path's exact scores); the others get ``-inf``.
+        """
+        self._check_fitted()
+        X = np.asarray(X, dtype=np.float32).reshape(-1, self.vectors_.shape[1])
+        if self.index_ is None:
+            pair_scores = pairwise_scores(X, self.vectors_, head=self.head, normalizer=self.normalizer)
+            return person_scores(pair_scores, self.labels_, len(self.classes_), self.rule_)
+        return self._score_shortlisted(X)
+
+    def shortlist_people(self, X: np.ndarray) -> np.ndarray:
+        """The people the first stage keeps for faces ``X (m, dim)``: ``(m, shortlist)`` class
+        indices, nearest first (``-1`` pads a row an approximate search could not fill)."""
+        self._check_fitted()
+        if self.index_ is None:
+            raise InputError("this Gallery scores every person (no shortlist): pass shortlist=M to search in two stages")
+        X = np.asarray(X, dtype=np.float32).reshape(-1, self.vectors_.shape[1])
+        return self.index_.shortlist(self._normalised(X), self.shortlist)
+
+    def _score_shortlisted(self, X: np.ndarray) -> np.ndarray:
+        index = self.index_
+        scores = np.full((len(X), len(self.classes_)), -np.inf, dtype=np.float32)
+        for face, people in enumerate(self.shortlist_people(X)):
+            people = people[people >= 0]
+            if len(people) == 0:
+                continue
+            rows = np.concatenate([index.order_[index.starts_[p] : index.starts_[p] + index.counts_[p]] for p in people])
+            local_labels = np.repeat(np.arange(len(people)), index.counts_[people])
+            pair_scores = pairwise_scores(X[face : face + 1], self.vectors_[rows], head=self.head, normalizer=self.normalizer)
+            scores[face, people] = person_scores(pair_scores, local_labels, len(people), self.rule_)[0]
+        return scores
+
+    def accepts(self, scores: np.ndarray) -> np.ndarray:
+        """Whether person scores pass the decision (:meth:`faceid.match.decision.Decision.accepts`)."""
+        self._check_fitted()
+        return self.decision_.accepts(scores)
+
+    def identify(self, X: np.ndarray) -> list[Identification]:
+        """One :class:`Identification` per face of ``X (m, dim)``."""
+        scores = self.score_people(X)
+        if len(scores) == 0:
+            return []
+        best = scores.argmax(axis=1)
+        best_scores = scores[np.arange(len(scores)), best]
+        accepted = self.accepts(best_scores)
+        return [
+            Identification(
+                name=str(self.classes_[index]) if ok else self.unknown_label,
+                score=float(score),
+                best_person=str(self.classes_[index]),
+                known=bool(ok),
+            )
+            for index, score, ok in zip(best, best_scores, accepted)
+        ]
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Names (or the unknown label) of faces ``X (m, dim)``: ``(m,)`` object array."""
+        return np.array([result.name for result in self.identify(X)], dtype=object)

@@ -1,0 +1,109 @@
+"""The trained similarity model as one directory (what train.py writes, test.py reads).
+
+::
+
+    models/similarity/
+      head.npz, head.json    the head's weights (NumPy, no pickle) and its manifest,
+                             which also records the extractor, the normalisation and
+                             the decision (calibrated threshold, rule, comparison)
+      head.keras             the same head as a Keras model, for users who want one
+      normalizer.npz         mean/std used in training (only with --normalize 1)
+      report.json            the training report (validation AUC, threshold, ...)
+
+Every file but the report changes together, in one :class:`faceid.io.store.StagedFiles`
+commit: an interrupted save leaves the previous model whole.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from faceid.errors import InputError
+from faceid.features.cache import check_same_extractor
+from faceid.features.stats import Normalizer
+from faceid.io.store import StagedFiles
+from faceid.match.decision import Decision
+from faceid.match.gallery import Gallery
+from faceid.match.head import SimilarityHead
+from faceid.match.scoring import Rule
+
+NORMALIZER_FILE = "normalizer.npz"
+MODEL_FORMAT = "faceid-similarity/1"
+
+
+@dataclass
+class SimilarityModel:
+    head: SimilarityHead
+    normalizer: Normalizer | None  # z-score the head was trained with (--normalize 1)
+    decision: Decision  # the calibrated accept/reject decision (threshold, rule, comparison)
+    extractor: dict[str, Any]  # manifest of the extractor whose features the head takes
+
+    @property
+    def threshold(self) -> float:
+        return self.decision.threshold
+
+    @property
+    def rule(self) -> Rule:
+        return self.decision.rule
+
+    @property
+    def target_far(self) -> float | None:
+        return self.decision.target_far
+
+    def save(self, directory: str | Path) -> None:
+        with StagedFiles(directory) as staged:
+            if self.normalizer is not None:
+                staged.write_with(NORMALIZER_FILE, self.normalizer.write)
+            else:
+                staged.remove(NORMALIZER_FILE)
+            self.head.stage(
+                staged,
+                {
+                    "format": MODEL_FORMAT,
+                    "normalize": self.normalizer is not None,
+                    # threshold, rule and target_far stay at the top level for readers of
+                    # earlier models; "decision" is what this code reads.
+                    "threshold": self.decision.threshold,
+                    "rule": asdict(self.decision.rule),
+                    "target_far": self.decision.target_far,
+                    "decision": self.decision.as_dict(),
+                    "extractor": self.extractor,
+                },
+            )
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "SimilarityModel":
+        directory = Path(directory)
+        head, manifest = SimilarityHead.load(directory)
+        if manifest.get("format") != MODEL_FORMAT:
+            raise InputError(f"{directory} is not a faceid similarity model: train one with train.py --output_model {directory}")
+        normalizer = None
+        if manifest["normalize"]:
+            normalizer = Normalizer.read(directory / NORMALIZER_FILE, "re-run train.py")
+        if "decision" in manifest:
+            decision = Decision.from_dict(manifest["decision"])
+        else:  # a model saved before the decision object: its threshold was calibrated with ">="
+            decision = Decision.calibrated(manifest["threshold"], Rule(**manifest["rule"]), manifest["target_far"])
+        return cls(head=head, normalizer=normalizer, decision=decision, extractor=manifest["extractor"])
+
+    def check_extractor(self, extractor_manifest: dict[str, Any], other: str) -> None:
+        """Stop if ``other`` (a cache or extractor) is not what the head was trained on."""
+        check_same_extractor(
+            extractor_manifest,
+            self.extractor,
+            other,
+            "the similarity head only understands vectors of the extractor it was trained on; "
+            "use that extractor, or train a head on this extractor's features with train.py",
+        )
+
+    def gallery(self, rule: Rule | None = None, threshold: float | None = None, shortlist: int | None = None) -> Gallery:
+        """An unfitted :class:`Gallery` using this head, its normalisation and its decision.
+
+        ``rule`` and ``threshold`` override the saved decision as
+        :meth:`faceid.match.decision.Decision.overridden` says; ``shortlist`` turns on the
+        two-stage search (:mod:`faceid.match.search`) for large galleries.
+        """
+        decision = self.decision.overridden(rule, threshold)
+        return Gallery(head=self.head, normalizer=self.normalizer, decision=decision, shortlist=shortlist)
