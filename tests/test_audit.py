@@ -11,6 +11,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 from conftest import LFW, ORL, copy_people
 from PIL import Image
@@ -18,7 +19,9 @@ from test_enrol import add_problem_files
 
 from faceid.apps.audit import audit_faces
 from faceid.cli import check_faces
+from faceid.detect.faces import NO_FACE
 from faceid.errors import InputError
+from faceid.features.extract import extract_features
 from faceid.io.images import read_image
 
 PEOPLE = ["Al_Gore", "Al_Sharpton", "Alejandro_Toledo", "Amelia_Vega"]
@@ -182,3 +185,24 @@ def test_quarantine_inside_the_faces_folder_is_refused(faces_root, tmp_path, cap
     code, _ = run_check("--faces_path", str(faces), "--quarantine", str(faces / "flagged"))
     assert code == 1 and "inside" in capsys.readouterr().err
     assert (faces / "Al_Gore" / "notes.jpg").exists()
+
+
+def test_audit_and_extraction_agree_about_no_face_in_a_large_photo(tmp_path, dlib_extractor):
+    """A 3400 px photo with a small face: found at full size, not when searched at 1600 px.
+
+    The audit (like enrolment) searches large photos downscaled; extraction must search them the
+    same way, or check_faces.py and the cache disagree about which photos have a face.
+    """
+    face = cv2.resize(read_image(LFW / "Aaron_Peirsol" / "Aaron_Peirsol_0001.jpg"), (125, 125),
+                      interpolation=cv2.INTER_AREA)
+    canvas = np.full((2000, 3400, 3), 128, np.uint8)
+    canvas[900:1025, 1600:1725] = face
+    person = tmp_path / "faces" / "Aaron_Peirsol"
+    person.mkdir(parents=True)
+    Image.fromarray(canvas).save(person / "wide.png")
+    shutil.copy2(LFW / "Aaron_Peirsol" / "Aaron_Peirsol_0002.jpg", person)
+    summary = extract_features(tmp_path / "faces", dlib_extractor, tmp_path / "features", workers=0, progress=False)
+    report = audit_faces(tmp_path / "faces", progress=False)
+    extraction_no_face = set(summary.skipped.get(NO_FACE, []))
+    audit_no_face = {finding.where for finding in report.findings if finding.kind == "no_face"}
+    assert extraction_no_face == audit_no_face == {"Aaron_Peirsol/wide.png"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from conftest import LFW, VIDEO
 
 from faceid.apps.live import FaceResult
@@ -48,3 +49,16 @@ def test_label_scoring_counts_named_frames_and_wrong_names():
     ]
     scores = score_labels(frames, truth)
     assert scores["named_correctly"] == 1 and scores["person_frames"] == 2 and scores["wrong_names"] == 1
+
+
+def test_benchmarks_find_the_data_where_faceid_data_points(monkeypatch, tmp_path):
+    monkeypatch.setenv("FACEID_DATA", str(tmp_path))
+    parser = bench.build_parser()
+    assert parser.parse_args(["live"]).video == tmp_path / "video" / "hamilton_clip.mp4"
+    assert parser.parse_args(["extract"]).faces_path == tmp_path / "lfw_devtrain"
+
+
+def test_bench_match_asks_for_a_feature_cache_instead_of_assuming_the_demo_ran(capsys):
+    with pytest.raises(SystemExit) as stopped:
+        bench.build_parser().parse_args(["match"])
+    assert stopped.value.code == 2 and "--features" in capsys.readouterr().err

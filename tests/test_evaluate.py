@@ -15,8 +15,9 @@ from conftest import LFW, lfw_people
 from PIL import Image
 
 from faceid.cli import evaluate
-from faceid.detect.faces import DetectedFace, FaceBox
+from faceid.detect.faces import DetectedFace, FaceBox, FaceOptions
 from faceid.errors import InputError
+from faceid.evaluate.common import Setup, run_settings
 from faceid.evaluate.folds import fold_accuracy
 from faceid.evaluate.identify import open_set_rates
 from faceid.evaluate.images import centred_face
@@ -430,8 +431,18 @@ def test_identify_reports_closed_and_open_set_rates(
     for name, metrics in result["methods"].items():
         assert 0.85 < metrics["rank1"] <= metrics["rank5"] <= 1.0
         assert np.all(np.diff(metrics["cmc"]) >= 0) and 0.0 <= metrics["dir_at_far"] <= metrics["rank1"]
-    for name in ("euclidean", "head"):
-        assert 0.0 <= result["methods"][name]["stranger_rejection_at_threshold"] <= 1.0
+    euclidean, head = result["methods"]["euclidean"], result["methods"]["head"]
+    # dlib's customary distance 0.6 turns away nearly every stranger and keeps the known people.
+    assert euclidean["threshold"] == -0.6
+    assert euclidean["stranger_rejection_at_threshold"] >= 0.95 and euclidean["identified_at_threshold"] >= 0.95
+    # The head is judged at the decision train.py saved; a threshold below the one that admits 1% of
+    # these strangers must admit more than 1% of them (and the other way round).
+    saved = json.loads((trained_model_dir / "head.json").read_text())["decision"]
+    assert head["threshold"] == saved["threshold"] and head["identified_at_threshold"] >= 0.9
+    if head["threshold"] < head["threshold_at_far"]:
+        assert head["stranger_rejection_at_threshold"] < 0.99
+    else:
+        assert head["stranger_rejection_at_threshold"] >= 0.99
     assert result["methods"]["cosine"]["stranger_rejection_at_threshold"] is None
     assert {path.name for path in (tmp_path / "plots").iterdir()} == {"cmc.png", "open_set.png"}
     assert (tmp_path / "report.html").read_text().count("data:image/png;base64,") == 2
@@ -484,3 +495,12 @@ def test_oneshot_with_fewer_people_than_the_way_says_what_to_do(
         capsys,
     )
     assert code == 1 and "lower --way" in captured.err
+
+
+def test_the_library_never_reads_the_processes_command_line(monkeypatch, dlib_extractor):
+    monkeypatch.setattr("sys.argv", ["some_program", "--not-an-evaluate-option"])
+    setup = Setup(extractor=dlib_extractor, embedder=None, model=None, cache=None, cache_info={})
+    from_python = run_settings(setup, "models/extractor", None, FaceOptions(), None, {})
+    assert from_python["command_line"] is None
+    from_script = run_settings(setup, "models/extractor", None, FaceOptions(), ["oneshot", "--way", "5"], {})
+    assert from_script["command_line"] == "evaluate.py oneshot --way 5"

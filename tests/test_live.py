@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import KNOWN, LFW, VIDEO
 
-from faceid.apps.live import run_live
+from faceid.apps.live import KNOWN_COLOUR_BGR, LiveIdentifier, LiveOptions, annotate, run_live
 from faceid.detect.tracking import PENDING
 from faceid.errors import InputError
 from faceid.features.cache import FeatureCache
@@ -22,7 +22,7 @@ from faceid.features.stats import Normalizer
 from faceid.io.display import display_available
 from faceid.io.video import ImageFolderSource, VideoSource
 from faceid.match.decision import Decision
-from faceid.match.gallery import UNKNOWN, Gallery
+from faceid.match.gallery import UNKNOWN, Gallery, Identification
 from faceid.match.head import HeadArchitecture, SimilarityHead
 from faceid.match.model import SimilarityModel
 from faceid.match.scoring import Rule
@@ -358,3 +358,34 @@ def test_script_rejects_two_sources(tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         identify_script.main(["--video_path", str(CLIP), "--images", str(tmp_path)])
     assert exit_info.value.code == 2
+
+
+# --- review defects: the colour and score of a named face whose latest match disagrees ---------
+
+
+class ScriptedGallery:
+    """Answers identifications from a script, so the vote's hysteresis can be driven on a real face."""
+
+    unknown_label = "unknown"
+
+    def __init__(self, answers):
+        self.decision_ = Decision(0.5)
+        self._answers = iter(answers)
+
+    def identify(self, vectors):
+        return [Identification(*next(self._answers)) for _ in vectors]
+
+
+def test_a_named_face_keeps_its_colour_and_score_while_a_challenger_gathers_votes(embedder):
+    with VideoSource(CLIP) as source:
+        frame = next(frame for index, _, frame in source if index == 100)  # Miranda, close up
+    answers = [("ann", 0.9, "ann", True), ("ann", 0.7, "ann", True), ("bob", 0.95, "bob", True)]
+    options = LiveOptions(detect_every=1, reid_every=1, vote_window=5, min_evidence=1, switch_margin=2)
+    identifier = LiveIdentifier(embedder, ScriptedGallery(answers), options)
+    results = [identifier.process(frame) for _ in answers]
+    (last,) = results[-1]
+    # ann is still shown (bob has not won twice); the box is ann's colour and ann's mean score, not bob's.
+    assert last.name == "ann" and last.best_person == "bob"
+    assert last.known and last.score == pytest.approx(0.8)
+    canvas = annotate(frame, [last])
+    assert tuple(canvas[last.box.top, last.box.left + 5]) == KNOWN_COLOUR_BGR

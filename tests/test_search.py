@@ -130,7 +130,8 @@ def test_bench_match_prints_one_json_line_per_gallery_size(lfw_cache_dir, traine
     for record in records:
         assert {"bench", "gallery", "p50_ms", "p95_ms", "exhaustive_p50_ms", "top1_agreement"} <= set(record)
         assert record["bench"] == "match" and record["dim"] == 128 and record["probes"] == 20
-        assert record["agreement_probes"] == 20 and 0.0 <= record["top1_agreement"] <= 1.0
+        # The shortlist keeps the exhaustive search's best person for (nearly) every real probe.
+        assert record["agreement_probes"] == 20 and record["top1_agreement"] >= 0.95, record
         assert record["p50_ms"] > 0 and record["exhaustive_p50_ms"] > 0
     assert out.strip().splitlines()[-1].startswith("{")
     assert "synthetic" in out  # says how the gallery was made

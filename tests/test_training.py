@@ -12,7 +12,12 @@ from conftest import ORL, copy_people
 from faceid.cli import compute_mean, extract_features, network, train
 from faceid.cli import identify as identify_script
 from faceid.errors import InputError
+from faceid.evaluate.methods import build_methods
 from faceid.features.cache import FeatureCache
+from faceid.features.stats import Normalizer
+from faceid.match.decision import Decision
+from faceid.match.head import HeadArchitecture, SimilarityHead
+from faceid.match.model import SimilarityModel
 from faceid.match.scoring import Rule
 from faceid.train.trainer import calibrate, split_people
 
@@ -93,3 +98,42 @@ def test_head_trained_on_another_extractor_is_refused_by_test_py(tmp_path, train
     err = capsys.readouterr().err
     assert code == 1 and "error:" in err and "trained on" in err
     assert FeatureCache.load(features).dim == 2048  # nothing was touched
+
+
+# --- review defects: one saved decision, read by everyone ------------------------------------
+
+
+def test_vote_rule_threshold_calibrated_by_train_py_is_the_one_identification_uses(lfw_cache_dir, tmp_path, capsys):
+    out = tmp_path / "vote"
+    assert train.main(["--features_path", str(lfw_cache_dir), "--output_model", str(out), "--rule", "vote",
+                       "--epochs", "1", "-q"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    model = SimilarityModel.load(out)
+    assert model.rule.name == "vote" and model.decision.source == "calibrated"
+    assert model.threshold == report["threshold"]
+    gallery = model.gallery()
+    vectors, labels, names = FeatureCache.load(lfw_cache_dir).matrix()
+    gallery.fit(vectors, np.array(names)[labels])
+    # The calibrated share, accepted from the threshold up (>=), not the original rule's "more than 0.85".
+    assert gallery.decision_ == model.decision and gallery.threshold_ == report["threshold"]
+    assert gallery.accepts(np.array([report["threshold"]], np.float32)).all()
+    (head_method,) = [method for method in build_methods(model) if method.name == "head"]
+    assert head_method.decision == model.decision
+
+
+def test_an_interrupted_model_save_keeps_the_previous_normaliser(tmp_path):
+    directory = tmp_path / "model"
+    head = SimilarityHead([np.ones((4, 1), np.float32), np.ones((1, 1), np.float32)],
+                          [np.zeros(1, np.float32), np.zeros(1, np.float32)], HeadArchitecture((1,), (0.0,)))
+    decision = Decision.calibrated(0.5, Rule(), 0.01)
+    first = Normalizer.from_arrays(np.zeros(4), np.ones(4))
+    SimilarityModel(head, first, decision, {"fingerprint": "a"}).save(directory)
+    before = {path.name: path.read_bytes() for path in directory.iterdir()}
+    # A manifest that cannot be written (not JSON) fails the save after the normaliser was prepared.
+    second = Normalizer.from_arrays(np.full(4, 7.0), np.full(4, 2.0))
+    with pytest.raises(InputError, match="JSON"):
+        SimilarityModel(head, second, decision, {"fingerprint": object()}).save(directory)
+    with pytest.raises(InputError, match="JSON"):
+        SimilarityModel(head, None, decision, {"fingerprint": object()}).save(directory)
+    assert {path.name: path.read_bytes() for path in directory.iterdir()} == before
+    np.testing.assert_array_equal(SimilarityModel.load(directory).normalizer.mean, first.mean)

@@ -19,13 +19,13 @@ def add_verbosity(parser: argparse.ArgumentParser) -> None:
 
 def add_detection_options(parser) -> None:
     """``--upsample`` and ``--detector``: every script that finds faces offers them the same way."""
-    from faceid.detect.faces import DETECTORS, FaceOptions
+    from faceid.detect.faces import DETECTORS
     from faceid.settings import DEFAULTS
 
     parser.add_argument("--upsample", type=int, default=DEFAULTS.upsample,
                         help="detector upsampling: 0 is fastest (faces > ~80 px), 1 finds ~40 px faces, 2 ~20 px; "
                              "use the same value for enrolment and identification")
-    parser.add_argument("--detector", choices=DETECTORS, default=FaceOptions().detector,
+    parser.add_argument("--detector", choices=DETECTORS, default=DEFAULTS.detector,
                         help="hog: fast, frontal faces; cnn: slower, also finds turned and small faces "
                              "(try it for 'no face' photos)")
 

@@ -13,11 +13,12 @@ from pathlib import Path
 from faceid.cli import add_verbosity, run_main
 from faceid.features.cache import FeatureCache
 from faceid.features.stats import compute_stats, save_stats
+from faceid.settings import DEFAULTS
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--features_path", "--features", dest="features_path", type=Path, default=Path("features"),
+    parser.add_argument("--features_path", "--features", dest="features_path", type=Path, default=Path(DEFAULTS.features_path),
                         help="feature cache from extract_features.py; the stats are saved inside it")
     add_verbosity(parser)
     return parser

@@ -30,7 +30,7 @@ from faceid.settings import DEFAULTS
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--model_path", type=Path, default=Path("models/extractor"),
+    common.add_argument("--model_path", type=Path, default=Path(DEFAULTS.extractor_path),
                         help="extractor directory from network.py")
     common.add_argument("--classification", type=Path,
                         help="similarity model from train.py, evaluated as method 'head' (omit: distances only)")

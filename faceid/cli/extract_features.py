@@ -23,14 +23,17 @@ from faceid.settings import DEFAULTS
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--faces_path", type=Path, required=True, help="folder with one sub-folder of images per person")
-    parser.add_argument("--model_path", type=Path, default=Path("models/extractor"), help="extractor directory from network.py")
-    parser.add_argument("--features", "--features_path", dest="features", type=Path, default=Path("features"),
+    parser.add_argument("--model_path", type=Path, default=Path(DEFAULTS.extractor_path), help="extractor directory from network.py")
+    parser.add_argument("--features", "--features_path", dest="features", type=Path, default=Path(DEFAULTS.features_path),
                         help="cache directory to create or update")
     parser.add_argument("--rebuild", action="store_true",
                         help="re-embed everything (needed when the cache was made by another extractor)")
     parser.add_argument("--no_detect", action="store_true",
                         help="the images already are face crops: resize them whole instead of detecting a face")
     add_detection_options(parser)
+    parser.add_argument("--max_width", type=int, default=DEFAULTS.max_search_width,
+                        help="search photos wider than this shrunk to this width (speed, memory; the same as "
+                             "check_faces.py, so both agree on 'no face'); 0 = full size")
     parser.add_argument("--batch_size", type=int, default=DEFAULTS.batch_size,
                         help="faces per backbone call; larger amortises overhead, costs memory")
     parser.add_argument("--workers", type=int, default=DEFAULTS.workers,
@@ -47,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
     extractor = load_extractor(args.model_path, args.runtime)
     summary = extract_features(
         args.faces_path, extractor, args.features,
-        face_options=FaceOptions(detect=not args.no_detect, upsample=args.upsample, detector=args.detector),
+        face_options=FaceOptions(detect=not args.no_detect, upsample=args.upsample, detector=args.detector,
+                                 max_width=args.max_width or None),
         rebuild=args.rebuild, batch_size=args.batch_size, workers=args.workers, progress=not args.quiet,
     )
     if args.json:

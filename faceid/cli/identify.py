@@ -34,11 +34,11 @@ from faceid.settings import DEFAULTS
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--features", "--features_path", dest="features", type=Path, default=Path("features"),
+    parser.add_argument("--features", "--features_path", dest="features", type=Path, default=Path(DEFAULTS.features_path),
                         help="feature cache of the enrolled people (extract_features.py)")
-    parser.add_argument("--model", "--model_path", dest="model", type=Path, default=Path("models/extractor"),
+    parser.add_argument("--model", "--model_path", dest="model", type=Path, default=Path(DEFAULTS.extractor_path),
                         help="extractor directory from network.py (the one the cache and head were made with)")
-    parser.add_argument("--classification", type=Path, default=Path("models/similarity"),
+    parser.add_argument("--classification", type=Path, default=Path(DEFAULTS.similarity_path),
                         help="similarity model from train.py (trained on this extractor's features)")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--camera", type=int, default=0,

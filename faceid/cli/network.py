@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="imagenet (downloaded by Keras), none (random: for testing mechanics only), "
                              "or PATH to a local ResNet50 notop .h5")
     parser.add_argument("--seed", type=int, default=DEFAULTS.seed, help="initialises --weights none reproducibly")
-    parser.add_argument("--output", type=Path, default=Path("models/extractor"),
+    parser.add_argument("--output", type=Path, default=Path(DEFAULTS.extractor_path),
                         help="directory to write: manifest.json (+ the Keras model for resnet50)")
     parser.add_argument("--model_name", default=DEFAULTS.model_name, help="file name of the saved Keras model")
     parser.add_argument("--export", choices=("onnx", "none"), default="onnx",

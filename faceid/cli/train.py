@@ -24,9 +24,9 @@ from faceid.train.trainer import TrainOptions, train_similarity
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--features_path", "--features", dest="features_path", type=Path, default=Path("features"),
+    parser.add_argument("--features_path", "--features", dest="features_path", type=Path, default=Path(DEFAULTS.features_path),
                         help="feature cache from extract_features.py (people with many images work best)")
-    parser.add_argument("--output_model", type=Path, default=Path("models/similarity"), help="directory to write the model to")
+    parser.add_argument("--output_model", type=Path, default=Path(DEFAULTS.similarity_path), help="directory to write the model to")
     parser.add_argument("--epochs", type=int, default=DEFAULTS.epochs, help="passes over the pairs; watch val_loss in the report")
     parser.add_argument("--normalize", type=int, choices=(0, 1), default=0,
                         help="1: z-score features with compute_mean.py's statistics before the head")
