@@ -16,7 +16,8 @@ import json
 import sys
 from pathlib import Path
 
-from faceid.apps.enrol import CaptureOptions, CropOptions, capture_faces
+from faceid.apps.capture import CaptureOptions, capture_faces
+from faceid.apps.enrol import CropOptions
 from faceid.cli import add_detection_options, add_verbosity, run_reporting_errors, setup_logging
 from faceid.detect.quality import DEFAULT_THRESHOLDS, QualityThresholds
 

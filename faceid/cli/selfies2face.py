@@ -16,7 +16,8 @@ import json
 import sys
 from pathlib import Path
 
-from faceid.apps.enrol import MULTI_CHOICES, CropOptions, selfies_to_faces
+from faceid.apps.enrol import CropOptions
+from faceid.apps.selfies import MULTI_CHOICES, selfies_to_faces
 from faceid.cli import add_detection_options, add_verbosity, run_reporting_errors, setup_logging
 
 CROP = CropOptions()

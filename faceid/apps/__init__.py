@@ -1,0 +1,1 @@
+"""What users run: live identification, enrolment (capture, selfies) and the enrolment audit."""
