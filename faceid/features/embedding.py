@@ -68,7 +68,6 @@ class ChipBatcher(Generic[Key]):
         self.embed = embed
         self.deliver = deliver
         self.batch_size = max(1, int(batch_size))
-        self.embedded = 0  # chips embedded so far
         self._keys: list[Key] = []
         self._chips: list[np.ndarray] = []
 
@@ -85,7 +84,6 @@ class ChipBatcher(Generic[Key]):
         keys, chips = self._keys, np.stack(self._chips)
         self._keys, self._chips = [], []
         vectors = self.embed(chips)
-        self.embedded += len(keys)
         self.deliver(keys, vectors)
 
     def __enter__(self) -> ChipBatcher[Key]:

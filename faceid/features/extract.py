@@ -151,8 +151,12 @@ def extract_features(
     counts: dict[str, int] = {}
 
     def finish(plan: _PersonPlan) -> None:
+        """Write a person's file once all their images are done (at most once)."""
+        if plan.remaining or plan.written:
+            return
         person = plan.result(extractor.output_dim)
         person.save(people_dir / f"{plan.name}.npz", extractor.fingerprint)
+        plan.written = True
         counts[plan.name] = len(person.vectors)
         if len(person.vectors) < 2:
             summary.too_few[plan.name] = len(person.vectors)
@@ -160,24 +164,20 @@ def extract_features(
     tasks = [(plan.name, path) for plan in plans.values() for path in plan.pending]
     engine = engine or LocalEngine(workers=workers, batch_size=batch_size)
 
-    def finish_completed() -> None:
-        for plan in plans.values():
-            if plan.remaining == 0 and not plan.written:
-                finish(plan)
-                plan.written = True
-
     def deliver(keys: list[tuple[_PersonPlan, str]], vectors: np.ndarray) -> None:
         for (plan, file_name), vector in zip(keys, vectors):
             plan.vectors[file_name] = vector
             plan.remaining -= 1
         summary.embedded += len(keys)
         bar.update(len(keys))
-        finish_completed()
+        for plan, _ in keys:  # only these people can have just been completed
+            finish(plan)
 
     embed = functools.partial(extractor.embed, batch_size=batch_size)
     with tqdm(total=len(tasks), desc="extract", unit="img", disable=None if progress else True) as bar, \
             ChipBatcher(embed, deliver, batch_size) as batcher:
-        finish_completed()  # people with nothing new: unchanged, or with removals applied
+        for plan in plans.values():  # people with nothing new: unchanged, or with removals applied
+            finish(plan)
         prepared_images = engine.prepare([path for _, path in tasks], cropper)
         for (name, path), prepared in zip(tasks, prepared_images):
             plan = plans[name]
@@ -192,9 +192,7 @@ def extract_features(
                     # labelled person is the largest (closest) face.
                     summary.several_faces.append(f"{name}/{path.name}")
                 batcher.add((plan, path.name), prepared.chip)
-            if plan.remaining == 0 and not plan.written:
-                finish(plan)
-                plan.written = True
+            finish(plan)
     for stale in sorted(set(previous) - set(people_files)):
         (people_dir / f"{stale}.npz").unlink(missing_ok=True)
         summary.removed_people.append(stale)

@@ -54,15 +54,16 @@ def temporary_beside(destination: str | Path) -> Path:
     return destination.with_name(f".{destination.stem}.{os.getpid()}.{secrets.token_hex(4)}.tmp{destination.suffix}")
 
 
-def _flush_to_disk(path: Path) -> None:
-    with open(path, "rb") as written:
+def _seal(temporary: Path) -> None:
+    """Give a finished temporary file the shared permissions and flush it to disk (before its rename)."""
+    os.chmod(temporary, _default_mode())
+    with open(temporary, "rb") as written:
         os.fsync(written.fileno())
 
 
 def commit(temporary: Path, destination: str | Path) -> None:
-    """Give a finished temporary file the shared permissions, flush it and rename it over ``destination``."""
-    os.chmod(temporary, _default_mode())
-    _flush_to_disk(temporary)
+    """Seal a finished temporary file and rename it over ``destination``."""
+    _seal(temporary)
     os.replace(temporary, destination)
 
 
@@ -158,9 +159,6 @@ class StagedFiles:
     def write_bytes(self, name: str, data: bytes) -> None:
         self.write_with(name, lambda path: path.write_bytes(data))
 
-    def save_npz(self, name: str, **arrays: np.ndarray) -> None:
-        self.write_with(name, lambda path: np.savez(path, **arrays))
-
     def remove(self, name: str) -> None:
         """Delete ``name`` (if there) when the others are committed."""
         self._removed.append(self.directory / name)
@@ -173,8 +171,7 @@ class StagedFiles:
         try:
             if exc_type is None:
                 for temporary, _ in self._staged:
-                    os.chmod(temporary, _default_mode())
-                    _flush_to_disk(temporary)
+                    _seal(temporary)
                 for temporary, final in self._staged:
                     os.replace(temporary, final)
                 for path in self._removed:

@@ -82,16 +82,14 @@ class Decision:
         the vote rule has no threshold to use and is an error.
         """
         rule = rule or self.rule
-        if threshold is not None:
-            return Decision(float(threshold), rule, ">=", GIVEN)
-        if rule.name == self.rule.name:
+        if threshold is None and rule.name == self.rule.name:
             return replace(self, rule=rule)
-        if rule.name == "vote":
-            return Decision.original_vote(rule)
-        raise InputError(
-            f"this model's threshold was calibrated for the {self.rule.name} rule, not {rule.name}: "
-            f"pass --threshold T, or train a head with train.py --rule {rule.name}"
-        )
+        if threshold is None and rule.name != "vote":
+            raise InputError(
+                f"this model's threshold was calibrated for the {self.rule.name} rule, not {rule.name}: "
+                f"pass --threshold T, or train a head with train.py --rule {rule.name}"
+            )
+        return Decision.for_rule(rule, threshold)
 
     def as_dict(self) -> dict[str, Any]:
         return {
