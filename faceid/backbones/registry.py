@@ -32,7 +32,9 @@ logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "faceid-extractor/1"
-RUNTIMES = ("auto", "onnx", "keras")
+RUNTIMES = ("auto", "onnx", "keras", "dlib")
+TTA_MODES = ("none", "flip")
+PRECISIONS = ("fp32", "int8")
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,9 @@ class BackboneOptions:
     pooling: str = DEFAULTS.pooling
     weights: str = DEFAULTS.weights  # "imagenet", "none", or a path to a .h5/.weights.h5 file
     seed: int = DEFAULTS.seed  # initialises random weights reproducibly (weights="none")
+    tta: str = DEFAULTS.tta  # "none", or "flip": the chip and its mirror image, embeddings averaged
+    precision: str = DEFAULTS.precision  # "fp32", or "int8": the ONNX graph statically quantised
+    calibration_faces: str | None = None  # int8: a folder of face photos to calibrate on
 
 
 class Extractor(ABC):
@@ -75,6 +80,14 @@ class Extractor(ABC):
     def output_dim(self) -> int:
         return int(self.manifest["output_dim"])
 
+    @property
+    def tta(self) -> str:
+        return str(self.manifest.get("tta", "none"))
+
+    @property
+    def precision(self) -> str:
+        return str(self.manifest.get("precision", "fp32"))
+
     def check_chips(self, chips: np.ndarray) -> np.ndarray:
         """``chips`` as an array, or an error naming the shape this backbone takes."""
         chips = np.asarray(chips)
@@ -84,9 +97,8 @@ class Extractor(ABC):
             )
         return chips
 
-    @abstractmethod
     def embed(self, chips: np.ndarray, batch_size: int = DEFAULTS.batch_size) -> np.ndarray:
-        """Feature vectors of aligned chips.
+        """Feature vectors of aligned chips (with the extractor's test-time augmentation).
 
         Args:
             chips: ``(n, chip_size, chip_size, 3) uint8`` RGB, from :func:`faceid.detect.faces.align_face`.
@@ -94,6 +106,19 @@ class Extractor(ABC):
         Returns:
             ``(n, output_dim) float32``.
         """
+        chips = self.check_chips(chips)
+        if len(chips) == 0:
+            return np.zeros((0, self.output_dim), dtype=np.float32)
+        if self.tta == "flip":
+            # The chip and its mirror in one pass (batches stay full), then the mean of the two.
+            count = len(chips)
+            both = self._embed(np.concatenate([chips, chips[:, :, ::-1]]), batch_size)
+            return ((both[:count] + both[count:]) * np.float32(0.5)).astype(np.float32, copy=False)
+        return self._embed(chips, batch_size)
+
+    @abstractmethod
+    def _embed(self, chips: np.ndarray, batch_size: int) -> np.ndarray:
+        """The network on checked, non-empty chips: ``(n, output_dim) float32``."""
 
     def save(self, directory: Path, model_name: str, export_onnx: bool = True) -> Path:
         """Write the extractor directory; returns the manifest path."""
@@ -107,10 +132,29 @@ class Extractor(ABC):
         return "\n".join(f"{key}: {value}" for key, value in sorted(self.manifest.items()) if key != "sources")
 
 
+def check_variant(options: BackboneOptions) -> None:
+    """Refuse an unknown ``tta`` or ``precision`` before anything is built."""
+    if options.tta not in TTA_MODES:
+        raise InputError(f"unknown --tta {options.tta!r}: choose one of {', '.join(TTA_MODES)}")
+    if options.precision not in PRECISIONS:
+        raise InputError(f"unknown --precision {options.precision!r}: choose one of {', '.join(PRECISIONS)}")
+
+
 def finish_manifest(fields: dict[str, Any], identity_keys: tuple[str, ...], module_file: str) -> dict[str, Any]:
-    """Add the format, the fingerprint (a hash of ``identity_keys``) and the source hashes."""
+    """Add the format, the fingerprint (a hash of ``identity_keys``) and the source hashes.
+
+    ``tta`` and ``precision`` change the vectors, so they enter the fingerprint; at their plain
+    values (``none``, ``fp32``) they are left out of it, so extractors (and their caches) made
+    before these options existed keep their fingerprint.
+    """
+    fields.setdefault("tta", "none")
+    fields.setdefault("precision", "fp32")
+    identity = {key: fields[key] for key in identity_keys}
+    for key, plain in (("tta", "none"), ("precision", "fp32")):
+        if fields[key] != plain:
+            identity[key] = fields[key]
     fields["format"] = MANIFEST_FORMAT
-    fields["fingerprint"] = sha256_json({key: fields[key] for key in identity_keys})[:32]
+    fields["fingerprint"] = sha256_json(identity)[:32]
     fields["sources"] = source_hashes(["detect/faces.py", "backbones/registry.py", module_file])
     return fields
 
@@ -156,10 +200,10 @@ def load_extractor(path: str | Path, runtime: str = "auto") -> Extractor:
     """Open an extractor directory written by network.py (or its manifest.json).
 
     Args:
-        runtime: for Keras backbones, ``"onnx"`` runs the exported ONNX file with
-            ONNX Runtime, ``"keras"`` the Keras model, ``"auto"`` ONNX when the
-            file and onnxruntime are there. Both give the same vectors (within 1e-4),
-            so a cache made with one is valid for the other.
+        runtime: ``"onnx"`` runs the network with ONNX Runtime, ``"keras"`` as a Keras model,
+            ``"dlib"`` (dlib backbone only) in dlib's own C++ code; ``"auto"`` picks ONNX
+            when it can. The runtimes of one backbone give the same vectors (within 1e-4
+            for ResNet50, 1e-5 for dlib), so a cache made with one is valid for the others.
     """
     if runtime not in RUNTIMES:
         raise InputError(f"unknown runtime {runtime!r}: choose one of {', '.join(RUNTIMES)}")

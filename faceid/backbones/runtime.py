@@ -21,7 +21,7 @@ import numpy as np
 
 from faceid.backbones.registry import Extractor
 from faceid.errors import InputError
-from faceid.io.store import atomic_path
+from faceid.io.store import atomic_path, write_bytes
 from faceid.settings import DEFAULTS
 
 logger = logging.getLogger(__name__)
@@ -65,20 +65,33 @@ def write_onnx(keras_model, path: Path, example_input: np.ndarray) -> Path:
 
 
 class OnnxModel:
-    """One ONNX model on the CPU execution provider: ``run(batch) -> outputs``."""
+    """One ONNX model on the CPU execution provider: ``run(batch) -> outputs``.
 
-    def __init__(self, path: str | Path, threads: int | None = None):
+    Args:
+        model: an ``.onnx`` file, or a serialised model built in memory (``bytes``).
+        name: how messages name an in-memory model.
+    """
+
+    def __init__(self, model: str | Path | bytes, threads: int | None = None, name: str = "in-memory ONNX model"):
         import onnxruntime
 
-        path = Path(path)
-        if not path.is_file():
-            raise InputError(f"ONNX model {path} is missing: re-run network.py, or delete the manifest's onnx_file entry")
+        if isinstance(model, bytes):
+            source: str | bytes = model
+            path = Path(name)
+        else:
+            path = Path(model)
+            if not path.is_file():
+                raise InputError(f"ONNX model {path} is missing: re-run network.py, or delete the manifest's onnx_file entry")
+            source = str(path)
         options = onnxruntime.SessionOptions()
         # One process, all cores for the convolutions: the same as Keras/TensorFlow's default.
         options.intra_op_num_threads = threads or os.cpu_count() or 1
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         # ONNX files are protobufs: loading one runs no code, unlike a pickle.
-        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        try:
+            self.session = onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        except Exception as error:  # onnxruntime raises its own exception types for bad files
+            raise InputError(f"ONNX Runtime cannot load {path} ({type(error).__name__}: {error}): re-run network.py") from error
         self.input_name = self.session.get_inputs()[0].name
         self.path = path
 
@@ -102,10 +115,7 @@ class ChipModelExtractor(Extractor):
         """``(n, size, size, 3) float32`` preprocessed -> ``(n, output_dim)``."""
         raise NotImplementedError
 
-    def embed(self, chips: np.ndarray, batch_size: int = DEFAULTS.batch_size) -> np.ndarray:
-        chips = self.check_chips(chips)
-        if len(chips) == 0:
-            return np.zeros((0, self.output_dim), dtype=np.float32)
+    def _embed(self, chips: np.ndarray, batch_size: int) -> np.ndarray:
         outputs = [
             self._forward(self.preprocess(chips[start : start + batch_size]))
             for start in range(0, len(chips), batch_size)
@@ -153,9 +163,24 @@ class OnnxExtractor(ChipModelExtractor):
 
     runtime = "onnx"
 
-    def __init__(self, manifest: dict[str, Any], path: Path, preprocess: Callable[[np.ndarray], np.ndarray]):
+    def __init__(
+        self, manifest: dict[str, Any], model: Path | bytes, preprocess: Callable[[np.ndarray], np.ndarray],
+        save_model: bool = False,
+    ):
+        """``model``: a file, or a graph built in memory; ``save_model``: :meth:`save` writes that
+        in-memory graph (an int8 model, which cannot be rebuilt without its calibration)."""
         super().__init__(manifest, preprocess)
-        self.model = OnnxModel(path)
+        self.model = OnnxModel(model, name=f"{manifest.get('backbone', '?')} ONNX graph")
+        self._model_bytes = model if save_model and isinstance(model, bytes) else None
+
+    def save(self, directory: Path, model_name: str, export_onnx: bool = True) -> Path:
+        if self._model_bytes is not None:
+            directory.mkdir(parents=True, exist_ok=True)
+            onnx_file = f"{model_name}.{self.precision}.onnx"
+            write_bytes(directory / onnx_file, self._model_bytes)
+            self.manifest["onnx_file"] = onnx_file
+            self.manifest.pop("model_file", None)
+        return super().save(directory, model_name)
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         return self.model.run(batch)

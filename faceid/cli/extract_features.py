@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="processes that decode, detect and align while the backbone runs; one per core "
                              "keeps the CPU busy, 0 does everything in this process")
     parser.add_argument("--runtime", choices=RUNTIMES, default="auto",
-                        help="resnet50: onnx (ONNX Runtime, fast), keras, or auto (onnx when exported); same vectors")
+                        help="what runs the backbone: onnx (ONNX Runtime, batched, all cores), keras, dlib (dlib's "
+                             "own code; dlib backbone only), or auto (onnx when installed); same vectors")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON line")
     add_verbosity(parser)
     return parser

@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="two-stage search for large galleries: score only the N people nearest to each "
                              f"face (0 = every person, exact; {DEFAULTS.shortlist} agreed 200/200 at 100k vectors)")
     parser.add_argument("--runtime", choices=RUNTIMES, default="auto",
-                        help="resnet50: onnx (ONNX Runtime, fast), keras, or auto (onnx when exported)")
+                        help="what runs the backbone: onnx (ONNX Runtime, batched, all cores), keras, dlib (dlib's "
+                             "own code; dlib backbone only), or auto (onnx when installed); same vectors")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON line")
     add_verbosity(parser)
     return parser

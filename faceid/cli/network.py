@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from faceid.backbones import BACKBONES, BackboneOptions, create_extractor
+from faceid.backbones import BACKBONES, PRECISIONS, TTA_MODES, BackboneOptions, create_extractor
 from faceid.cli import add_verbosity, run_main
 from faceid.settings import DEFAULTS
 
@@ -38,6 +38,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--export", choices=("onnx", "none"), default="onnx",
                         help="resnet50: also write an ONNX copy, run by ONNX Runtime in extraction and live "
                              "identification (several times faster than Keras on a CPU); none skips it")
+    parser.add_argument("--tta", choices=TTA_MODES, default=DEFAULTS.tta,
+                        help="test-time augmentation: flip also embeds each face's mirror image and averages "
+                             "the two (twice the backbone work; changes the vectors, so caches must be rebuilt)")
+    parser.add_argument("--precision", choices=PRECISIONS, default=DEFAULTS.precision,
+                        help="int8: quantise the ONNX graph (faster on CPUs with VNNI; slightly different "
+                             "vectors, so its own fingerprint); needs --calibration_faces")
+    parser.add_argument("--calibration_faces", type=Path, default=None,
+                        help=f"int8: folder of face photos (or of person folders) to calibrate on; up to "
+                             f"{DEFAULTS.calibration_images} are read, one face each")
     parser.add_argument("--print_model", type=int, choices=(0, 1), default=0, help="1: print the model summary")
     add_verbosity(parser)
     return parser
@@ -45,12 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     options = BackboneOptions(layer=args.layer, input_size=args.input_size, pooling=args.pooling,
-                              weights=args.weights, seed=args.seed)
+                              weights=args.weights, seed=args.seed, tta=args.tta, precision=args.precision,
+                              calibration_faces=str(args.calibration_faces) if args.calibration_faces else None)
     extractor = create_extractor(args.backbone, options)
     manifest_path = extractor.save(args.output, args.model_name, export_onnx=args.export == "onnx")
     if args.print_model:
         print(extractor.describe())
-    print(f"extractor: {args.backbone}, {extractor.output_dim}-d, fingerprint {extractor.fingerprint[:12]}")
+    print(f"extractor: {args.backbone}, {extractor.output_dim}-d, tta {extractor.tta}, {extractor.precision}, "
+          f"fingerprint {extractor.fingerprint[:12]}")
     print(f"saved: {manifest_path.parent}")
     return 0
 
