@@ -9,7 +9,6 @@ import pytest
 from conftest import LFW, ORL, copy_people
 
 from faceid.backbones import BackboneOptions, create_extractor
-from faceid.backbones.dlib_resnet import DlibExtractor
 from faceid.detect.faces import NO_FACE, FaceCropper, FaceOptions
 from faceid.errors import InputError, ManifestMismatchError
 from faceid.features.cache import FeatureCache
@@ -43,8 +42,8 @@ def test_cache_skips_unchanged_images(orl_faces, dlib_extractor, tmp_path, monke
     extract_features(orl_faces, dlib_extractor, tmp_path / "features", progress=False)
     before = FeatureCache.load(tmp_path / "features").people["s4"].vectors.copy()
     calls = []
-    original = DlibExtractor.embed
-    monkeypatch.setattr(DlibExtractor, "embed", lambda self, chips, **kw: calls.append(len(chips)) or original(self, chips, **kw))
+    original = type(dlib_extractor).embed
+    monkeypatch.setattr(type(dlib_extractor), "embed", lambda self, chips, **kw: calls.append(len(chips)) or original(self, chips, **kw))
     summary = extract_features(orl_faces, dlib_extractor, tmp_path / "features", progress=False)
     assert calls == [] and summary.embedded == 0 and summary.reused > 0
     assert np.array_equal(FeatureCache.load(tmp_path / "features").people["s4"].vectors, before)
@@ -158,7 +157,7 @@ def test_no_detect_embeds_whole_images(tmp_path, dlib_extractor):
 
 def test_interrupted_extraction_keeps_finished_people_and_resumes(orl_faces, dlib_extractor, tmp_path, monkeypatch):
     features = tmp_path / "features"
-    original = DlibExtractor.embed
+    original = type(dlib_extractor).embed
     calls = {"count": 0}
 
     def crash_on_third_batch(self, chips, **kwargs):
@@ -167,10 +166,10 @@ def test_interrupted_extraction_keeps_finished_people_and_resumes(orl_faces, dli
             raise KeyboardInterrupt
         return original(self, chips, **kwargs)
 
-    monkeypatch.setattr(DlibExtractor, "embed", crash_on_third_batch)
+    monkeypatch.setattr(type(dlib_extractor), "embed", crash_on_third_batch)
     with pytest.raises(KeyboardInterrupt):
         extract_features(orl_faces, dlib_extractor, features, batch_size=4, workers=0, progress=False)
-    monkeypatch.setattr(DlibExtractor, "embed", original)
+    monkeypatch.setattr(type(dlib_extractor), "embed", original)
     finished = sorted(path.name for path in (features / "people").iterdir() if not path.name.startswith("."))
     assert finished == ["s3.npz", "s4.npz"]
     summary = extract_features(orl_faces, dlib_extractor, features, progress=False)

@@ -204,6 +204,20 @@ def _step_shape(step: Step, current, tags):
     return current, tags  # affine, relu
 
 
+def face_resnet_flops(network: FaceResNet) -> float:
+    """Floating-point operations (2 per multiply-add) of one chip through the convolutions and fc."""
+    total = 0.0
+    shapes = _shapes(network.steps)
+    for step, (channels, _, _) in zip(network.steps, shapes):
+        if step.op == "con":
+            out_channels, out_rows, out_columns = _step_shape(step, shapes[step.index], {})[0]
+            attributes = step.layer.attributes
+            total += 2.0 * out_rows * out_columns * attributes["rows"] * attributes["columns"] * channels * out_channels
+        elif step.op == "fc":
+            total += 2.0 * step.layer.attributes["inputs"] * step.layer.attributes["outputs"]
+    return total
+
+
 class GraphBuilder(Protocol[Tensor]):
     """What :func:`walk` asks of a graph library; shapes are ``(channels, rows, columns)``."""
 

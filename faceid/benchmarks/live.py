@@ -1,13 +1,13 @@
 """Live identification speed: the original design against ours, per backbone, on one video.
 
 (a) baseline, the original design: dlib HOG on every full frame, the backbone
-    called once per face (Keras ``predict`` for ResNet50, dlib's descriptor for
-    dlib), and the Keras similarity head called once per enrolled person, with the
+    called once per face (Keras ``predict`` for ResNet50, dlib's own C++ runtime
+    for dlib), and the Keras similarity head called once per enrolled person, with the
     original decision rule (over 85% of a person's vectors scoring above 0.8).
 (b) ours: faceid.apps.live.LiveIdentifier with its defaults: detection every few
     frames (downscaled past 640 px wide) with face tracking in between, one
     batched embedding per frame of only the faces due for re-identification
-    (ONNX Runtime for ResNet50), the NumPy head over all people at once, and a
+    (ONNX Runtime: ResNet50's export, dlib's network rebuilt as an ONNX graph), the NumPy head over all people at once, and a
     per-track vote.
 
 Both read the same frames and use the same detector, alignment and enrolled
@@ -115,9 +115,11 @@ def _setup(backbone: str, known: Path, workdir: Path, classification: Path | Non
 
     options = BackboneOptions(weights="none") if backbone == "resnet50" else BackboneOptions()
     create_extractor(backbone, options).save(workdir / "extractor", "extractor")
-    extractor = load_extractor(workdir / "extractor")  # ONNX Runtime when exported
-    if extractor.runtime == "dlib":
-        baseline_embed = lambda chip: extractor.embed(chip[None])[0]  # noqa: E731  one call per face
+    extractor = load_extractor(workdir / "extractor")  # ONNX Runtime (ResNet50's export, dlib's rebuilt graph)
+    if backbone == "dlib":
+        # The original: dlib's own C++ network, one call per face.
+        reference = load_extractor(workdir / "extractor", runtime="dlib")
+        baseline_embed = lambda chip: reference.embed(chip[None])[0]  # noqa: E731
     else:
         from faceid.backbones.resnet50 import preprocess_resnet50
 
