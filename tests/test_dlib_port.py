@@ -25,6 +25,14 @@ CUHK_PHOTOS = DATA / "cuhk_train" / "photos"
 
 
 @pytest.fixture(scope="module")
+def plain_dir(tmp_path_factory):
+    """A dlib extractor without test-time augmentation: its vectors are dlib's own."""
+    directory = tmp_path_factory.mktemp("dlib_plain")
+    assert network.main(["--backbone", "dlib", "--tta", "none", "--output", str(directory), "-q"]) == 0
+    return directory
+
+
+@pytest.fixture(scope="module")
 def lfw_chips(dlib_extractor) -> np.ndarray:
     """Aligned chips of 60 real LFW faces (the first image of 60 people)."""
     embedder = FaceEmbedder(dlib_extractor)
@@ -40,7 +48,7 @@ def lfw_chips(dlib_extractor) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def reference(dlib_extractor_dir, lfw_chips) -> np.ndarray:
+def reference(lfw_chips) -> np.ndarray:
     """dlib's own compute_face_descriptor on the chips."""
     import dlib
 
@@ -61,8 +69,8 @@ def test_reader_walks_the_whole_file_into_the_face_network():
 
 
 @pytest.mark.parametrize("runtime", ["onnx", "keras"])
-def test_port_gives_dlibs_own_vectors_on_real_faces(dlib_extractor_dir, lfw_chips, reference, runtime):
-    extractor = load_extractor(dlib_extractor_dir, runtime=runtime)
+def test_port_gives_dlibs_own_vectors_on_real_faces(plain_dir, lfw_chips, reference, runtime):
+    extractor = load_extractor(plain_dir, runtime=runtime)
     assert extractor.runtime == runtime
     vectors = extractor.embed(lfw_chips)
     assert vectors.shape == (60, 128) and vectors.dtype == np.float32
@@ -76,15 +84,16 @@ def test_runtime_does_not_change_the_fingerprint(dlib_extractor_dir):
     assert len(fingerprints) == 1
 
 
-def test_fingerprint_of_an_extractor_made_before_tta_and_precision_is_kept(dlib_extractor_dir, tmp_path):
-    manifest = json.loads((dlib_extractor_dir / "manifest.json").read_text())
+def test_fingerprint_of_an_extractor_made_before_tta_and_precision_is_kept(plain_dir, tmp_path):
+    manifest = json.loads((plain_dir / "manifest.json").read_text())
     old = {key: value for key, value in manifest.items() if key not in ("tta", "precision", "parameters")}
     (tmp_path / "manifest.json").write_text(json.dumps(old))
     extractor = load_extractor(tmp_path)
     assert extractor.fingerprint == manifest["fingerprint"] and extractor.tta == "none" and extractor.precision == "fp32"
-    # ...and a fresh fp32 extractor has the same fingerprint, while flip gets its own.
-    assert create_extractor("dlib").fingerprint == manifest["fingerprint"]
-    assert create_extractor("dlib", BackboneOptions(tta="flip")).fingerprint != manifest["fingerprint"]
+    # ...and a fresh plain fp32 extractor has the same fingerprint, while flip (the default) gets its own.
+    assert create_extractor("dlib", BackboneOptions(tta="none")).fingerprint == manifest["fingerprint"]
+    assert create_extractor("dlib").tta == "flip"
+    assert create_extractor("dlib").fingerprint != manifest["fingerprint"]
 
 
 @pytest.mark.parametrize(
@@ -135,9 +144,9 @@ def test_gradient_reaches_every_trainable_weight_of_the_keras_model(lfw_chips):
     assert all(not np.array_equal(old, np.asarray(new)) for old, new in zip(before, model.trainable_weights))
 
 
-def test_flip_averages_the_chip_and_its_mirror(dlib_extractor_dir, lfw_chips, reference):
+def test_flip_averages_the_chip_and_its_mirror(plain_dir, lfw_chips, reference):
     flip = create_extractor("dlib", BackboneOptions(tta="flip"))
-    plain = load_extractor(dlib_extractor_dir, runtime="onnx")
+    plain = load_extractor(plain_dir, runtime="onnx")
     expected = (plain.embed(lfw_chips) + plain.embed(lfw_chips[:, :, ::-1])) / 2
     vectors = flip.embed(lfw_chips)
     np.testing.assert_allclose(vectors, expected, atol=1e-6)
@@ -150,17 +159,17 @@ def test_flip_averages_the_chip_and_its_mirror(dlib_extractor_dir, lfw_chips, re
 @pytest.fixture(scope="module")
 def int8_dir(tmp_path_factory):
     directory = tmp_path_factory.mktemp("dlib_int8")
-    assert network.main(["--backbone", "dlib", "--precision", "int8", "--calibration_faces", str(CUHK_PHOTOS),
+    assert network.main(["--backbone", "dlib", "--tta", "none", "--precision", "int8", "--calibration_faces", str(CUHK_PHOTOS),
                          "--output", str(directory), "-q"]) == 0
     return directory
 
 
-def test_int8_is_close_to_fp32_and_has_its_own_fingerprint(int8_dir, dlib_extractor_dir, lfw_chips, reference):
+def test_int8_is_close_to_fp32_and_has_its_own_fingerprint(int8_dir, plain_dir, lfw_chips, reference):
     manifest = json.loads((int8_dir / "manifest.json").read_text())
     assert manifest["precision"] == "int8" and (int8_dir / manifest["onnx_file"]).is_file()
     assert manifest["calibration"]["faces"] >= 80  # CUHK's 88 photos, one face each
     extractor = load_extractor(int8_dir)
-    assert extractor.fingerprint != load_extractor(dlib_extractor_dir).fingerprint
+    assert extractor.fingerprint != load_extractor(plain_dir).fingerprint
     distances = np.linalg.norm(extractor.embed(lfw_chips) - reference, axis=1)
     # Measured on these 60 chips: mean 0.042, max 0.077 (dlib's threshold is 0.6); bound ~2x.
     assert distances.min() > 1e-4 and distances.max() < 0.15 and distances.mean() < 0.08
