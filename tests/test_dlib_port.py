@@ -38,7 +38,7 @@ def lfw_chips(dlib_extractor) -> np.ndarray:
     embedder = FaceEmbedder(dlib_extractor)
     chips = []
     for folder in sorted(LFW.iterdir()):
-        image = read_image(sorted(folder.iterdir())[0])
+        image = read_image(min(folder.iterdir()))
         faces = embedder.find_faces(image)
         if faces:
             chips.append(embedder.chips(image, faces[:1])[0])
@@ -215,6 +215,6 @@ def test_dlib_backbone_runs_without_tensorflow(dlib_extractor_dir):
         f"extractor = load_extractor({str(dlib_extractor_dir)!r})\n"
         "print(extractor.runtime, extractor.embed(np.zeros((2, 150, 150, 3), np.uint8)).shape)\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["onnx", "(2,", "128)"]

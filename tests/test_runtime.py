@@ -57,3 +57,24 @@ def test_onnx_runtime_without_export_is_refused(tmp_path):
     assert type(load_extractor(tmp_path)).__name__ == "KerasExtractor"
     with pytest.raises(InputError, match="no ONNX export"):
         load_extractor(tmp_path, runtime="onnx")
+
+
+def test_resnet50_int8_runs_on_onnx_runtime_only(tmp_path):
+    calibration = LFW.parent / "cuhk_train" / "photos"
+    assert network.main(["--backbone", "resnet50", "--weights", "none", "--input_size", "64", "--tta", "none",
+                         "--precision", "int8", "--calibration_faces", str(calibration),
+                         "--output", str(tmp_path / "int8"), "-q"]) == 0
+    assert network.main(["--backbone", "resnet50", "--weights", "none", "--input_size", "64", "--tta", "none",
+                         "--output", str(tmp_path / "fp32"), "-q"]) == 0
+    manifest = json.loads((tmp_path / "int8" / "manifest.json").read_text())
+    assert manifest["precision"] == "int8" and "model_file" not in manifest
+    int8, fp32 = load_extractor(tmp_path / "int8"), load_extractor(tmp_path / "fp32")
+    assert int8.runtime == "onnx" and int8.fingerprint != fp32.fingerprint
+    chips = real_chips(fp32, count=4)
+    quantized, plain = int8.embed(chips), fp32.embed(chips)
+    assert quantized.shape == plain.shape == (4, 2048)
+    # Random weights carry no identity, but the quantised network must still compute the same function.
+    cosine = np.sum(quantized * plain, axis=1) / np.linalg.norm(quantized, axis=1) / np.linalg.norm(plain, axis=1)
+    assert cosine.min() > 0.95 and not np.allclose(quantized, plain)
+    with pytest.raises(InputError, match="int8"):
+        load_extractor(tmp_path / "int8", runtime="keras")

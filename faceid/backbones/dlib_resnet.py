@@ -26,7 +26,14 @@ from typing import Any
 import numpy as np
 
 from faceid.backbones.dlib_graph import FaceResNet, preprocess_face_resnet, read_face_resnet
-from faceid.backbones.registry import Backbone, BackboneOptions, Extractor, check_variant, finish_manifest, register_backbone
+from faceid.backbones.registry import (
+    Backbone,
+    BackboneOptions,
+    Extractor,
+    check_variant,
+    finish_manifest,
+    register_backbone,
+)
 from faceid.backbones.runtime import KerasExtractor, OnnxExtractor, onnxruntime_available
 from faceid.detect.faces import LANDMARKS_MODEL, RECOGNITION_MODEL, dlib_model_path
 from faceid.errors import InputError

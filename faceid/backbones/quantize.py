@@ -18,8 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from faceid.detect.faces import FaceCropper, FaceOptions
-from faceid.errors import InputError
-from faceid.errors import ImageReadError
+from faceid.errors import ImageReadError, InputError
 from faceid.io.images import list_image_files, read_image
 
 logger = logging.getLogger(__name__)

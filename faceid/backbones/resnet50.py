@@ -8,7 +8,14 @@ from typing import Any
 
 import numpy as np
 
-from faceid.backbones.registry import Backbone, BackboneOptions, Extractor, check_variant, finish_manifest, register_backbone
+from faceid.backbones.registry import (
+    Backbone,
+    BackboneOptions,
+    Extractor,
+    check_variant,
+    finish_manifest,
+    register_backbone,
+)
 from faceid.backbones.runtime import KerasExtractor, OnnxExtractor, onnxruntime_available, write_onnx
 from faceid.errors import InputError, WeightsUnavailableError
 from faceid.io.manifest import library_versions, sha256_file

@@ -22,7 +22,6 @@ import numpy as np
 from faceid.backbones.registry import Extractor
 from faceid.errors import InputError
 from faceid.io.store import atomic_path, write_bytes
-from faceid.settings import DEFAULTS
 
 logger = logging.getLogger(__name__)
 

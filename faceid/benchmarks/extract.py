@@ -62,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
         for backbone in [name.strip() for name in args.backbones.split(",") if name.strip()]:
             directory = Path(workdir) / backbone
             weights = "none" if backbone == "resnet50" else DEFAULTS.weights
-            create_extractor(backbone, BackboneOptions(weights=weights)).save(directory / "baseline", "extractor")
+            # The original design had no test-time augmentation.
+            create_extractor(backbone, BackboneOptions(weights=weights, tta="none")).save(directory / "baseline", "extractor")
             create_extractor(backbone, BackboneOptions(
                 weights=weights, precision=args.precision, tta=args.tta, calibration_faces=str(args.calibration_faces),
             )).save(directory / "extractor", "extractor")

@@ -71,9 +71,11 @@ def run(args: argparse.Namespace) -> int:
     records = []
     for backbone in [name.strip() for name in args.backbones.split(",") if name.strip()]:
         with tempfile.TemporaryDirectory(prefix="faceid-bench-") as workdir:
-            extractor, baseline_embed, gallery, keras_head = _setup(backbone, known, Path(workdir), args.classification)
+            extractor, baseline_embed, baseline_enrolled, gallery, keras_head = _setup(
+                backbone, known, Path(workdir), args.classification
+            )
             baseline_ms, baseline_results, face_counts = _time_baseline(
-                args.video, max_frames, extractor, baseline_embed, gallery, keras_head
+                args.video, max_frames, extractor, baseline_embed, baseline_enrolled, keras_head
             )
             ours_ms, ours_results, identifier = _time_ours(args.video, max_frames, extractor, gallery)
         if one_face is None:
@@ -108,7 +110,9 @@ def _timed_frames(video: Path, max_frames: int | None):
 
 
 def _setup(backbone: str, known: Path, workdir: Path, classification: Path | None):
-    """Our extractor (ONNX for ResNet50), the baseline's per-face embedding, the gallery, the Keras head."""
+    """Our extractor (ONNX Runtime, default options), the baseline's per-face embedding and enrolled
+    vectors (the original design: no test-time augmentation, Keras or dlib's own runtime), our
+    gallery, the Keras head."""
     from faceid.match.head import HeadArchitecture, SimilarityHead
     from faceid.match.model import SimilarityModel
     from faceid.train.head import build_keras_head
@@ -116,28 +120,33 @@ def _setup(backbone: str, known: Path, workdir: Path, classification: Path | Non
     options = BackboneOptions(weights="none") if backbone == "resnet50" else BackboneOptions()
     create_extractor(backbone, options).save(workdir / "extractor", "extractor")
     extractor = load_extractor(workdir / "extractor")  # ONNX Runtime (ResNet50's export, dlib's rebuilt graph)
+    # The original design: no test-time augmentation, one backbone call per face.
+    baseline_options = BackboneOptions(weights=options.weights, tta="none")
+    create_extractor(backbone, baseline_options).save(workdir / "baseline", "extractor")
+    reference = load_extractor(workdir / "baseline", runtime="dlib" if backbone == "dlib" else "keras")
     if backbone == "dlib":
-        # The original: dlib's own C++ network, one call per face.
-        reference = load_extractor(workdir / "extractor", runtime="dlib")
-        baseline_embed = lambda chip: reference.embed(chip[None])[0]  # noqa: E731
+        baseline_embed = lambda chip: reference.embed(chip[None])[0]
     else:
         from faceid.backbones.resnet50 import preprocess_resnet50
 
-        keras_model = load_extractor(workdir / "extractor", runtime="keras").model
+        keras_model = reference.model
         # The original: Keras predict() on each face, one at a time.
-        baseline_embed = lambda chip: np.asarray(keras_model.predict(preprocess_resnet50(chip[None]), verbose=0))[0]  # noqa: E731
+        baseline_embed = lambda chip: np.asarray(keras_model.predict(preprocess_resnet50(chip[None]), verbose=0))[0]
+    extract_features(known, reference, workdir / "baseline_features", progress=False)
+    baseline_vectors, baseline_labels, baseline_names = FeatureCache.load(workdir / "baseline_features").matrix()
+    baseline_enrolled = [(str(name), baseline_vectors[baseline_labels == index]) for index, name in enumerate(baseline_names)]
     extract_features(known, extractor, workdir / "features", progress=False)
     vectors, labels, names = FeatureCache.load(workdir / "features").matrix()
     people = np.array(names)[labels]
     if backbone == "dlib" and classification is not None:
         model = SimilarityModel.load(classification)
         model.check_extractor(extractor.manifest, f"the {backbone} extractor")
-        return extractor, baseline_embed, model.gallery().fit(vectors, people), _keras_of(model.head)
+        return extractor, baseline_embed, baseline_enrolled, model.gallery().fit(vectors, people), _keras_of(model.head)
     keras_head = build_keras_head(extractor.output_dim, HeadArchitecture(), seed=0)
     if backbone == "dlib":
-        return extractor, baseline_embed, Gallery(threshold=-0.6).fit(vectors, people), None
+        return extractor, baseline_embed, baseline_enrolled, Gallery(threshold=-0.6).fit(vectors, people), None
     head = SimilarityHead.from_keras(keras_head)
-    return extractor, baseline_embed, Gallery(head=head, threshold=0.5).fit(vectors, people), keras_head
+    return extractor, baseline_embed, baseline_enrolled, Gallery(head=head, threshold=0.5).fit(vectors, people), keras_head
 
 
 def _keras_of(head):
@@ -148,10 +157,9 @@ def _keras_of(head):
     return model
 
 
-def _time_baseline(video, max_frames, extractor, embed, gallery: Gallery, keras_head):
+def _time_baseline(video, max_frames, extractor, embed, enrolled, keras_head):
     """The original design, frame by frame. Returns per-frame ms, results and face counts."""
     rule = Rule("vote", vote_score=DEFAULTS.vote_score, vote_share=DEFAULTS.vote_share)
-    enrolled = [(str(name), gallery.vectors_[gallery.labels_ == index]) for index, name in enumerate(gallery.classes_)]
     latencies, results, counts = [], [], []
     for frame, started in _timed_frames(video, max_frames):
         faces = detect_faces(frame, upsample=DEFAULTS.upsample)
