@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from faceid.detect.faces import FaceCropper, FaceOptions
-from faceid.errors import ImageReadError, InputError
-from faceid.io.images import list_image_files, read_image
+from faceid.errors import InputError
+from faceid.io.images import list_image_files
 
 logger = logging.getLogger(__name__)
 
@@ -50,15 +50,7 @@ def calibration_chips(folder: str | Path, chip_size: int, align_padding: float, 
     if len(files) > limit:
         files = [files[int(index)] for index in np.linspace(0, len(files) - 1, limit)]
     cropper = FaceCropper(FaceOptions(), chip_size, align_padding)
-    chips = []
-    for path in files:
-        try:
-            image = read_image(path)
-        except ImageReadError:
-            continue
-        faces = cropper.find_faces(image)
-        if faces:
-            chips.append(cropper.chips(image, faces[:1])[0])
+    chips = [chip for chip in map(cropper.largest_chip, files) if chip is not None]
     if len(chips) < CALIBRATION_BATCH:
         raise InputError(
             f"{folder} gave {len(chips)} face chips to calibrate int8 on ({len(files)} files read): "

@@ -34,10 +34,10 @@ from faceid.backbones.dlib_graph import face_resnet_flops
 from faceid.backbones.dlib_resnet import face_resnet
 from faceid.backbones.resnet50 import preprocess_resnet50
 from faceid.benchmarks.common import matmul_gflops, print_json_lines, print_table, shared_data
-from faceid.errors import ImageReadError, InputError
+from faceid.errors import InputError
 from faceid.features.embedding import FaceEmbedder
 from faceid.features.extract import extract_features
-from faceid.io.images import list_people, read_image
+from faceid.io.images import list_people
 from faceid.settings import DEFAULTS
 
 
@@ -136,18 +136,10 @@ def _subset(faces_path: Path, images: int, destination: Path) -> Path:
 
 def _baseline(faces_root: Path, extractor) -> int:
     """The original design; returns how many images it embedded."""
-    embedder = FaceEmbedder(extractor)
+    cropper = FaceEmbedder(extractor).cropper
     embedded = 0
     for files in list_people(faces_root).values():
-        chips = []
-        for path in files:
-            try:
-                image = read_image(path)
-            except ImageReadError:
-                continue
-            faces = embedder.find_faces(image)
-            if faces:
-                chips.append(embedder.chips(image, faces[:1])[0])
+        chips = [chip for chip in map(cropper.largest_chip, files) if chip is not None]
         if not chips:
             continue
         stack = np.stack(chips)
@@ -161,17 +153,13 @@ def _baseline(faces_root: Path, extractor) -> int:
 
 def _sample_chips(faces_root: Path, extractor, count: int) -> np.ndarray:
     """``count`` aligned chips of real faces from the subset (repeated if it has fewer)."""
-    embedder = FaceEmbedder(extractor)
+    cropper = FaceEmbedder(extractor).cropper
     chips = []
     for files in list_people(faces_root).values():
         for path in files:
-            try:
-                image = read_image(path)
-            except ImageReadError:
-                continue
-            faces = embedder.find_faces(image)
-            if faces:
-                chips.append(embedder.chips(image, faces[:1])[0])
+            chip = cropper.largest_chip(path)
+            if chip is not None:
+                chips.append(chip)
             if len(chips) == count:
                 return np.stack(chips)
     if not chips:

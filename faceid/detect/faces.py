@@ -255,3 +255,16 @@ class FaceCropper:
         if not faces:
             return np.zeros((0, self.chip_size, self.chip_size, 3), dtype=np.uint8)
         return np.stack([align_face(image_rgb, face, self.chip_size, self.padding) for face in faces])
+
+    def largest_chip(self, path: Path) -> np.ndarray | None:
+        """The aligned chip of the largest face in the image file ``path``; ``None`` when the
+        file is unreadable or holds no face (for samples of chips: calibration, benchmarks)."""
+        from faceid.errors import ImageReadError
+        from faceid.io.images import read_image
+
+        try:
+            image = read_image(path)
+        except ImageReadError:
+            return None
+        faces = self.find_faces(image)
+        return self.chips(image, faces[:1])[0] if faces else None
