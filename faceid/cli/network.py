@@ -3,6 +3,7 @@
 Usage:
     python network.py --backbone dlib --output models/extractor
     python network.py --backbone resnet50 --weights imagenet --output models/extractor
+    python network.py --backbone dlib --precision int8 --calibration_faces faces/ --output models/int8
 """
 
 from __future__ import annotations
