@@ -235,7 +235,7 @@ def walk(network: FaceResNet, builder: GraphBuilder[Tensor]) -> Tensor:
     """Run the program through ``builder``; returns the output tensor (``(n, 128)``)."""
     current: Any = None
     shape: tuple[int, int, int] = (3, 0, 0)
-    tags: dict[int, tuple[Any, tuple[int, int, int]]] = {}
+    tags: dict[int, Any] = {}  # tag id -> the tensor it marked (its shape is in shape_tags)
     shape_tags: dict[int, tuple[int, int, int]] = {}
     operations: dict[str, Callable[[Step, Any], Any]] = {
         "con": builder.con, "affine": builder.affine, "relu": builder.relu,
@@ -246,12 +246,11 @@ def walk(network: FaceResNet, builder: GraphBuilder[Tensor]) -> Tensor:
         if step.op == "input":
             current = builder.input(step, network.mean_rgb)
         elif step.op == "tag":
-            tags[step.tag] = (current, shape)
+            tags[step.tag] = current
         elif step.op == "skip":
-            current = tags[step.tag][0]
+            current = tags[step.tag]
         elif step.op == "add_prev":
-            shortcut, shortcut_shape = tags[step.tag]
-            current = builder.add(step, current, shape, shortcut, shortcut_shape, new_shape)
+            current = builder.add(step, current, shape, tags[step.tag], shape_tags[step.tag], new_shape)
         elif step.op in ("max_pool", "avg_pool"):
             current = builder.pool(step, current, step.op)
         else:

@@ -30,7 +30,6 @@ from faceid.backbones.registry import (
     Backbone,
     BackboneOptions,
     Extractor,
-    check_variant,
     finish_manifest,
     register_backbone,
 )
@@ -38,7 +37,6 @@ from faceid.backbones.runtime import KerasExtractor, OnnxExtractor, onnxruntime_
 from faceid.detect.faces import LANDMARKS_MODEL, RECOGNITION_MODEL, dlib_model_path
 from faceid.errors import InputError
 from faceid.io.manifest import library_versions, sha256_file, sha256_json
-from faceid.settings import DEFAULTS
 
 logger = logging.getLogger(__name__)
 
@@ -48,10 +46,10 @@ def chips_for_dlib(chips: np.ndarray) -> list[np.ndarray]:
     return [np.ascontiguousarray(chip) for chip in chips]
 
 
-@functools.lru_cache(maxsize=2)
-def face_resnet(path: str | None = None) -> FaceResNet:
-    """The parsed and checked face network (read once per process)."""
-    return read_face_resnet(path or dlib_model_path(RECOGNITION_MODEL))
+@functools.cache
+def face_resnet() -> FaceResNet:
+    """The parsed and checked face network of ``face_recognition_models`` (read once per process)."""
+    return read_face_resnet(dlib_model_path(RECOGNITION_MODEL))
 
 
 def preprocess_dlib(chips: np.ndarray) -> np.ndarray:
@@ -111,7 +109,6 @@ class DlibBackbone(Backbone):
 
     @classmethod
     def create(cls, options: BackboneOptions) -> Extractor:
-        check_variant(options)
         model_path = dlib_model_path(RECOGNITION_MODEL)
         network = face_resnet()  # reads and checks the file now: a bad file fails here, not at first use
         manifest = {
@@ -138,27 +135,16 @@ class DlibBackbone(Backbone):
             "backbones/dlib_resnet.py",
         )
         if options.precision == "int8":
-            return cls._quantized(manifest, options)
+            from faceid.backbones.dlib_onnx import face_resnet_onnx_bytes
+            from faceid.backbones.quantize import quantized_extractor
+
+            return quantized_extractor(manifest, options.calibration_faces, preprocess_dlib,
+                                       lambda chips: face_resnet_onnx_bytes(face_resnet()))
         return _onnx_extractor(manifest) if onnx_available() else DlibExtractor(manifest)
-
-    @classmethod
-    def _quantized(cls, manifest: dict[str, Any], options: BackboneOptions) -> OnnxExtractor:
-        from faceid.backbones.dlib_onnx import face_resnet_onnx_bytes
-        from faceid.backbones.quantize import calibration_chips, quantize_int8
-
-        if not options.calibration_faces:
-            raise InputError("--precision int8 needs --calibration_faces DIR: photos of faces to measure activation ranges on")
-        chips = calibration_chips(options.calibration_faces, manifest["input_size"], manifest["align_padding"],
-                                  DEFAULTS.calibration_images)
-        model = quantize_int8(face_resnet_onnx_bytes(face_resnet()), chips, preprocess_dlib)
-        manifest["calibration"] = {"faces": len(chips), "source": Path(options.calibration_faces).name}
-        return OnnxExtractor(manifest, model, preprocess_dlib, save_model=True)
 
     @classmethod
     def load(cls, directory: Path, manifest: dict[str, Any], runtime: str = "auto") -> Extractor:
         if manifest.get("precision", "fp32") == "int8":
-            if runtime in ("keras", "dlib"):
-                raise InputError(f"{directory} is an int8 extractor: it runs on ONNX Runtime only (--runtime onnx or auto)")
             onnx_file = manifest.get("onnx_file")
             if not onnx_file:
                 raise InputError(f"{directory}/manifest.json names no int8 ONNX file: re-run network.py --precision int8")

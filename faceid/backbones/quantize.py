@@ -14,12 +14,15 @@ import logging
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from faceid.backbones.runtime import OnnxExtractor
 from faceid.detect.faces import FaceCropper, FaceOptions
 from faceid.errors import InputError
 from faceid.io.images import list_image_files
+from faceid.settings import DEFAULTS
 
 logger = logging.getLogger(__name__)
 
@@ -110,3 +113,20 @@ def quantize_int8(
         except Exception as error:  # the quantiser raises anything from ValueError to protobuf errors
             raise InputError(f"int8 quantisation failed ({type(error).__name__}: {error}); use --precision fp32") from error
         return target.read_bytes()
+
+
+def quantized_extractor(
+    manifest: dict[str, Any],
+    calibration_faces: str | None,
+    preprocess: Callable[[np.ndarray], np.ndarray],
+    fp32_model: Callable[[np.ndarray], bytes],
+) -> OnnxExtractor:
+    """An int8 extractor: chips from ``calibration_faces``, the fp32 graph ``fp32_model(chips)``
+    quantised on them; :meth:`OnnxExtractor.save` writes the result (it cannot be rebuilt)."""
+    if not calibration_faces:
+        raise InputError("--precision int8 needs --calibration_faces DIR: photos of faces to measure activation ranges on")
+    chips = calibration_chips(calibration_faces, int(manifest["input_size"]), float(manifest["align_padding"]),
+                              DEFAULTS.calibration_images)
+    model = quantize_int8(fp32_model(chips), chips, preprocess)
+    manifest["calibration"] = {"faces": len(chips), "source": Path(calibration_faces).name}
+    return OnnxExtractor(manifest, model, preprocess, save_model=True)

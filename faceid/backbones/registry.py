@@ -193,6 +193,7 @@ def _backbone(name: str) -> type[Backbone]:
 
 def create_extractor(backbone: str, options: BackboneOptions = BackboneOptions()) -> Extractor:
     """Build a fresh extractor (what network.py does)."""
+    check_variant(options)
     return _backbone(backbone).create(options)
 
 
@@ -219,4 +220,6 @@ def load_extractor(path: str | Path, runtime: str = "auto") -> Extractor:
             f"{directory / MANIFEST_NAME} is not a faceid extractor manifest "
             f"(format {manifest.get('format')!r}, expected {MANIFEST_FORMAT!r}): re-create it with network.py"
         )
+    if manifest.get("precision", "fp32") == "int8" and runtime in ("keras", "dlib"):
+        raise InputError(f"{directory} is an int8 extractor: it runs on ONNX Runtime only (--runtime onnx or auto)")
     return _backbone(manifest.get("backbone", "?")).load(directory, manifest, runtime)

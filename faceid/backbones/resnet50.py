@@ -12,7 +12,6 @@ from faceid.backbones.registry import (
     Backbone,
     BackboneOptions,
     Extractor,
-    check_variant,
     finish_manifest,
     register_backbone,
 )
@@ -46,6 +45,14 @@ def _weights_digest(model) -> str:
     for weight in model.weights:
         digest.update(np.ascontiguousarray(np.asarray(weight)).tobytes())
     return digest.hexdigest()[:32]
+
+
+def _export_onnx_bytes(model, chips: np.ndarray) -> bytes:
+    """The Keras model as a serialised fp32 ONNX graph (through a scratch file: tf2onnx writes files)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="faceid-export-") as scratch:
+        return write_onnx(model, Path(scratch) / "fp32.onnx", preprocess_resnet50(chips[:1])).read_bytes()
 
 
 @register_backbone
@@ -93,7 +100,6 @@ class ResNet50Backbone(Backbone):
     def create(cls, options: BackboneOptions) -> Extractor:
         import keras
 
-        check_variant(options)
         if options.pooling not in ("avg", "max"):
             raise InputError(f"unknown pooling {options.pooling!r}: choose avg or max")
         if options.input_size < 32:
@@ -137,33 +143,17 @@ class ResNet50Backbone(Backbone):
             "backbones/resnet50.py",
         )
         if options.precision == "int8":
-            return cls._quantized(manifest, model, options)
+            from faceid.backbones.quantize import quantized_extractor
+
+            return quantized_extractor(manifest, options.calibration_faces, preprocess_resnet50,
+                                       lambda chips: _export_onnx_bytes(model, chips))
         return KerasExtractor(manifest, model, preprocess_resnet50)
-
-    @classmethod
-    def _quantized(cls, manifest: dict[str, Any], model, options: BackboneOptions) -> OnnxExtractor:
-        """The Keras model exported to ONNX, then quantised to int8 on real face chips."""
-        import tempfile
-
-        from faceid.backbones.quantize import calibration_chips, quantize_int8
-
-        if not options.calibration_faces:
-            raise InputError("--precision int8 needs --calibration_faces DIR: photos of faces to measure activation ranges on")
-        chips = calibration_chips(options.calibration_faces, options.input_size, manifest["align_padding"],
-                                  DEFAULTS.calibration_images)
-        with tempfile.TemporaryDirectory(prefix="faceid-export-") as scratch:
-            exported = write_onnx(model, Path(scratch) / "fp32.onnx", preprocess_resnet50(chips[:1]))
-            quantized = quantize_int8(exported.read_bytes(), chips, preprocess_resnet50)
-        manifest["calibration"] = {"faces": len(chips), "source": Path(options.calibration_faces).name}
-        return OnnxExtractor(manifest, quantized, preprocess_resnet50, save_model=True)
 
     @classmethod
     def load(cls, directory: Path, manifest: dict[str, Any], runtime: str = "auto") -> Extractor:
         onnx_file = manifest.get("onnx_file")
         if runtime == "dlib":
             raise InputError("--runtime dlib runs the dlib backbone only: use auto, onnx or keras for resnet50")
-        if manifest.get("precision", "fp32") == "int8" and runtime == "keras":
-            raise InputError(f"{directory} is an int8 extractor: it runs on ONNX Runtime only (--runtime onnx or auto)")
         if runtime == "onnx" and not onnx_file:
             raise InputError(f"{directory} has no ONNX export: re-run network.py (without --export none)")
         if runtime == "onnx" or (runtime == "auto" and onnx_file and onnxruntime_available()):

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from faceid.errors import InputError
+from faceid.errors import ImageReadError, InputError
+from faceid.io.images import read_image
 from faceid.settings import DEFAULTS
 
 logger = logging.getLogger(__name__)
@@ -259,9 +260,6 @@ class FaceCropper:
     def largest_chip(self, path: Path) -> np.ndarray | None:
         """The aligned chip of the largest face in the image file ``path``; ``None`` when the
         file is unreadable or holds no face (for samples of chips: calibration, benchmarks)."""
-        from faceid.errors import ImageReadError
-        from faceid.io.images import read_image
-
         try:
             image = read_image(path)
         except ImageReadError:
