@@ -37,9 +37,15 @@ class Settings:
     # Upsampling doubles the image per step so dlib's HOG finds faces smaller than
     # its ~80 px window; 1 finds ~40 px faces at ~4x the cost of 0.
     upsample: int = 1
-    # dlib's frontal HOG detector: fast on a CPU, frontal faces only. "cnn" (dlib's MMOD
-    # network) also finds turned faces, at ~25x the cost.
-    detector: str = "hog"
+    # Enrolment, extraction, the audit and evaluation: dlib's CNN (MMOD) detector on our ONNX
+    # graph, which also finds three-quarter views and profiles that the frontal HOG detector
+    # misses (measured in README: LFW "no face" photos, the clip's profile and audience shots).
+    detector: str = "cnn"
+    # Live video (test.py): the same CNN, at upsample 0 - a full 640x360 detection takes
+    # ~85 ms there against HOG's ~190 ms at upsample 1, and finds the profile and audience
+    # faces HOG misses; it misses faces under ~80 px (pass --upsample 1: ~415 ms a detection).
+    live_detector: str = "cnn"
+    live_cnn_upsample: int = 0
     # Still images wider than this are searched for faces downscaled to it (a 12-megapixel
     # phone photo at upsample 1 takes seconds and gigabytes); crops are still cut from the
     # full-size image. Extraction, enrolment, the audit and evaluation share it, so they

@@ -179,13 +179,49 @@ def _view(params: np.ndarray, shape: tuple[int, ...], offset: int, what: str, cu
     return flat[offset : offset + size].reshape(shape).copy()
 
 
+INPUT_RECORDS = ("input_rgb_image_sized", "input_rgb_image_pyramid", "input_rgb_image_pyramid2")
+
+
 def _read_input(cursor: _Bytes) -> DlibLayer:
     record = cursor.string("input layer name")
-    if record != "input_rgb_image_sized":
-        raise cursor.fail(f"input layer {record!r} is not supported (this reader knows input_rgb_image_sized)")
+    if record not in INPUT_RECORDS:
+        raise cursor.fail(f"input layer {record!r} is not supported (this reader knows {', '.join(INPUT_RECORDS)})")
     mean = tuple(cursor.real("input channel mean") for _ in range(3))
-    rows, columns = cursor.integer("input rows"), cursor.integer("input columns")
-    return DlibLayer("input", record, {"mean_rgb": mean, "rows": rows, "columns": columns})
+    if record == "input_rgb_image_sized":
+        rows, columns = cursor.integer("input rows"), cursor.integer("input columns")
+        return DlibLayer("input", record, {"mean_rgb": mean, "rows": rows, "columns": columns})
+    # input_rgb_image_pyramid: the pyramid's type (pyramid_down<N>) is in the C++ type, not here;
+    # the first version had no paddings and used 10 and 11 (dlib/dnn/input.h).
+    padding, outer = (cursor.integer("pyramid padding"), cursor.integer("pyramid outer padding")) if record.endswith("2") else (10, 11)
+    return DlibLayer("input_pyramid", record, {"mean_rgb": mean, "pyramid_padding": padding, "pyramid_outer_padding": outer})
+
+
+def _read_batch_norm(cursor: _Bytes, record: str) -> DlibLayer:
+    """A ``bn_con2``/``bn_fc2`` record, converted the way dlib converts it when it loads it into an
+    ``affine`` layer (``affine_(const bn_&)``): ``gamma / sqrt(running_variance + eps)`` and
+    ``beta - gamma' * running_mean``, in float32 with the stored ``eps``."""
+    params = cursor.tensor("bn params")
+    gamma_shape, beta_shape = cursor.alias("bn gamma"), cursor.alias("bn beta")
+    for name in ("means", "invstds"):
+        cursor.tensor(f"bn {name}")  # the last training batch's statistics: not used to infer
+    running_means = cursor.tensor("bn running_means").reshape(-1)
+    running_variances = cursor.tensor("bn running_variances").reshape(-1)
+    cursor.integer("bn num_updates")
+    cursor.integer("bn running_stats_window_size")
+    for name in ("learning_rate", "weight_decay", "bias_learning_rate", "bias_weight_decay"):
+        cursor.real(f"bn {name} multiplier")
+    eps = cursor.real("bn eps")
+    gamma = _view(params, gamma_shape, 0, "bn gamma", cursor).reshape(-1)
+    beta = _view(params, beta_shape, gamma.size, "bn beta", cursor).reshape(-1)
+    if not (gamma.size == beta.size == running_means.size == running_variances.size):
+        raise cursor.fail(f"batch-norm parameters of different sizes ({gamma.size}, {beta.size}, {running_means.size}, {running_variances.size})")
+    if not eps > 0:
+        raise cursor.fail(f"batch-norm eps {eps} is not positive")
+    scale = gamma / np.sqrt(running_variances + np.float32(eps))
+    shift = beta - scale * running_means
+    mode = 0 if record == "bn_con2" else 1  # dlib's layer_mode: CONV_MODE, FC_MODE
+    attributes = {"mode": mode, "disabled": False, "eps": eps}
+    return DlibLayer("affine", record, attributes, {"gamma": scale.astype(np.float32), "beta": shift.astype(np.float32)})
 
 
 def _read_window(cursor: _Bytes, what: str) -> dict[str, int]:
@@ -219,6 +255,8 @@ def _read_details(cursor: _Bytes) -> DlibLayer:
         gamma = _view(params, gamma_shape, 0, "affine gamma", cursor)
         beta = _view(params, beta_shape, gamma.size, "affine beta", cursor)
         return DlibLayer("affine", record, attributes, {"gamma": gamma.reshape(-1), "beta": beta.reshape(-1)})
+    if record in ("bn_con2", "bn_fc2"):
+        return _read_batch_norm(cursor, record)
     if record in ("relu_", "relu_2"):
         disabled = cursor.boolean("relu disabled") if record == "relu_2" else False
         return DlibLayer("relu", record, {"disabled": disabled})
@@ -253,6 +291,40 @@ def _read_state(cursor: _Bytes, bottom_version: int | None) -> None:
         cursor.integer("sample_expansion_factor")
 
 
+def _read_box_overlap(cursor: _Bytes, what: str) -> tuple[float, float]:
+    """A ``test_box_overlap``: (IoU threshold, share-covered threshold)."""
+    return cursor.real(f"{what} iou threshold"), cursor.real(f"{what} covered threshold")
+
+
+def _read_mmod_options(cursor: _Bytes) -> dict[str, Any]:
+    """``mmod_options`` (dlib/dnn/loss.h), versions 1 to 4."""
+    version = cursor.version((1, 2, 3, 4), "mmod_options")
+    windows: list[dict[str, Any]] = []
+    if version == 1:
+        windows.append({"width": cursor.integer("detector window width"), "height": cursor.integer("detector window height"), "label": ""})
+    else:
+        count = cursor.integer("detector window count")
+        if not 0 < count <= 64:
+            raise cursor.fail(f"{count} detector windows is not plausible")
+        for _ in range(count):
+            window_version = cursor.version((1, 2), "detector window")
+            width, height = cursor.integer("detector window width"), cursor.integer("detector window height")
+            label = cursor.string("detector window label") if window_version == 2 else ""
+            windows.append({"width": width, "height": height, "label": label})
+    options: dict[str, Any] = {"windows": windows}
+    options["loss_per_false_alarm"] = cursor.real("loss per false alarm")
+    options["loss_per_missed_target"] = cursor.real("loss per missed target")
+    options["truth_match_iou_threshold"] = cursor.real("truth match iou threshold")
+    options["overlaps_nms"] = _read_box_overlap(cursor, "nms overlap")
+    options["overlaps_ignore"] = _read_box_overlap(cursor, "ignore overlap")
+    options["assume_image_pyramid"] = cursor.take(1, "assume_image_pyramid")[0] == 1 if version >= 3 else True
+    options["bounding_box_regression"] = False
+    if version >= 4:
+        options["bounding_box_regression"] = cursor.boolean("use_bounding_box_regression")
+        cursor.real("bbr lambda")
+    return options
+
+
 def _read_loss(cursor: _Bytes) -> DlibLayer:
     record = cursor.string("loss layer name")
     if record == "loss_metric_":
@@ -260,7 +332,9 @@ def _read_loss(cursor: _Bytes) -> DlibLayer:
     if record == "loss_metric_2":
         margin, threshold = cursor.real("loss margin"), cursor.real("loss distance threshold")
         return DlibLayer("loss_metric", record, {"margin": margin, "distance_threshold": threshold})
-    raise cursor.fail(f"loss layer {record!r} is not supported by this reader (it reads loss_metric networks)")
+    if record == "loss_mmod_":
+        return DlibLayer("loss_mmod", record, _read_mmod_options(cursor))
+    raise cursor.fail(f"loss layer {record!r} is not supported by this reader (it reads loss_metric and loss_mmod networks)")
 
 
 def read_dlib_network(path: str | Path) -> DlibNetwork:

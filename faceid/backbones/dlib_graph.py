@@ -89,14 +89,17 @@ def _default_padding(size: int, stride: int) -> int:
     return size // 2 if stride == 1 else 0
 
 
-def _check(token: Token, layer: DlibLayer, index: int, path: Path) -> Step:
+FACE_RESNET_NAME = "dlib's face recognition ResNet (dlib_face_recognition_resnet_model_v1)"
+MMOD_DETECTOR_NAME = "dlib's CNN face detector (mmod_human_face_detector)"
+
+
+def _check(token: Token, layer: DlibLayer, index: int, path: Path, network_name: str = FACE_RESNET_NAME) -> Step:
     kind = token[0]
 
     def refuse(found: str) -> DlibModelError:
         expected = kind + (f"{token[1:]}" if len(token) > 1 else "")
         return DlibModelError(
-            f"{path} is not dlib's face recognition ResNet (dlib_face_recognition_resnet_model_v1): "
-            f"layer {index} from the input is {found}, the face network has {expected} there"
+            f"{path} is not {network_name}: layer {index} from the input is {found}, that network has {expected} there"
         )
 
     if kind in ("tag", "skip"):
@@ -116,6 +119,8 @@ def _check(token: Token, layer: DlibLayer, index: int, path: Path) -> Step:
     attributes = layer.attributes
     if kind == "input" and (attributes["rows"], attributes["columns"]) != (token[1], token[1]):
         raise refuse(layer.describe())
+    if kind == "input_pyramid":
+        return Step(index, "input", layer)
     if kind in ("con", "max_pool", "avg_pool"):
         numbers = token[1:] if kind != "con" else token[2:]
         size, stride = numbers
@@ -146,11 +151,7 @@ def check_face_resnet(network: DlibNetwork) -> FaceResNet:
             f"{network.path} is not dlib's face recognition ResNet: it has {len(network.layers)} layers under a "
             f"{network.loss.record} loss, the face network {len(tokens)} under loss_metric"
         )
-    steps = tuple(_check(token, layer, index, network.path) for index, (token, layer) in enumerate(zip(tokens, network.layers)))
-    # Channel counts must chain: each con's input channels are what reaches it.
-    for step, shape in zip(steps, _shapes(steps)):
-        if step.op == "con" and step.layer.arrays["filters"].shape[1] != shape[0]:
-            raise DlibModelError(f"{network.path}: layer {step.index} takes {step.layer.arrays['filters'].shape[1]} channels, {shape[0]} reach it")
+    steps = _checked_steps(network, tokens, FACE_RESNET_NAME)
     first = network.layers[0].attributes
     return FaceResNet(
         path=network.path,
@@ -162,9 +163,108 @@ def check_face_resnet(network: DlibNetwork) -> FaceResNet:
     )
 
 
+def _checked_steps(network: DlibNetwork, tokens: list[Token], network_name: str) -> tuple[Step, ...]:
+    steps = tuple(
+        _check(token, layer, index, network.path, network_name) for index, (token, layer) in enumerate(zip(tokens, network.layers))
+    )
+    # Channel counts must chain: each con's input channels are what reaches it.
+    for step, shape in zip(steps, _shapes(steps)):
+        if step.op == "con" and step.layer.arrays["filters"].shape[1] != shape[0]:
+            raise DlibModelError(f"{network.path}: layer {step.index} takes {step.layer.arrays['filters'].shape[1]} channels, {shape[0]} reach it")
+    return steps
+
+
 def read_face_resnet(path: str | Path) -> FaceResNet:
     """Read and check dlib's face recognition model file (raises :class:`DlibModelError`)."""
     return check_face_resnet(read_dlib_network(path))
+
+
+def mmod_detector_type() -> list[Token]:
+    """``net_type`` of dlib's CNN face detector (``tools/python/src/cnn_face_detector.cpp``), bottom up:
+
+    ``loss_mmod<con<1,9,9,1,1, rcon5<rcon5<rcon5<downsampler<input_rgb_image_pyramid<pyramid_down<6>>>>>>>>``
+    with ``downsampler`` three ``relu<affine<con5d<N>>>`` (5x5, stride 2; 16, 32, 32 filters) and
+    ``rcon5`` ``relu<affine<con5<45>>>`` (5x5, stride 1). The file stores each ``affine`` as the
+    ``bn_con`` it was trained as; the reader converts it as dlib does.
+    """
+    tokens: list[Token] = [("input_pyramid",)]
+    for filters in (16, 32, 32):
+        tokens += [("con", filters, 5, 2), ("affine",), ("relu",)]
+    for _ in range(3):
+        tokens += [("con", 45, 5, 1), ("affine",), ("relu",)]
+    return tokens + [("con", 1, 9, 1)]
+
+
+# pyramid_down<6>: each level of the input pyramid is 5/6 the size of the one above. The C++
+# type says so, not the file.
+MMOD_PYRAMID_DOWN = 6
+
+
+@dataclass(frozen=True)
+class MmodDetector:
+    """The parsed, checked CNN face detector: its steps, input normalisation and loss options."""
+
+    path: Path
+    steps: tuple[Step, ...]
+    mean_rgb: tuple[float, float, float]
+    pyramid_down: int  # N of pyramid_down<N>
+    pyramid_padding: int
+    pyramid_outer_padding: int
+    windows: tuple[tuple[int, int], ...]  # (width, height) of each detector window, in tensor pixels
+    nms_iou: float  # overlaps_nms: two boxes overlap when IoU > this ...
+    nms_covered: float  # ... or either covers more than this share of the other
+    parameter_count: int
+
+
+def check_mmod_detector(network: DlibNetwork) -> MmodDetector:
+    """``network`` checked against the detector's ``net_type``.
+
+    Raises:
+        DlibModelError: another network (the recognition model, a detector of another shape...).
+    """
+    tokens = mmod_detector_type()
+    if network.loss.kind != "loss_mmod" or len(network.layers) != len(tokens):
+        raise DlibModelError(
+            f"{network.path} is not {MMOD_DETECTOR_NAME}: it has {len(network.layers)} layers under a "
+            f"{network.loss.record} loss, the detector {len(tokens)} under loss_mmod_"
+        )
+    options = network.loss.attributes
+    if options["bounding_box_regression"] or not options["assume_image_pyramid"] or len(options["windows"]) != 1:
+        raise DlibModelError(
+            f"{network.path}: this MMOD detector uses bounding-box regression, no image pyramid or several "
+            "windows; only the single-window pyramid detector (mmod_human_face_detector.dat) is supported"
+        )
+    steps = _checked_steps(network, tokens, MMOD_DETECTOR_NAME)
+    first = network.layers[0].attributes
+    return MmodDetector(
+        path=network.path,
+        steps=steps,
+        mean_rgb=tuple(float(value) for value in first["mean_rgb"]),  # type: ignore[arg-type]
+        pyramid_down=MMOD_PYRAMID_DOWN,
+        pyramid_padding=int(first["pyramid_padding"]),
+        pyramid_outer_padding=int(first["pyramid_outer_padding"]),
+        windows=tuple((int(window["width"]), int(window["height"])) for window in options["windows"]),
+        nms_iou=float(options["overlaps_nms"][0]),
+        nms_covered=float(options["overlaps_nms"][1]),
+        parameter_count=network.parameter_count,
+    )
+
+
+def read_mmod_detector(path: str | Path) -> MmodDetector:
+    """Read and check dlib's CNN face detector file (raises :class:`DlibModelError`)."""
+    return check_mmod_detector(read_dlib_network(path))
+
+
+def output_to_input(steps: tuple[Step, ...], x: float, y: float) -> tuple[float, float]:
+    """Where an output pixel's window is centred in the input tensor (dlib's
+    ``output_tensor_to_input_tensor``: each con and pool, top down, maps ``p`` to
+    ``p * stride - padding + size // 2``)."""
+    for step in reversed(steps):
+        if step.op in ("con", "max_pool", "avg_pool"):
+            attributes = step.layer.attributes
+            x = x * attributes["stride_x"] - attributes["padding_x"] + attributes["columns"] // 2
+            y = y * attributes["stride_y"] - attributes["padding_y"] + attributes["rows"] // 2
+    return x, y
 
 
 def _window_output(size: int, window: int, stride: int, padding: int) -> int:
@@ -186,7 +286,7 @@ def _step_shape(step: Step, current, tags):
     attributes = step.layer.attributes
     channels, rows, columns = current
     if step.op == "input":
-        return (3, attributes["rows"], attributes["columns"]), tags
+        return (3, attributes.get("rows", 0), attributes.get("columns", 0)), tags
     if step.op in ("con", "max_pool", "avg_pool"):
         rows = _window_output(rows, attributes["rows"], attributes["stride_y"], attributes["padding_y"])
         columns = _window_output(columns, attributes["columns"], attributes["stride_x"], attributes["padding_x"])
@@ -231,8 +331,9 @@ class GraphBuilder(Protocol[Tensor]):
     def add(self, step: Step, x: Tensor, x_shape, shortcut: Tensor, shortcut_shape, out_shape) -> Tensor: ...
 
 
-def walk(network: FaceResNet, builder: GraphBuilder[Tensor]) -> Tensor:
-    """Run the program through ``builder``; returns the output tensor (``(n, 128)``)."""
+def walk(network: FaceResNet | MmodDetector, builder: GraphBuilder[Tensor]) -> Tensor:
+    """Run the program through ``builder``; returns the output tensor (the face network's
+    ``(n, 128)`` descriptors, the detector's ``(n, 1, rows, columns)`` scores)."""
     current: Any = None
     shape: tuple[int, int, int] = (3, 0, 0)
     tags: dict[int, Any] = {}  # tag id -> the tensor it marked (its shape is in shape_tags)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from faceid.backbones.dlib_graph import FaceResNet, Step, walk
+from faceid.backbones.dlib_graph import FaceResNet, MmodDetector, Step, walk
 from faceid.errors import InputError
 from faceid.io.store import write_bytes
 
@@ -22,15 +22,18 @@ OPSET = 17
 IR_VERSION = 8  # readable by every onnxruntime this project supports (>= 1.18)
 INPUT_NAME = "chips"
 OUTPUT_NAME = "descriptors"
+DETECTOR_INPUT_NAME = "pyramid"
+DETECTOR_OUTPUT_NAME = "scores"
 
 
 class _OnnxBuilder:
-    def __init__(self, network: FaceResNet):
+    def __init__(self, network: FaceResNet | MmodDetector, input_name: str = INPUT_NAME):
         from onnx import helper, numpy_helper
 
         self.helper = helper
         self.numpy_helper = numpy_helper
         self.network = network
+        self.input_name = input_name
         self.nodes: list = []
         self.initializers: list = []
         self._pending_con: dict[str, tuple[Step, str]] = {}
@@ -44,7 +47,7 @@ class _OnnxBuilder:
         return name
 
     def input(self, step: Step, mean_rgb) -> str:
-        return self._node("Transpose", [INPUT_NAME], "to_nchw", perm=[0, 3, 1, 2])
+        return self._node("Transpose", [self.input_name], "to_nchw", perm=[0, 3, 1, 2])
 
     def _emit_con(self, step: Step, x: str, gamma: np.ndarray | None = None, beta: np.ndarray | None = None) -> str:
         attributes = step.layer.attributes
@@ -116,27 +119,43 @@ class _OnnxBuilder:
         return self._node("Add", [x, shortcut], f"add_prev_{step.index}")
 
 
-def face_resnet_onnx(network: FaceResNet):
-    """The ONNX ``ModelProto`` of ``network``: ``chips (n, size, size, 3) -> descriptors (n, 128)``."""
+def _model(network: FaceResNet | MmodDetector, graph_name: str, input_name: str, input_shape, output_name: str, output_shape):
     try:
         from onnx import TensorProto, checker, helper
     except ImportError as error:
-        raise InputError("building dlib's network for ONNX Runtime needs the onnx package: pip install onnx") from error
-    builder = _OnnxBuilder(network)
-    output = walk(network, builder)
-    if output != OUTPUT_NAME:
-        raise AssertionError("the face network must end in its fc layer")
-    size = network.input_size
+        raise InputError("building dlib's networks for ONNX Runtime needs the onnx package: pip install onnx") from error
+    builder = _OnnxBuilder(network, input_name)
+    output = builder._resolve(walk(network, builder))
+    if output != output_name:
+        builder._node("Identity", [output], output_name)
     graph = helper.make_graph(
-        builder.nodes, "dlib_face_recognition_resnet_model_v1",
-        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["n", size, size, 3])],
-        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["n", network.output_dim])],
+        builder.nodes, graph_name,
+        [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, input_shape)],
+        [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, output_shape)],
         builder.initializers,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="faceid")
     model.ir_version = IR_VERSION
     checker.check_model(model)
     return model
+
+
+def face_resnet_onnx(network: FaceResNet):
+    """The ONNX ``ModelProto`` of ``network``: ``chips (n, size, size, 3) -> descriptors (n, 128)``."""
+    size = network.input_size
+    return _model(
+        network, "dlib_face_recognition_resnet_model_v1", INPUT_NAME, ["n", size, size, 3], OUTPUT_NAME, ["n", network.output_dim]
+    )
+
+
+def mmod_detector_onnx_bytes(detector: MmodDetector) -> bytes:
+    """The CNN face detector as a serialised ONNX model: ``pyramid (n, rows, columns, 3)`` (the
+    tiled, normalised image pyramid, channels last) ``-> scores (n, windows, out_rows, out_columns)``."""
+    model = _model(
+        detector, "mmod_human_face_detector", DETECTOR_INPUT_NAME, ["n", "rows", "columns", 3],
+        DETECTOR_OUTPUT_NAME, ["n", len(detector.windows), "out_rows", "out_columns"],
+    )
+    return model.SerializeToString()
 
 
 def face_resnet_onnx_bytes(network: FaceResNet) -> bytes:

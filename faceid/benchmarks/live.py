@@ -34,7 +34,7 @@ import numpy as np
 from faceid.apps.live import FaceResult, LiveIdentifier, LiveOptions
 from faceid.backbones import BackboneOptions, create_extractor, load_extractor
 from faceid.benchmarks.common import latency_stats, print_json_lines, print_table, shared_data
-from faceid.detect.faces import align_face, detect_faces
+from faceid.detect.faces import DETECTORS, FaceOptions, align_face, detect_faces, live_upsample
 from faceid.detect.tracking import PENDING
 from faceid.errors import InputError
 from faceid.features.cache import FeatureCache
@@ -57,6 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--classification", type=Path, default=None,
                         help="trained similarity model for the dlib backbone (label accuracy); default: Euclidean")
     parser.add_argument("--max_frames", type=int, default=0, help="frames to time (0 = the whole video)")
+    parser.add_argument("--detector", default=DEFAULTS.live_detector,
+                        help=f"comma-separated detectors for our pipeline, each measured against the same baseline "
+                             f"(hog, cnn, cnn-dlib; default {DEFAULTS.live_detector}); the baseline is always HOG")
     parser.add_argument("--truth", type=Path, default=None,
                         help="JSON of shots and who is in them, to score labels (built in for the Hamilton clip)")
 
@@ -68,6 +71,10 @@ def run(args: argparse.Namespace) -> int:
     truth = _load_truth(args.truth or TRUTH_FILES.get(args.video.name))
     max_frames = args.max_frames or None
     one_face = None
+    detectors = [name.strip() for name in args.detector.split(",") if name.strip()]
+    for detector in detectors:
+        if detector not in DETECTORS:
+            raise InputError(f"unknown detector {detector!r}: choose from {', '.join(DETECTORS)}")
     records = []
     for backbone in [name.strip() for name in args.backbones.split(",") if name.strip()]:
         with tempfile.TemporaryDirectory(prefix="faceid-bench-") as workdir:
@@ -77,16 +84,19 @@ def run(args: argparse.Namespace) -> int:
             baseline_ms, baseline_results, face_counts = _time_baseline(
                 args.video, max_frames, extractor, baseline_embed, baseline_enrolled, keras_head
             )
-            ours_ms, ours_results, identifier = _time_ours(args.video, max_frames, extractor, gallery)
-        if one_face is None:
-            # "One face in view": frames where the baseline's full detection finds exactly one face.
-            one_face = np.asarray(face_counts) == 1
-        record = _record(backbone, extractor, baseline_ms, ours_ms, one_face, identifier)
-        # Random ResNet50 weights make names meaningless: labels are scored for real weights only.
-        if truth is not None and not str(extractor.manifest["weights"]).startswith("none"):
-            record["labels"] = {"baseline": score_labels(baseline_results, truth),
-                                "ours": score_labels(ours_results, truth)}
-        records.append(record)
+            for detector in detectors:
+                ours_ms, ours_results, identifier = _time_ours(args.video, max_frames, extractor, gallery, detector)
+                if one_face is None:
+                    # "One face in view": frames where the baseline's full detection finds exactly one face.
+                    one_face = np.asarray(face_counts) == 1
+                record = _record(backbone, extractor, baseline_ms, ours_ms, one_face, identifier)
+                record["detector"] = detector
+                record["upsample"] = live_upsample(detector)
+                # Random ResNet50 weights make names meaningless: labels are scored for real weights only.
+                if truth is not None and not str(extractor.manifest["weights"]).startswith("none"):
+                    record["labels"] = {"baseline": score_labels(baseline_results, truth),
+                                        "ours": score_labels(ours_results, truth)}
+                records.append(record)
     _print_report(records, args.video)
     print_json_lines(records)
     return 0
@@ -184,8 +194,9 @@ def _time_baseline(video, max_frames, extractor, embed, enrolled, keras_head):
     return latencies, results, counts
 
 
-def _time_ours(video, max_frames, extractor, gallery: Gallery):
-    identifier = LiveIdentifier(FaceEmbedder(extractor), gallery, LiveOptions())
+def _time_ours(video, max_frames, extractor, gallery: Gallery, detector: str):
+    face_options = FaceOptions(detector=detector, upsample=live_upsample(detector))
+    identifier = LiveIdentifier(FaceEmbedder(extractor, face_options), gallery, LiveOptions())
     latencies, results = [], []
     stage_totals: dict[str, float] = {}
     for frame, started in _timed_frames(video, max_frames):
@@ -267,7 +278,7 @@ def _print_report(records: list[dict[str, Any]], video: Path) -> None:
             ("ours", record["fps"], record["p50_ms"], record["p95_ms"]),
         ):
             one = record["one_face"]
-            row = {"backbone": record["backbone"], "pipeline": pipeline, "fps": fps, "p50_ms": p50, "p95_ms": p95,
+            row = {"backbone": record["backbone"], "pipeline": pipeline if pipeline == "baseline" else f"ours ({record['detector']})", "fps": fps, "p50_ms": p50, "p95_ms": p95,
                    "one-face fps": one["baseline_fps"] if pipeline == "baseline" else one["fps"]}
             if "labels" in record:
                 labels = record["labels"][pipeline]
@@ -276,7 +287,7 @@ def _print_report(records: list[dict[str, Any]], video: Path) -> None:
             rows.append(row)
     print_table(rows, ["backbone", "pipeline", "fps", "p50_ms", "p95_ms", "one-face fps", "named", "wrong"])
     for record in records:
-        print(f"{record['backbone']}: ours/baseline = {record['ratio']}x overall, "
+        print(f"{record['backbone']}, {record['detector']}: ours/baseline = {record['ratio']}x overall, "
               f"{record['one_face']['ratio']}x with one face in view; "
               f"{record['tracks']} tracks, {record['name_switches']} name switches; mean ms per frame: "
               + ", ".join(f"{stage} {value}" for stage, value in record["stage_mean_ms"].items()))

@@ -17,17 +17,24 @@ def add_verbosity(parser: argparse.ArgumentParser) -> None:
     group.add_argument("-q", "--quiet", action="store_true", help="only errors; no progress bar")
 
 
-def add_detection_options(parser) -> None:
-    """``--upsample`` and ``--detector``: every script that finds faces offers them the same way."""
+def add_detection_options(parser, live: bool = False) -> None:
+    """``--upsample`` and ``--detector``: every script that finds faces offers them the same way.
+
+    ``live``: live identification's defaults (``DEFAULTS.live_detector``; ``--upsample`` left
+    ``None``, resolved by :func:`faceid.detect.faces.live_upsample` for the chosen detector).
+    """
     from faceid.detect.faces import DETECTORS
     from faceid.settings import DEFAULTS
 
-    parser.add_argument("--upsample", type=int, default=DEFAULTS.upsample,
-                        help="detector upsampling: 0 is fastest (faces > ~80 px), 1 finds ~40 px faces, 2 ~20 px; "
-                             "use the same value for enrolment and identification")
-    parser.add_argument("--detector", choices=DETECTORS, default=DEFAULTS.detector,
-                        help="hog: fast, frontal faces; cnn: slower, also finds turned and small faces "
-                             "(try it for 'no face' photos)")
+    upsample_default = (f"default: {DEFAULTS.upsample} with hog, {DEFAULTS.live_cnn_upsample} with the cnn detectors "
+                        "(video speed)") if live else f"default {DEFAULTS.upsample}"
+    parser.add_argument("--upsample", type=int, default=None if live else DEFAULTS.upsample,
+                        help="detector upsampling: 0 is fastest (faces > ~80 px), 1 finds ~40 px faces, 2 ~20 px, "
+                             f"each step ~4x the time; {upsample_default}")
+    parser.add_argument("--detector", choices=DETECTORS, default=DEFAULTS.live_detector if live else DEFAULTS.detector,
+                        help="hog: dlib's HOG, fast, frontal faces only; cnn: dlib's CNN detector on our ONNX "
+                             "graph, also finds three-quarter views and profiles; cnn-dlib: the same CNN run by "
+                             "dlib (the reference, ~30x slower)")
 
 
 def setup_logging(args: argparse.Namespace) -> None:

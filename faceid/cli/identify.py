@@ -21,7 +21,7 @@ import numpy as np
 from faceid.apps.live import LiveOptions, run_live
 from faceid.backbones import RUNTIMES, load_extractor
 from faceid.cli import add_detection_options, add_verbosity, run_reporting_errors, setup_logging
-from faceid.detect.faces import FaceOptions
+from faceid.detect.faces import FaceOptions, live_upsample
 from faceid.errors import ManifestMismatchError
 from faceid.features.cache import FeatureCache
 from faceid.features.embedding import FaceEmbedder
@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(default: the model's, normally {DEFAULTS.vote_share}); raise it for fewer wrong names")
     parser.add_argument("--normalize", type=int, choices=(0, 1),
                         help="must match how the head was trained (default: read from the model)")
-    add_detection_options(parser)
+    add_detection_options(parser, live=True)
     parser.add_argument("--detect_every", type=int, default=DEFAULTS.detect_every,
                         help="full detection every N frames, faces tracked in between; 1 = every frame "
                              "(slowest, catches new faces soonest)")
@@ -126,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         vectors, labels, names = cache.matrix(min_images=1)
         gallery = model.gallery(rule, args.threshold, shortlist=args.shortlist or None).fit(vectors, np.array(names)[labels])
         summary = run_live(
-            source, FaceEmbedder(extractor, FaceOptions(upsample=args.upsample, detector=args.detector)), gallery,
+            source, FaceEmbedder(extractor, FaceOptions(upsample=live_upsample(args.detector) if args.upsample is None else args.upsample,
+                                                 detector=args.detector)), gallery,
             output_path=args.output, jsonl_path=args.jsonl, display=not args.no_display and display_available(),
             max_frames=args.max_frames or None, progress=not args.quiet, options=live_options(args),
         )

@@ -21,7 +21,10 @@ from faceid.settings import DEFAULTS
 
 logger = logging.getLogger(__name__)
 
-DETECTORS = ("hog", "cnn")
+# hog: dlib's frontal HOG detector; cnn: dlib's MMOD CNN detector on our ONNX graph
+# (faceid.detect.mmod, the same boxes as dlib's); cnn-dlib: dlib's own CNN implementation
+# (the reference: ~30x slower).
+DETECTORS = ("hog", "cnn", "cnn-dlib")
 # Why an image gave no vector: the reason every report (extraction, evaluation, audit) uses.
 NO_FACE = "no face found"
 
@@ -90,10 +93,28 @@ def _hog_detector():
 
 
 @functools.lru_cache(maxsize=None)
-def _cnn_detector():
+def _dlib_cnn_detector():
     import dlib
 
     return dlib.cnn_face_detection_model_v1(str(dlib_model_path(CNN_DETECTOR_MODEL)))
+
+
+def _cnn_detector():
+    from faceid.detect.mmod import cnn_detector
+
+    return cnn_detector(str(dlib_model_path(CNN_DETECTOR_MODEL)))
+
+
+def _find(searched: np.ndarray, upsample: int, detector: str) -> list[tuple[int, int, int, int, float]]:
+    """``(left, top, right, bottom, score)`` of each face, corners inclusive (dlib's rectangles)."""
+    if detector == "hog":
+        rectangles, scores, _ = _hog_detector().run(searched, upsample, 0.0)
+        found = zip(rectangles, scores)
+    elif detector == "cnn-dlib":
+        found = ((detection.rect, detection.confidence) for detection in _dlib_cnn_detector()(searched, upsample))
+    else:
+        return [(rect.left, rect.top, rect.right, rect.bottom, score) for rect, score in _cnn_detector().detect(searched, upsample)]
+    return [(rect.left(), rect.top(), rect.right(), rect.bottom(), float(score)) for rect, score in found]
 
 
 @functools.lru_cache(maxsize=None)
@@ -101,6 +122,12 @@ def _landmark_predictor():
     import dlib
 
     return dlib.shape_predictor(str(dlib_model_path(LANDMARKS_MODEL)))
+
+
+def live_upsample(detector: str) -> int:
+    """The default ``--upsample`` of live identification for ``detector``: HOG keeps the
+    enrolment default (1), the CNN runs at ``DEFAULTS.live_cnn_upsample`` (0) to stay at video speed."""
+    return DEFAULTS.upsample if detector == "hog" else DEFAULTS.live_cnn_upsample
 
 
 def _to_dlib_rectangle(box: FaceBox):
@@ -126,8 +153,9 @@ def detect_faces(
         image_rgb: ``(height, width, 3) uint8`` RGB image.
         upsample: times dlib doubles the image before searching; each step finds
             faces half as small at about four times the cost.
-        detector: ``"hog"`` (fast, frontal faces) or ``"cnn"`` (dlib's MMOD CNN:
-            slower on a CPU, finds more turned and small faces).
+        detector: ``"hog"`` (fast, frontal faces), ``"cnn"`` (dlib's MMOD CNN on our ONNX
+            graph: also finds turned faces and profiles) or ``"cnn-dlib"`` (the same network
+            run by dlib, the slow reference).
         max_width: search a copy downscaled to this width when the image is wider
             (detection cost grows with the pixel count); boxes and landmarks are
             still in full-resolution coordinates, landmarks found on the full image.
@@ -145,21 +173,16 @@ def detect_faces(
 
         scale = width / max_width
         searched = cv2.resize(image_rgb, (max_width, round(height / scale)), interpolation=cv2.INTER_AREA)
-    if detector == "hog":
-        rectangles, scores, _ = _hog_detector().run(searched, upsample, 0.0)
-        found = [(rectangle, float(score)) for rectangle, score in zip(rectangles, scores)]
-    else:
-        found = [(detection.rect, float(detection.confidence)) for detection in _cnn_detector()(searched, upsample)]
     faces = []
-    for rectangle, score in found:
+    for left, top, right, bottom, score in _find(searched, upsample, detector):
         # dlib may return boxes partly outside the image; clip so crops and
         # reported coordinates are always valid pixels.
         box = clip_box(
             FaceBox(
-                left=round(rectangle.left() * scale),
-                top=round(rectangle.top() * scale),
-                right=round((rectangle.right() + 1) * scale),
-                bottom=round((rectangle.bottom() + 1) * scale),
+                left=round(left * scale),
+                top=round(top * scale),
+                right=round((right + 1) * scale),
+                bottom=round((bottom + 1) * scale),
             ),
             width,
             height,
