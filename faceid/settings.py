@@ -37,14 +37,16 @@ class Settings:
     # Upsampling doubles the image per step so dlib's HOG finds faces smaller than
     # its ~80 px window; 1 finds ~40 px faces at ~4x the cost of 0.
     upsample: int = 1
-    # Enrolment, extraction, the audit and evaluation: dlib's CNN (MMOD) detector on our ONNX
-    # graph, which also finds three-quarter views and profiles that the frontal HOG detector
-    # misses (measured in README: LFW "no face" photos, the clip's profile and audience shots).
-    detector: str = "cnn"
-    # Live video (test.py): the same CNN, at upsample 0 - a full 640x360 detection takes
-    # ~85 ms there against HOG's ~190 ms at upsample 1, and finds the profile and audience
-    # faces HOG misses; it misses faces under ~80 px (pass --upsample 1: ~415 ms a detection).
-    live_detector: str = "cnn"
+    # Enrolment, extraction, the audit and evaluation: dlib's frontal HOG detector, which finds
+    # the labelled face in all but a few LFW photos and fewer background faces. "cnn" (dlib's
+    # MMOD network on our ONNX graph) also finds three-quarter views and profiles: use it for
+    # "no face" photos (README: LFW and clip measurements).
+    detector: str = "hog"
+    # Live video (test.py): HOG at upsample 1 finds the ~40 px faces of far shots. With
+    # --detector cnn live runs it at live_cnn_upsample (0): a 640x360 detection then takes less
+    # than HOG's at upsample 1 and finds the profile and audience faces HOG misses, but no face
+    # under ~80 px (README; --upsample 1 finds them at ~5x the time).
+    live_detector: str = "hog"
     live_cnn_upsample: int = 0
     # Still images wider than this are searched for faces downscaled to it (a 12-megapixel
     # phone photo at upsample 1 takes seconds and gigabytes); crops are still cut from the

@@ -10,4 +10,5 @@ SUBCOMMANDS = {
     "live": "faceid.benchmarks.live",
     "extract": "faceid.benchmarks.extract",
     "match": "faceid.benchmarks.match",
+    "detect": "faceid.benchmarks.detect",
 }

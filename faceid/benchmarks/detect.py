@@ -1,0 +1,77 @@
+"""Face detection on the clip: per-frame time and faces found per shot, for each detector.
+
+Every detector searches the same frames (at most ``--detect_width`` wide, as live identification
+does) with the upsampling given for it, landmarks included; the reference ``cnn-dlib`` is timed
+on every ``--reference_step``-th frame only (it takes seconds a frame). Shots come from the clip's
+hand-made truth, so "faces found" can be read against who is on screen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from faceid.benchmarks.common import print_json_lines, print_table, shared_data
+from faceid.detect.faces import DETECTORS, detect_faces
+from faceid.errors import InputError
+from faceid.io.video import VideoSource
+from faceid.settings import DEFAULTS
+
+TRUTH = Path(__file__).with_name("hamilton_clip_truth.json")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--video", type=Path, default=shared_data() / "video" / "hamilton_clip.mp4")
+    parser.add_argument("--configs", default="hog:1,hog:0,cnn:0,cnn:1,cnn-dlib:0",
+                        help="comma-separated detector:upsample pairs to measure")
+    parser.add_argument("--step", type=int, default=1, help="search every N-th frame")
+    parser.add_argument("--reference_step", type=int, default=10, help="search every N-th frame with cnn-dlib")
+    parser.add_argument("--detect_width", type=int, default=DEFAULTS.detect_width)
+
+
+def run(args: argparse.Namespace) -> int:
+    if not args.video.is_file():
+        raise InputError(f"video {args.video} not found: pass --video FILE")
+    truth = json.loads(TRUTH.read_text()) if args.video.name == "hamilton_clip.mp4" else None
+    configs = []
+    for item in args.configs.split(","):
+        detector, _, upsample = item.strip().partition(":")
+        if detector not in DETECTORS:
+            raise InputError(f"unknown detector {detector!r}: choose from {', '.join(DETECTORS)}")
+        configs.append((detector, int(upsample or 0)))
+    with VideoSource(args.video) as source:
+        frames = [frame for _, _, frame in source]
+    records = []
+    for detector, upsample in configs:
+        step = max(args.step, args.reference_step) if detector == "cnn-dlib" else args.step
+        indices = list(range(0, len(frames), step))
+        detect_faces(frames[0], upsample=upsample, detector=detector)  # load the model untimed
+        milliseconds, counts = [], {}
+        for index in indices:
+            started = time.perf_counter()
+            counts[index] = len(detect_faces(frames[index], upsample=upsample, detector=detector, max_width=args.detect_width))
+            milliseconds.append((time.perf_counter() - started) * 1000.0)
+        record = {"bench": "detect", "detector": detector, "upsample": upsample, "frames": len(indices),
+                  "mean_ms": round(float(np.mean(milliseconds)), 1), "p50_ms": round(float(np.median(milliseconds)), 1)}
+        if truth is not None:
+            record["shots"] = [
+                {"shot": f"{shot['first']}-{shot['last']}", "person": shot["person"] or "audience",
+                 "frames": sum(shot["first"] <= index <= shot["last"] for index in indices),
+                 "frames_with_face": sum(counts[index] > 0 for index in indices if shot["first"] <= index <= shot["last"]),
+                 "faces": sum(counts[index] for index in indices if shot["first"] <= index <= shot["last"])}
+                for shot in truth["shots"]
+            ]
+        records.append(record)
+    baseline = records[0]["mean_ms"] if records else 1.0
+    rows = [{"detector": f"{r['detector']} (upsample {r['upsample']})", "frames": r["frames"], "mean_ms": r["mean_ms"],
+             "vs first": round(baseline / r["mean_ms"], 2),
+             **{s["shot"]: f"{s['frames_with_face']}/{s['frames']} ({s['faces']})" for s in r.get("shots", [])}}
+            for r in records]
+    print(f"bench detect: {args.video.name}; per shot: frames with a face / frames searched (faces found)")
+    print_table(rows, list(rows[0]) if rows else [])
+    print_json_lines(records)
+    return 0
