@@ -145,13 +145,7 @@ def check_face_resnet(network: DlibNetwork) -> FaceResNet:
     Raises:
         DlibModelError: another network (the first differing layer is named).
     """
-    tokens = face_resnet_type()
-    if network.loss.kind != "loss_metric" or len(network.layers) != len(tokens):
-        raise DlibModelError(
-            f"{network.path} is not dlib's face recognition ResNet: it has {len(network.layers)} layers under a "
-            f"{network.loss.record} loss, the face network {len(tokens)} under loss_metric"
-        )
-    steps = _checked_steps(network, tokens, FACE_RESNET_NAME)
+    steps = _checked_steps(network, face_resnet_type(), "loss_metric", FACE_RESNET_NAME)
     first = network.layers[0].attributes
     return FaceResNet(
         path=network.path,
@@ -163,7 +157,13 @@ def check_face_resnet(network: DlibNetwork) -> FaceResNet:
     )
 
 
-def _checked_steps(network: DlibNetwork, tokens: list[Token], network_name: str) -> tuple[Step, ...]:
+def _checked_steps(network: DlibNetwork, tokens: list[Token], loss_kind: str, network_name: str) -> tuple[Step, ...]:
+    """``network``'s layers checked against ``tokens`` under a ``loss_kind`` loss, as steps."""
+    if network.loss.kind != loss_kind or len(network.layers) != len(tokens):
+        raise DlibModelError(
+            f"{network.path} is not {network_name}: it has {len(network.layers)} layers under a "
+            f"{network.loss.record} loss, that network {len(tokens)} under {loss_kind}"
+        )
     steps = tuple(
         _check(token, layer, index, network.path, network_name) for index, (token, layer) in enumerate(zip(tokens, network.layers))
     )
@@ -222,19 +222,13 @@ def check_mmod_detector(network: DlibNetwork) -> MmodDetector:
     Raises:
         DlibModelError: another network (the recognition model, a detector of another shape...).
     """
-    tokens = mmod_detector_type()
-    if network.loss.kind != "loss_mmod" or len(network.layers) != len(tokens):
-        raise DlibModelError(
-            f"{network.path} is not {MMOD_DETECTOR_NAME}: it has {len(network.layers)} layers under a "
-            f"{network.loss.record} loss, the detector {len(tokens)} under loss_mmod_"
-        )
+    steps = _checked_steps(network, mmod_detector_type(), "loss_mmod", MMOD_DETECTOR_NAME)
     options = network.loss.attributes
     if options["bounding_box_regression"] or not options["assume_image_pyramid"] or len(options["windows"]) != 1:
         raise DlibModelError(
             f"{network.path}: this MMOD detector uses bounding-box regression, no image pyramid or several "
             "windows; only the single-window pyramid detector (mmod_human_face_detector.dat) is supported"
         )
-    steps = _checked_steps(network, tokens, MMOD_DETECTOR_NAME)
     first = network.layers[0].attributes
     return MmodDetector(
         path=network.path,

@@ -19,6 +19,16 @@ def shared_data() -> Path:
     return Path(os.environ.get("FACEID_DATA", REPO.parent / "shared" / "data"))
 
 
+# Hand-made truth (shots and who is in them) for the videos we ship benchmarks for.
+TRUTH_FILES = {"hamilton_clip.mp4": Path(__file__).with_name("hamilton_clip_truth.json")}
+
+
+def load_truth(video: Path, path: Path | None = None) -> dict[str, Any] | None:
+    """The shots of ``video``: from ``path`` when given, else the built-in truth for it, else ``None``."""
+    path = path or TRUTH_FILES.get(video.name)
+    return None if path is None else json.loads(Path(path).read_text())
+
+
 def _timed(call: Callable[[], object]) -> float:
     started = time.perf_counter()
     call()

@@ -9,19 +9,16 @@ hand-made truth, so "faces found" can be read against who is on screen.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 
-from faceid.benchmarks.common import print_json_lines, print_table, shared_data
+from faceid.benchmarks.common import load_truth, print_json_lines, print_table, shared_data
 from faceid.detect.faces import DETECTORS, detect_faces
 from faceid.errors import InputError
 from faceid.io.video import VideoSource
 from faceid.settings import DEFAULTS
-
-TRUTH = Path(__file__).with_name("hamilton_clip_truth.json")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if not args.video.is_file():
         raise InputError(f"video {args.video} not found: pass --video FILE")
-    truth = json.loads(TRUTH.read_text()) if args.video.name == "hamilton_clip.mp4" else None
+    truth = load_truth(args.video)
     configs = []
     for item in args.configs.split(","):
         detector, _, upsample = item.strip().partition(":")

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -33,7 +32,7 @@ import numpy as np
 
 from faceid.apps.live import FaceResult, LiveIdentifier, LiveOptions
 from faceid.backbones import BackboneOptions, create_extractor, load_extractor
-from faceid.benchmarks.common import latency_stats, print_json_lines, print_table, shared_data
+from faceid.benchmarks.common import latency_stats, load_truth, print_json_lines, print_table, shared_data
 from faceid.detect.faces import DETECTORS, FaceOptions, align_face, detect_faces, live_upsample
 from faceid.detect.tracking import PENDING
 from faceid.errors import InputError
@@ -44,8 +43,6 @@ from faceid.io.video import VideoSource
 from faceid.match.gallery import UNKNOWN, Gallery
 from faceid.match.scoring import Rule
 from faceid.settings import DEFAULTS
-
-TRUTH_FILES = {"hamilton_clip.mp4": Path(__file__).with_name("hamilton_clip_truth.json")}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -68,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.video.is_file():
         raise InputError(f"video {args.video} not found: pass --video FILE")
     known = args.known or args.video.parent / "known"
-    truth = _load_truth(args.truth or TRUTH_FILES.get(args.video.name))
+    truth = load_truth(args.video, args.truth)
     max_frames = args.max_frames or None
     one_face = None
     detectors = [name.strip() for name in args.detector.split(",") if name.strip()]
@@ -84,11 +81,11 @@ def run(args: argparse.Namespace) -> int:
             baseline_ms, baseline_results, face_counts = _time_baseline(
                 args.video, max_frames, extractor, baseline_embed, baseline_enrolled, keras_head
             )
+            if one_face is None:
+                # "One face in view": frames where the baseline's full detection finds exactly one face.
+                one_face = np.asarray(face_counts) == 1
             for detector in detectors:
                 ours_ms, ours_results, identifier = _time_ours(args.video, max_frames, extractor, gallery, detector)
-                if one_face is None:
-                    # "One face in view": frames where the baseline's full detection finds exactly one face.
-                    one_face = np.asarray(face_counts) == 1
                 record = _record(backbone, extractor, baseline_ms, ours_ms, one_face, identifier)
                 record["detector"] = detector
                 record["upsample"] = live_upsample(detector)
@@ -100,10 +97,6 @@ def run(args: argparse.Namespace) -> int:
     _print_report(records, args.video)
     print_json_lines(records)
     return 0
-
-
-def _load_truth(path: Path | None) -> dict[str, Any] | None:
-    return None if path is None else json.loads(Path(path).read_text())
 
 
 def _timed_frames(video: Path, max_frames: int | None):

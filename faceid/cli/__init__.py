@@ -34,7 +34,7 @@ def add_detection_options(parser, live: bool = False) -> None:
     parser.add_argument("--detector", choices=DETECTORS, default=DEFAULTS.live_detector if live else DEFAULTS.detector,
                         help="hog: dlib's HOG, fast, frontal faces only; cnn: dlib's CNN detector on our ONNX "
                              "graph, also finds three-quarter views and profiles; cnn-dlib: the same CNN run by "
-                             "dlib (the reference, ~30x slower)")
+                             "dlib (the reference, ~25x slower)")
 
 
 def setup_logging(args: argparse.Namespace) -> None:

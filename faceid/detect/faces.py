@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 # hog: dlib's frontal HOG detector; cnn: dlib's MMOD CNN detector on our ONNX graph
 # (faceid.detect.mmod, the same boxes as dlib's); cnn-dlib: dlib's own CNN implementation
-# (the reference: ~30x slower).
+# (the reference: ~25x slower, bench.py detect).
 DETECTORS = ("hog", "cnn", "cnn-dlib")
 # Why an image gave no vector: the reason every report (extraction, evaluation, audit) uses.
 NO_FACE = "no face found"

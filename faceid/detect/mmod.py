@@ -39,7 +39,9 @@ MIN_LEVEL_ROWS = 5
 
 @dataclass(frozen=True)
 class Rect:
-    """dlib's ``rectangle``: inclusive corners."""
+    """dlib's ``rectangle``: inclusive corners. Kept apart from :class:`faceid.detect.faces.FaceBox`
+    (exclusive corners) so the pyramid and overlap arithmetic reads as dlib's does; boxes leave
+    this module as plain corners that ``detect_faces`` turns into ``FaceBox``."""
 
     left: int
     top: int
@@ -119,8 +121,7 @@ def pyramid_layout(rows: int, columns: int, down: int, padding: int, outer_paddi
         level_rows, level_columns = sizes[index]
         right, bottom = outer_padding + width - 1, y - 1
         rect = Rect(right - (level_columns - 1), bottom - (level_rows - 1), right, bottom)
-        overlap = rect.intersect(levels[0])
-        if overlap.width > 0 and overlap.height > 0:
+        if rect.intersect(levels[0]).area > 0:
             break  # it would cover the full-size image: drop it and the levels after it
         levels.append(rect)
         y -= level_rows + padding
@@ -200,8 +201,7 @@ def _nearest_level(levels: tuple[Rect, ...], x: float, y: float) -> int:
 
 def _overlaps(a: Rect, b: Rect, iou: float, covered: float) -> bool:
     """dlib's ``test_box_overlap``: intersection over the pair's bounding box, or share covered."""
-    inner = a.intersect(b)
-    inner_area = inner.area if inner.width > 0 and inner.height > 0 else 0
+    inner_area = a.intersect(b).area
     if inner_area == 0:
         return False
     return inner_area / a.union_box(b).area > iou or inner_area / a.area > covered or inner_area / b.area > covered
@@ -218,10 +218,10 @@ def decode(
     candidates: list[tuple[float, Rect]] = []
     down = detector.pyramid_down
     for window, (window_width, window_height) in enumerate(detector.windows):
+        half_width, half_height = (window_width - 1) / 2, (window_height - 1) / 2  # centered_drect
         rows, columns = np.nonzero(scores[window] > threshold)
         for r, c in zip(rows.tolist(), columns.tolist()):
             x, y = output_to_input(detector.steps, c, r)
-            half_width, half_height = (window_width - 1) / 2, (window_height - 1) / 2
             level = _nearest_level(layout.levels, x, y)
             origin = layout.levels[level]
             corners = [x - half_width - origin.left, y - half_height - origin.top, x + half_width - origin.left, y + half_height - origin.top]
