@@ -24,6 +24,8 @@ from faceid.match.scoring import Rule
 COMPARISONS = (">=", ">")
 # Where a decision's threshold came from (recorded in head.json and evaluation reports).
 CALIBRATED, GIVEN, VOTE_SHARE = "calibrated", "given", "vote_share"
+# A threshold derived for the number of people enrolled at a target FPIR (faceid/match/openset.py).
+GALLERY = "gallery"
 
 
 @dataclass(frozen=True)
@@ -33,8 +35,14 @@ class Decision:
     threshold: float
     rule: Rule = field(default_factory=Rule)
     comparison: str = ">="
-    source: str = GIVEN  # CALIBRATED (train.py), GIVEN (--threshold) or VOTE_SHARE (the original rule)
-    target_far: float | None = None  # the false-accept rate a calibrated threshold was set to
+    source: str = GIVEN  # GALLERY, CALIBRATED (per person), GIVEN (--threshold) or VOTE_SHARE (the original rule)
+    target_far: float | None = None  # the per-person false-accept rate a CALIBRATED threshold was set to
+    scorer: str = "head"  # what the per-person scores are (faceid.match.scoring.SCORERS)
+    target_fpir: float | None = None  # GALLERY: the share of strangers the threshold may name ...
+    enrolled: int | None = None  # ... with this many people enrolled
+    # The open-set statistic compared with the threshold: best + margin * (best - second best).
+    # 0 compares the best per-person score alone (every decision saved before margins).
+    margin: float = 0.0
 
     def __post_init__(self) -> None:
         if self.comparison not in COMPARISONS:
@@ -43,9 +51,17 @@ class Decision:
             raise InputError("a decision threshold must be a number, got NaN")
 
     @classmethod
-    def calibrated(cls, threshold: float, rule: Rule, target_far: float) -> Decision:
-        """What train.py saves: ``threshold`` accepts at most ``target_far`` of strangers, per person."""
-        return cls(float(threshold), rule, ">=", CALIBRATED, float(target_far))
+    def calibrated(cls, threshold: float, rule: Rule, target_far: float, scorer: str = "head") -> Decision:
+        """A per-person threshold: it accepts at most ``target_far`` of strangers against *one* person
+        (what train.py saved before gallery-aware thresholds; still read from older models)."""
+        return cls(float(threshold), rule, ">=", CALIBRATED, float(target_far), scorer)
+
+    @classmethod
+    def for_gallery(
+        cls, threshold: float, rule: Rule, scorer: str, target_fpir: float, enrolled: int, margin: float
+    ) -> Decision:
+        """A threshold naming at most ``target_fpir`` of strangers among ``enrolled`` people."""
+        return cls(float(threshold), rule, ">=", GALLERY, None, scorer, float(target_fpir), int(enrolled), float(margin))
 
     @classmethod
     def original_vote(cls, rule: Rule) -> Decision:
@@ -55,13 +71,30 @@ class Decision:
         return cls(float(rule.vote_share), rule, ">", VOTE_SHARE)
 
     @classmethod
-    def for_rule(cls, rule: Rule, threshold: float | None = None) -> Decision:
+    def for_rule(cls, rule: Rule, threshold: float | None = None, scorer: str = "head") -> Decision:
         """A decision without a calibration: the given ``threshold``, else the vote rule's own share."""
         if threshold is not None:
-            return cls(float(threshold), rule, ">=", GIVEN)
+            return cls(float(threshold), rule, ">=", GIVEN, scorer=scorer)
         if rule.name == "vote":
-            return cls.original_vote(rule)
+            return replace(cls.original_vote(rule), scorer=scorer)
         raise InputError("no decision threshold: pass one (--threshold), or use the calibrated one saved by train.py")
+
+    def statistic(self, person_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The best person of each row of ``person_scores (m, people)`` and the score the
+        threshold is compared with: ``best + margin * (best - second best)``.
+
+        A face that resembles its best person far more than anyone else is surer than one
+        two people explain equally well. With one person enrolled (no second) the margin is 0.
+        """
+        person_scores = np.asarray(person_scores, dtype=np.float32)
+        best_index = np.argmax(person_scores, axis=1)
+        rows = np.arange(len(person_scores))
+        best = person_scores[rows, best_index]
+        if self.margin == 0.0 or person_scores.shape[1] < 2:
+            return best_index, best
+        second = np.partition(person_scores, -2, axis=1)[:, -2]
+        margin = np.where(np.isfinite(second), best - second, 0.0)
+        return best_index, (best + np.float32(self.margin) * margin).astype(np.float32)
 
     def accepts(self, scores: np.ndarray | float) -> np.ndarray:
         """Whether each per-person score names its person: a bool array shaped like ``scores``."""
@@ -89,12 +122,25 @@ class Decision:
                 f"this model's threshold was calibrated for the {self.rule.name} rule, not {rule.name}: "
                 f"pass --threshold T, or train a head with train.py --rule {rule.name}"
             )
-        return Decision.for_rule(rule, threshold)
+        return Decision.for_rule(rule, threshold, self.scorer)
+
+    def describe(self) -> str:
+        """One line for a user: the threshold and what it promises."""
+        if self.source == GALLERY:
+            return (f"{self.enrolled} people enrolled: threshold {self.threshold:.4g} for FPIR {self.target_fpir:.3g} "
+                    f"({self.scorer}; at most {self.target_fpir:.1%} of strangers named)")
+        if self.source == CALIBRATED:
+            return (f"threshold {self.threshold:.4g} ({self.scorer}), calibrated for {self.target_far:.3g} false accepts "
+                    "against one person: more strangers are named as more people are enrolled")
+        if self.source == VOTE_SHARE:
+            return f"vote rule: more than {self.threshold:.0%} of a person's photos must score {self.rule.vote_score}"
+        return f"threshold {self.threshold:.4g} ({self.scorer}), given by the user"
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "threshold": self.threshold, "rule": asdict(self.rule), "comparison": self.comparison,
-            "source": self.source, "target_far": self.target_far,
+            "source": self.source, "target_far": self.target_far, "scorer": self.scorer,
+            "target_fpir": self.target_fpir, "enrolled": self.enrolled, "margin": self.margin,
         }
 
     @classmethod
@@ -104,6 +150,10 @@ class Decision:
                 threshold=float(values["threshold"]), rule=Rule(**values["rule"]),
                 comparison=str(values.get("comparison", ">=")), source=str(values.get("source", GIVEN)),
                 target_far=None if values.get("target_far") is None else float(values["target_far"]),
+                scorer=str(values.get("scorer", "head")),
+                target_fpir=None if values.get("target_fpir") is None else float(values["target_fpir"]),
+                enrolled=None if values.get("enrolled") is None else int(values["enrolled"]),
+                margin=float(values.get("margin", 0.0)),
             )
         except (KeyError, TypeError, ValueError) as error:
             raise InputError(f"malformed decision {values!r} ({error}): re-run train.py") from error

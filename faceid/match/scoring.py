@@ -3,9 +3,9 @@ and evaluation share.
 
 Two steps:
 
-1. :func:`pairwise_scores` — a score for every (query face, cached vector) pair:
-   the similarity head's probability on ``|z(q) - z(g)|``, or minus the Euclidean
-   distance for the head-free baseline. Higher always means "more alike".
+1. :func:`pairwise_scores` — a score for every (query face, cached vector) pair by one of
+   the :data:`SCORERS`: the similarity head's probability on ``|z(q) - z(g)|``, minus the
+   Euclidean distance, or the cosine similarity. Higher always means "more alike".
 2. :func:`person_scores` — one score per (query, person), aggregating that
    person's vectors by a :class:`Rule`.
 """
@@ -21,6 +21,10 @@ from faceid.errors import InputError
 from faceid.settings import DEFAULTS
 
 RULES = ("topk", "vote")
+# How two faces are compared (test.py / evaluate.py / bench.py --scorer). The metric scorers
+# need no trained head: the backbone's own calibration (faceid/backbones/calibration) names people.
+SCORERS = ("head", "euclidean", "cosine")
+METRIC_SCORERS = ("euclidean", "cosine")
 # Elements of the (queries x references x dim) difference tensor built at once;
 # bounds memory to ~64 MB of float32 whatever the gallery size.
 _CHUNK_ELEMENTS = 16_000_000
@@ -54,15 +58,16 @@ def pairwise_scores(
     references: np.ndarray,
     head=None,
     normalizer: Callable[[np.ndarray], np.ndarray] | None = None,
+    scorer: str | None = None,
 ) -> np.ndarray:
     """Score every query against every reference vector.
 
     Args:
         queries: ``(m, dim)`` vectors of the faces to identify.
         references: ``(n, dim)`` cached vectors.
-        head: a :class:`faceid.match.head.SimilarityHead`; ``None`` scores by minus the
-            Euclidean distance (the head-free baseline).
-        normalizer: z-score applied to both sides before differencing (``--normalize 1``).
+        head: a :class:`faceid.match.head.SimilarityHead`, for the ``head`` scorer.
+        normalizer: z-score applied to both sides before the head's differencing (``--normalize 1``).
+        scorer: one of :data:`SCORERS`; ``None``: the head when one is given, else Euclidean.
 
     Returns:
         ``(m, n) float32``; higher means more likely the same person.
@@ -71,11 +76,19 @@ def pairwise_scores(
     references = np.asarray(references, dtype=np.float32)
     if queries.ndim != 2 or references.ndim != 2 or queries.shape[1] != references.shape[1]:
         raise InputError(f"cannot compare vectors of shapes {queries.shape} and {references.shape}")
-    if head is None:
+    scorer = scorer or ("euclidean" if head is None else "head")
+    if scorer not in SCORERS:
+        raise InputError(f"unknown scorer {scorer!r}: choose one of {', '.join(SCORERS)}")
+    if scorer == "cosine":
+        return (unit_vectors(queries) @ unit_vectors(references).T).astype(np.float32)
+    if scorer == "euclidean":
         squared = (
             np.square(queries).sum(1)[:, None] + np.square(references).sum(1)[None, :] - 2.0 * queries @ references.T
         )
         return -np.sqrt(np.maximum(squared, 0.0)).astype(np.float32)
+    if head is None:
+        raise InputError("the head scorer needs a similarity head (train.py): pass --classification, "
+                         "or choose --scorer euclidean or cosine")
     if head.input_dim != queries.shape[1]:
         raise InputError(
             f"the similarity head takes {head.input_dim}-d vectors but the features are {queries.shape[1]}-d: "
@@ -90,6 +103,12 @@ def pairwise_scores(
         differences = np.abs(queries[:, None, :] - chunk[None, :, :]).reshape(-1, queries.shape[1])
         scores[:, start : start + len(chunk)] = head.predict(differences).reshape(len(queries), len(chunk))
     return scores
+
+
+def unit_vectors(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to length 1 (the cosine scorer compares directions only)."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
 
 def person_scores(

@@ -1,0 +1,297 @@
+"""Open-set calibration: a threshold that keeps strangers nameless for the gallery at hand.
+
+A stranger is compared with *every* enrolled person and is named when the best of those
+scores passes the threshold, so the share of strangers named (FPIR, NIST FRVT 1:N) grows
+with the number of people enrolled at a fixed threshold. An :class:`OpenSetCalibration`
+holds what is needed to pick the threshold for any gallery size:
+
+* for each calibration probe (a face of a held-out person, scored against every *other*
+  held-out person), its ``K`` highest per-person scores (``tails``) and how many people it
+  was compared with (``compared``): the probe's own distribution of scores against people
+  who are not it. Tails are kept for each number of enrolled photos per person
+  (1 .. ``photos``): the rule's score of a person with one photo is spread wider than the
+  mean of three, and a calibration for the wrong count misses its target by a factor of two
+  (README, "Open-set identification").
+* A gallery of ``N`` new people is ``N`` independent draws of "another person" for each
+  probe; the probe is named when the decision statistic of the best two draws
+  (:meth:`faceid.match.decision.Decision.statistic`) reaches the threshold. Without a
+  margin that happens with probability ``1 - (1 - s_p(t))^N`` (:meth:`fpir_exact`);
+  with one, :meth:`simulate` draws the two best of ``N`` from each probe's distribution.
+  Probes that resemble many people (and those that resemble few) keep their own rate, so
+  the correlation between a stranger's scores is not assumed away; only the enrolled
+  people are assumed new to the calibration.
+* :meth:`threshold` is the lowest threshold whose predicted FPIR is at most the target;
+  :meth:`decision` wraps it as the one :class:`~faceid.match.decision.Decision`. The calibration is a plain ``.npz``
+(arrays plus one JSON string; no pickle). train.py saves one per scorer with the similarity
+model; the backbone ships one per metric scorer, measured on LFW DevTrain
+(``faceid/backbones/calibration``, ``evaluate.py calibrate``), so a metric scorer needs no
+training and no TensorFlow.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from faceid.errors import InputError
+from faceid.io.store import load_npz, save_npz
+from faceid.match.decision import Decision
+from faceid.match.metrics import threshold_at_far
+from faceid.match.scoring import SCORERS, Rule, pairwise_scores, person_scores
+from faceid.settings import DEFAULTS
+
+CALIBRATION_FORMAT = "faceid-openset/1"
+# Highest per-person scores kept per calibration probe: enough for every threshold a target
+# FPIR of 0.1% or more needs, down to a single enrolled person (1% of 950 people is rank 10).
+TAIL = 64
+# Calibration probes scored against every other person (leave-one-out): thousands of
+# strangers and millions of impostor per-person scores in seconds for metric scorers.
+MAX_PROBES = 3000
+
+
+@dataclass(frozen=True)
+class OpenSetCalibration:
+    """Each calibration probe's highest impostor per-person scores, for one scorer and rule.
+
+    Attributes:
+        scorer: the scorer the scores come from (:data:`faceid.match.scoring.SCORERS`).
+        rule: the per-person rule (the decision built from this calibration uses it).
+        tails: ``(photos, P, K) float32``: for people enrolled with ``c + 1`` photos, each
+            probe's ``K`` best impostor per-person scores, descending, ``-inf`` padded.
+        compared: ``(P,) int``, people each probe was scored against.
+        genuine: ``(photos, P) float32``: each probe's score for its own person enrolled with
+            ``c + 1`` other photos (NaN where it has too few): what a known person scores.
+        margin: the decision's margin weight (:meth:`Decision.statistic`).
+        source: what it was measured on (faces, people, images, extractor fingerprint ...).
+    """
+
+    scorer: str
+    rule: Rule
+    tails: np.ndarray
+    compared: np.ndarray
+    genuine: np.ndarray
+    margin: float = DEFAULTS.margin_weight
+    source: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.scorer not in SCORERS:
+            raise InputError(f"unknown scorer {self.scorer!r} in an open-set calibration")
+        if self.tails.ndim != 3 or self.tails.shape[1] == 0 or len(self.compared) != self.tails.shape[1]:
+            raise InputError("an open-set calibration needs at least one probe with its per-person scores")
+        if np.any(self.compared < 1):
+            raise InputError("every calibration probe must have been compared with at least one person")
+
+    @property
+    def photos(self) -> int:
+        """Enrolled photos per person the calibration has tails for (more count as this many)."""
+        return int(self.tails.shape[0])
+
+    @property
+    def fingerprint(self) -> str | None:
+        """Fingerprint of the extractor whose vectors were calibrated (``None`` if unrecorded)."""
+        return self.source.get("extractor_fingerprint")
+
+    def people_by_photos(self, gallery: int | np.ndarray) -> np.ndarray:
+        """``(photos,)`` people enrolled with 1, 2, ... ``photos`` (or more) photos.
+
+        ``gallery``: a number of people (each with ``photos`` photos), or each person's photo count.
+        """
+        if np.ndim(gallery) == 0:
+            counts = np.full(int(gallery), self.photos)
+        else:
+            counts = np.asarray(gallery, dtype=np.int64)
+        if len(counts) < 1 or np.any(counts < 1):
+            raise InputError("a gallery needs at least one person with at least one photo")
+        return np.bincount(np.minimum(counts, self.photos) - 1, minlength=self.photos)
+
+    def fpir_exact(self, threshold: float, gallery: int | np.ndarray) -> float:
+        """Predicted FPIR of the best score alone (margin 0): mean over probes of
+        ``1 - prod_c (1 - s_pc(t))^n_c``, ``s_pc`` the share of people the probe scores ``>= t``."""
+        people = self.people_by_photos(gallery)
+        share = (self.tails >= np.float32(threshold)).sum(axis=2) / self.compared[None, :]
+        return float(np.mean(1.0 - np.prod(np.power(1.0 - share, people[:, None]), axis=0)))
+
+    def simulate(self, gallery: int | np.ndarray, replicates: int = DEFAULTS.calibration_replicates,
+                 seed: int = DEFAULTS.seed) -> np.ndarray:
+        """Decision statistics of calibration strangers against simulated galleries: ``(P * replicates,)``.
+
+        For each probe, photo count ``c`` and replicate, the two best of ``n_c`` draws from the
+        probe's scores are order statistics of uniforms, ``u1 = 1 - U^(1/n)`` and
+        ``u2 = u1 + (1 - u1)(1 - V^(1/(n-1)))``, read off the probe's tail at rank ``u * compared``
+        (interpolated; ranks past the kept tail read its last score, which over-states them).
+        The two best over all counts give the statistic.
+        """
+        people = self.people_by_photos(gallery)
+        rng = np.random.default_rng(seed)
+        n_probes, kept = self.tails.shape[1], self.tails.shape[2]
+        compared = self.compared[:, None].astype(np.float64)
+        candidates = []
+        for photos, n in enumerate(people):
+            if n == 0:
+                continue
+            first = 1.0 - rng.random((n_probes, replicates)) ** (1.0 / n)
+            candidates.append(self._read(photos, first * compared, kept))
+            if n >= 2:
+                second = first + (1.0 - first) * (1.0 - rng.random((n_probes, replicates)) ** (1.0 / (n - 1)))
+                # The best two are two people: the second is read at least one person further down.
+                candidates.append(self._read(photos, np.maximum(second * compared, np.maximum(first * compared, 0.5) + 1.0), kept))
+        values = np.stack(candidates, axis=-1)
+        ordered = -np.sort(-values, axis=-1)
+        best = ordered[..., 0]
+        if self.margin == 0.0 or people.sum() < 2:
+            return best.ravel().astype(np.float32)
+        statistic = best + np.float32(self.margin) * (best - ordered[..., 1])
+        return statistic.ravel().astype(np.float32)
+
+    def _read(self, photos: int, rank: np.ndarray, kept: int) -> np.ndarray:
+        """The probe's score at continuous ``rank (P, R)`` (0 = its best person), interpolated
+        between its kept scores; a rank before its best reads its best (no extrapolation: the
+        realised FPIR of a gallery of 1,000 measured within 25% of the target, README)."""
+        tails = self.tails[photos]
+        usable = np.minimum(self.compared, kept)[:, None] - 1
+        position = np.clip(rank - 0.5, 0.0, usable.astype(np.float64))
+        low = np.floor(position).astype(np.int64)
+        high = np.minimum(low + 1, usable)
+        fraction = (position - low).astype(np.float32)
+        rows = np.arange(tails.shape[0])[:, None]
+        lower, upper = tails[rows, low], tails[rows, high]
+        return lower + fraction * (upper - lower)
+
+    def threshold(self, gallery: int | np.ndarray, target_fpir: float) -> float:
+        """Lowest threshold (accept ``statistic >= it``) naming at most ``target_fpir`` of the
+        simulated strangers of this gallery (:func:`faceid.match.metrics.threshold_at_far`)."""
+        check_target_fpir(target_fpir)
+        return threshold_at_far(self.simulate(gallery), target_fpir)
+
+    def fpir(self, threshold: float, gallery: int | np.ndarray) -> float:
+        """Predicted share of strangers named at ``threshold`` for this gallery."""
+        return float(np.mean(self.simulate(gallery) >= np.float32(threshold)))
+
+    def miss_rate(self, threshold: float, photos: int | None = None) -> float:
+        """Share of known people's probes whose own score falls under ``threshold`` (a lower
+        bound on the miss rate: a known face can also be out-scored by someone else)."""
+        genuine = self.genuine[(photos or self.photos) - 1]
+        genuine = genuine[np.isfinite(genuine)]
+        return float(np.mean(genuine < np.float32(threshold))) if len(genuine) else float("nan")
+
+    def decision(self, gallery: int | np.ndarray, target_fpir: float = DEFAULTS.target_fpir) -> Decision:
+        """The gallery-aware decision: ``gallery`` people (or their photo counts) at ``target_fpir``."""
+        enrolled = int(self.people_by_photos(gallery).sum())
+        return Decision.for_gallery(
+            self.threshold(gallery, target_fpir), self.rule, self.scorer, target_fpir, enrolled, self.margin
+        )
+
+    # --- storage --------------------------------------------------------------------------
+    def arrays(self, prefix: str = "") -> dict[str, np.ndarray]:
+        meta = {"format": CALIBRATION_FORMAT, "scorer": self.scorer, "rule": asdict(self.rule),
+                "margin": self.margin, "source": self.source}
+        return {
+            f"{prefix}tails": self.tails.astype(np.float32), f"{prefix}compared": self.compared.astype(np.int64),
+            f"{prefix}genuine": self.genuine.astype(np.float32), f"{prefix}meta": np.array(json.dumps(meta)),
+        }
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], prefix: str, where: str) -> OpenSetCalibration:
+        try:
+            meta = json.loads(str(arrays[f"{prefix}meta"]))
+            if meta.get("format") != CALIBRATION_FORMAT:
+                raise ValueError(f"format {meta.get('format')!r}")
+            return cls(
+                scorer=meta["scorer"], rule=Rule(**meta["rule"]), tails=np.asarray(arrays[f"{prefix}tails"], np.float32),
+                compared=np.asarray(arrays[f"{prefix}compared"], np.int64),
+                genuine=np.asarray(arrays[f"{prefix}genuine"], np.float32), margin=float(meta["margin"]),
+                source=dict(meta.get("source", {})),
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise InputError(f"{where} holds no usable open-set calibration ({error}): re-create it") from error
+
+
+def check_target_fpir(target_fpir: float) -> None:
+    if not 0.0 < target_fpir < 1.0:
+        raise InputError(f"--target_fpir is a share of strangers, strictly between 0 and 1; got {target_fpir}")
+
+
+def save_calibrations(path: str | Path, calibrations: dict[str, OpenSetCalibration]) -> None:
+    """Write calibrations keyed by scorer into one ``.npz`` (atomically)."""
+    arrays: dict[str, np.ndarray] = {}
+    for scorer, calibration in calibrations.items():
+        arrays.update(calibration.arrays(f"{scorer}."))
+    save_npz(path, **arrays)
+
+
+def load_calibrations(path: str | Path, fix: str) -> dict[str, OpenSetCalibration]:
+    """Read what :func:`save_calibrations` wrote: ``{scorer: calibration}``."""
+    arrays = load_npz(path, "open-set calibration", fix)
+    scorers = sorted({name.split(".", 1)[0] for name in arrays if name.endswith(".meta")})
+    if not scorers:
+        raise InputError(f"{path} holds no open-set calibration: {fix}")
+    return {scorer: OpenSetCalibration.from_arrays(arrays, f"{scorer}.", str(path)) for scorer in scorers}
+
+
+def calibrate_open_set(
+    vectors: np.ndarray,
+    labels: np.ndarray,
+    scorer: str,
+    *,
+    head=None,
+    normalizer=None,
+    rule: Rule = Rule(),
+    photos: int = DEFAULTS.top_k,
+    margin: float = DEFAULTS.margin_weight,
+    max_probes: int = MAX_PROBES,
+    seed: int = DEFAULTS.seed,
+    source: dict[str, Any] | None = None,
+) -> OpenSetCalibration:
+    """Leave-one-out open-set calibration on labelled vectors of people no user enrols.
+
+    Each person's vectors are put in a random order; "enrolled with ``c`` photos" is the first
+    ``c`` of them. Each probe (up to ``max_probes`` vectors, drawn at random) is scored against
+    every person but its own, for each ``c`` in 1 .. ``photos``: its impostor per-person scores
+    (the ``K`` best are kept). Its genuine score is against its own person's first ``c`` vectors
+    other than itself.
+
+    Raises:
+        InputError: fewer than two people, or a bad option.
+    """
+    vectors = np.asarray(vectors, dtype=np.float32)
+    people, dense = np.unique(np.asarray(labels), return_inverse=True)
+    if len(people) < 2:
+        raise InputError(f"open-set calibration needs at least two people, got {len(people)}")
+    if photos < 1:
+        raise InputError(f"calibration needs at least one photo per person, got {photos}")
+    rng = np.random.default_rng(seed)
+    probes = np.arange(len(vectors))
+    if len(probes) > max_probes:
+        probes = np.sort(rng.choice(probes, max_probes, replace=False))
+    # Each vector's place in its person's random order (0 = enrolled first).
+    place = np.empty(len(vectors), dtype=np.int64)
+    for person in range(len(people)):
+        rows = np.flatnonzero(dense == person)
+        place[rng.permutation(rows)] = np.arange(len(rows))
+    tails = np.full((photos, len(probes), TAIL), -np.inf, dtype=np.float32)
+    genuine = np.full((photos, len(probes)), np.nan, dtype=np.float32)
+    everyone = np.arange(len(vectors))
+    for start in range(0, len(probes), 256):
+        chunk = probes[start : start + 256]
+        rows = slice(start, start + len(chunk))
+        pair = pairwise_scores(vectors[chunk], vectors, head=head, normalizer=normalizer, scorer=scorer)
+        own = dense[chunk][:, None] == dense[None, :]
+        itself = chunk[:, None] == everyone[None, :]
+        # A probe's own person, enrolled without the probe: the others move up one place.
+        own_place = place[None, :] - (own & (place[None, :] > place[chunk][:, None]))
+        for c in range(photos):
+            impostor = person_scores(pair, dense, len(people), rule, exclude=own | (place[None, :] > c))
+            ranked = -np.sort(-impostor, axis=1)[:, :TAIL]
+            tails[c, rows, : ranked.shape[1]] = ranked
+            mated = person_scores(pair, dense, len(people), rule, exclude=~own | itself | (own_place > c))
+            mine = mated[np.arange(len(chunk)), dense[chunk]]
+            genuine[c, rows] = np.where(np.isfinite(mine), mine, np.nan)
+    return OpenSetCalibration(
+        scorer=scorer, rule=rule, tails=tails, compared=np.full(len(probes), len(people) - 1, dtype=np.int64),
+        genuine=genuine, margin=float(margin),
+        source={**(source or {}), "people": int(len(people)), "vectors": int(len(vectors)), "probes": int(len(probes))},
+    )
