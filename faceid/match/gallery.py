@@ -4,6 +4,10 @@
 >>> gallery.fit(vectors, names)          # the feature cache: (n, dim), (n,)
 >>> gallery.predict(face_vectors)        # names, or "unknown"
 
+The threshold is set for the gallery: with an open-set calibration
+(:mod:`faceid.match.openset`) ``fit`` derives it from the number of people enrolled (and their
+photos) so that at most ``target_fpir`` of strangers get a name, however many are enrolled.
+
 By default every face is scored against every cached vector (the exhaustive path, the
 reference). ``Gallery(..., shortlist=50)`` searches in two stages instead
 (:mod:`faceid.match.search`): a cheap shortlist of 50 people, then the head on their vectors only.
@@ -12,13 +16,14 @@ reference). ``Gallery(..., shortlist=50)`` searches in two stages instead
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from faceid.errors import InputError, NotFittedError
-from faceid.match.decision import Decision
-from faceid.match.scoring import Rule, pairwise_scores, person_scores
+from faceid.match.decision import GIVEN, Decision
+from faceid.match.openset import OpenSetCalibration
+from faceid.match.scoring import SCORERS, Rule, pairwise_scores, person_scores
 from faceid.match.search import BACKENDS, ShortlistIndex
 from faceid.settings import DEFAULTS
 
@@ -30,7 +35,7 @@ class Identification:
     """The decision for one face."""
 
     name: str  # the person, or the unknown label
-    score: float  # the best person's score (under the threshold when unknown)
+    score: float  # the decision statistic of the best person (under the threshold when unknown)
     best_person: str  # the best-scoring person, even when rejected
     known: bool = False  # accepted: ``name`` is ``best_person``
 
@@ -39,14 +44,17 @@ class Gallery:
     """Names faces by their best-scoring enrolled person, or ``unknown_label``.
 
     Args:
-        head: similarity head (:class:`faceid.match.head.SimilarityHead`); ``None``
-            scores by minus the Euclidean distance.
+        head: similarity head (:class:`faceid.match.head.SimilarityHead`), for the ``head`` scorer.
         normalizer: z-score applied before the head (what the head was trained with).
-        decision: the accept/reject decision (:class:`faceid.match.decision.Decision`,
-            e.g. the one train.py calibrated); its rule aggregates a person's vectors.
-        rule, threshold: without ``decision``, ``Decision.for_rule(rule, threshold)``: a
-            person is named when their score reaches ``threshold``; ``None`` uses the vote
-            rule's own share (required for ``topk``).
+        decision: a fixed accept/reject decision (:class:`faceid.match.decision.Decision`);
+            its scorer compares faces and its rule aggregates a person's vectors.
+        calibration: an :class:`~faceid.match.openset.OpenSetCalibration`: ``fit`` derives
+            the decision for the people enrolled at ``target_fpir`` (``threshold`` overrides
+            its threshold, keeping its scorer, rule and margin).
+        rule, threshold, scorer: without ``decision`` or ``calibration``,
+            ``Decision.for_rule(rule, threshold, scorer)``: a person is named when their score
+            reaches ``threshold``; ``None`` uses the vote rule's own share (required for ``topk``).
+            ``scorer`` defaults to the head when one is given, else Euclidean.
         unknown_label: answer for faces below the threshold.
         shortlist: people kept by the cheap first stage before the head scores their
             vectors (two-stage search, :mod:`faceid.match.search`). ``None`` or 0: score every
@@ -63,8 +71,11 @@ class Gallery:
         head=None,
         normalizer: Callable[[np.ndarray], np.ndarray] | None = None,
         decision: Decision | None = None,
+        calibration: OpenSetCalibration | None = None,
+        target_fpir: float = DEFAULTS.target_fpir,
         rule: Rule | None = None,
         threshold: float | None = None,
+        scorer: str | None = None,
         unknown_label: str = UNKNOWN,
         shortlist: int | None = None,
         search_dims: int = DEFAULTS.search_dims,
@@ -73,8 +84,11 @@ class Gallery:
         self.head = head
         self.normalizer = normalizer
         self.decision = decision
+        self.calibration = calibration
+        self.target_fpir = target_fpir
         self.rule = rule
         self.threshold = threshold
+        self.scorer = scorer
         self.unknown_label = unknown_label
         self.shortlist = shortlist
         self.search_dims = search_dims
@@ -88,15 +102,37 @@ class Gallery:
             raise InputError(f"nobody to identify: the gallery needs at least one vector, got shape {X.shape}")
         if len(y) != len(X):
             raise InputError(f"{len(X)} vectors but {len(y)} names")
-        if self.decision is not None and (self.rule is not None or self.threshold is not None):
-            raise InputError("pass either a decision, or a rule and threshold, not both")
-        self.decision_ = self.decision or Decision.for_rule(self.rule or Rule(), self.threshold)
+        if self.decision is not None and (
+            self.rule is not None or self.threshold is not None or self.calibration is not None
+        ):
+            raise InputError("pass either a decision, or a calibration / rule and threshold, not both")
+        self.classes_, self.labels_ = np.unique(y, return_inverse=True)
+        if self.decision is not None:
+            self.decision_ = self.decision
+        elif self.calibration is not None:
+            if self.rule is not None and self.rule != self.calibration.rule and self.threshold is None:
+                raise InputError(
+                    f"the calibration was measured for the rule {self.calibration.rule}, not {self.rule}: "
+                    "keep the calibrated rule, or pass --threshold T"
+                )
+            self.decision_ = self.calibration.decision(np.bincount(self.labels_), self.target_fpir)
+            if self.threshold is not None:
+                self.decision_ = replace(self.decision_, threshold=float(self.threshold), source=GIVEN,
+                                         rule=self.rule or self.decision_.rule)
+        else:
+            scorer = self.scorer or ("euclidean" if self.head is None else "head")
+            self.decision_ = Decision.for_rule(self.rule or Rule(), self.threshold, scorer)
+        if self.decision_.scorer not in SCORERS:
+            raise InputError(f"unknown scorer {self.decision_.scorer!r}: choose one of {', '.join(SCORERS)}")
+        if self.decision_.scorer == "head" and self.head is None:
+            raise InputError("the head scorer needs a similarity head (train.py --output_model DIR, then "
+                             "--classification DIR), or choose --scorer euclidean or cosine")
         if self.shortlist is not None and self.shortlist < 0:
             raise InputError(f"--shortlist must be a number of people (0 = exhaustive), got {self.shortlist}")
         if self.search_backend not in BACKENDS:
             raise InputError(f"unknown search backend {self.search_backend!r}: choose one of {', '.join(BACKENDS)}")
-        self.classes_, self.labels_ = np.unique(y, return_inverse=True)
         self.vectors_ = X
+        self.scorer_ = self.decision_.scorer
         self.rule_ = self.decision_.rule
         self.threshold_ = self.decision_.threshold
         self.index_ = None
@@ -108,7 +144,11 @@ class Gallery:
         return self
 
     def _normalised(self, X: np.ndarray) -> np.ndarray:
-        return X if self.normalizer is None else self.normalizer(X)
+        # The normaliser is the head's; metric scorers compare the backbone's own vectors.
+        return X if self.normalizer is None or self.scorer_ != "head" else self.normalizer(X)
+
+    def _pair_scores(self, X: np.ndarray, references: np.ndarray) -> np.ndarray:
+        return pairwise_scores(X, references, head=self.head, normalizer=self.normalizer, scorer=self.scorer_)
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "vectors_"):
@@ -123,7 +163,7 @@ class Gallery:
         self._check_fitted()
         X = np.asarray(X, dtype=np.float32).reshape(-1, self.vectors_.shape[1])
         if self.index_ is None:
-            pair_scores = pairwise_scores(X, self.vectors_, head=self.head, normalizer=self.normalizer)
+            pair_scores = self._pair_scores(X, self.vectors_)
             return person_scores(pair_scores, self.labels_, len(self.classes_), self.rule_)
         return self._score_shortlisted(X)
 
@@ -145,12 +185,12 @@ class Gallery:
                 continue
             rows = np.concatenate([index.order_[index.starts_[p] : index.starts_[p] + index.counts_[p]] for p in people])
             local_labels = np.repeat(np.arange(len(people)), index.counts_[people])
-            pair_scores = pairwise_scores(X[face : face + 1], self.vectors_[rows], head=self.head, normalizer=self.normalizer)
+            pair_scores = self._pair_scores(X[face : face + 1], self.vectors_[rows])
             scores[face, people] = person_scores(pair_scores, local_labels, len(people), self.rule_)[0]
         return scores
 
     def accepts(self, scores: np.ndarray) -> np.ndarray:
-        """Whether person scores pass the decision (:meth:`faceid.match.decision.Decision.accepts`)."""
+        """Whether decision statistics pass the decision (:meth:`faceid.match.decision.Decision.accepts`)."""
         self._check_fitted()
         return self.decision_.accepts(scores)
 
@@ -159,8 +199,7 @@ class Gallery:
         scores = self.score_people(X)
         if len(scores) == 0:
             return []
-        best = scores.argmax(axis=1)
-        best_scores = scores[np.arange(len(scores)), best]
+        best, best_scores = self.decision_.statistic(scores)
         accepted = self.accepts(best_scores)
         return [
             Identification(

@@ -25,6 +25,9 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "accuracy_at",
+    "det_curve",
+    "fnir_at_fpir",
+    "open_set_rates",
     "best_accuracy_threshold",
     "cmc_curve",
     "equal_error_rate",
@@ -137,6 +140,53 @@ def threshold_at_far(impostor_scores: np.ndarray, target_far: float) -> float:
     # The highest score that must be rejected; every lower one is rejected with it.
     highest_rejected = distinct_descending[int(np.argmin(feasible))]
     return float(np.nextafter(highest_rejected, np.inf))
+
+
+def open_set_rates(
+    correct: np.ndarray, known_statistic: np.ndarray, stranger_statistic: np.ndarray, threshold: float
+) -> tuple[float, float]:
+    """FNIR and FPIR (NIST FRVT 1:N) of the decision ``statistic >= threshold``.
+
+    Args:
+        correct: ``(n_known,)`` bool, a known probe's best person is its own.
+        known_statistic: ``(n_known,)`` decision statistic of each known probe's best person.
+        stranger_statistic: ``(n_strangers,)`` decision statistic of each stranger's best person.
+
+    Returns:
+        ``(fnir, fpir)``: the share of known probes *not* named correctly (missed: under the
+        threshold; or misnamed: someone else is best), and the share of strangers given a name.
+    """
+    correct = np.asarray(correct, dtype=bool)
+    known_statistic = np.asarray(known_statistic)
+    stranger_statistic = np.asarray(stranger_statistic)
+    if len(correct) != len(known_statistic) or len(correct) == 0 or len(stranger_statistic) == 0:
+        raise InputError("open-set rates need known probes (with a correct flag each) and strangers")
+    fnir = 1.0 - float(np.mean(correct & (known_statistic >= threshold)))
+    return fnir, float(np.mean(stranger_statistic >= threshold))
+
+
+def fnir_at_fpir(
+    correct: np.ndarray, known_statistic: np.ndarray, stranger_statistic: np.ndarray, target_fpir: float
+) -> tuple[float, float]:
+    """FNIR at the lowest threshold naming at most ``target_fpir`` of these strangers, and that
+    threshold (:func:`threshold_at_far` on the strangers' statistics)."""
+    threshold = threshold_at_far(_check_score_array(stranger_statistic, "stranger_statistic"), target_fpir)
+    return open_set_rates(correct, known_statistic, stranger_statistic, threshold)[0], threshold
+
+
+def det_curve(
+    correct: np.ndarray, known_statistic: np.ndarray, stranger_statistic: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The open-set DET curve: FPIR and FNIR at every distinct statistic used as the threshold
+    (descending thresholds: FPIR rises from 0, FNIR falls)."""
+    correct = np.asarray(correct, dtype=bool)
+    known_statistic = np.asarray(known_statistic, dtype=np.float64)
+    stranger_sorted = np.sort(np.asarray(stranger_statistic, dtype=np.float64))
+    thresholds = np.unique(np.concatenate([known_statistic, stranger_sorted]))[::-1]
+    fpir = (len(stranger_sorted) - np.searchsorted(stranger_sorted, thresholds, side="left")) / len(stranger_sorted)
+    hits = np.sort(known_statistic[correct])
+    fnir = 1.0 - (len(hits) - np.searchsorted(hits, thresholds, side="left")) / len(known_statistic)
+    return fpir, fnir
 
 
 def tar_at_far(scores: np.ndarray, is_same: np.ndarray, target_far: float) -> float:

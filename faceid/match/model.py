@@ -8,6 +8,8 @@
                              the decision (calibrated threshold, rule, comparison)
       head.keras             the same head as a Keras model, for users who want one
       normalizer.npz         mean/std used in training (only with --normalize 1)
+      calibration.npz        open-set calibration of every scorer on the held-out people
+                             (faceid/match/openset.py); head.json names the default scorer
       report.json            the training report (validation AUC, threshold, ...)
 
 Every file but the report changes together, in one :class:`faceid.io.store.StagedFiles`
@@ -16,9 +18,11 @@ commit: an interrupted save leaves the previous model whole.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from faceid.errors import InputError
 from faceid.features.cache import check_same_extractor
@@ -27,7 +31,9 @@ from faceid.io.store import StagedFiles
 from faceid.match.decision import Decision
 from faceid.match.gallery import Gallery
 from faceid.match.head import SimilarityHead
+from faceid.match.openset import CALIBRATION_FILE, OpenSetCalibration, calibration_arrays, load_calibrations
 from faceid.match.scoring import Rule
+from faceid.settings import DEFAULTS
 
 NORMALIZER_FILE = "normalizer.npz"
 MODEL_FORMAT = "faceid-similarity/1"
@@ -39,6 +45,10 @@ class SimilarityModel:
     normalizer: Normalizer | None  # z-score the head was trained with (--normalize 1)
     decision: Decision  # the calibrated accept/reject decision (threshold, rule, comparison)
     extractor: dict[str, Any]  # manifest of the extractor whose features the head takes
+    # Open-set calibration per scorer on the held-out people, and the scorer that measured best
+    # there (models saved before them have neither: the head and its per-person decision).
+    calibrations: dict[str, OpenSetCalibration] = field(default_factory=dict)
+    default_scorer: str = "head"
 
     @property
     def threshold(self) -> float:
@@ -58,6 +68,10 @@ class SimilarityModel:
                 staged.write_with(NORMALIZER_FILE, self.normalizer.write)
             else:
                 staged.remove(NORMALIZER_FILE)
+            if self.calibrations:
+                staged.write_with(CALIBRATION_FILE, lambda path: np.savez(path, **calibration_arrays(self.calibrations)))
+            else:
+                staged.remove(CALIBRATION_FILE)
             self.head.stage(
                 staged,
                 {
@@ -69,6 +83,7 @@ class SimilarityModel:
                     "rule": asdict(self.decision.rule),
                     "target_far": self.decision.target_far,
                     "decision": self.decision.as_dict(),
+                    "default_scorer": self.default_scorer,
                     "extractor": self.extractor,
                 },
             )
@@ -86,7 +101,11 @@ class SimilarityModel:
             decision = Decision.from_dict(manifest["decision"])
         else:  # a model saved before the decision object: its threshold was calibrated with ">="
             decision = Decision.calibrated(manifest["threshold"], Rule(**manifest["rule"]), manifest["target_far"])
-        return cls(head=head, normalizer=normalizer, decision=decision, extractor=manifest["extractor"])
+        calibrations = {}
+        if (directory / CALIBRATION_FILE).is_file():
+            calibrations = load_calibrations(directory / CALIBRATION_FILE, "re-run train.py")
+        return cls(head=head, normalizer=normalizer, decision=decision, extractor=manifest["extractor"],
+                   calibrations=calibrations, default_scorer=str(manifest.get("default_scorer", "head")))
 
     def check_extractor(self, extractor_manifest: dict[str, Any], other: str) -> None:
         """Stop if ``other`` (a cache or extractor) is not what the head was trained on."""
@@ -98,12 +117,34 @@ class SimilarityModel:
             "use that extractor, or train a head on this extractor's features with train.py",
         )
 
-    def gallery(self, rule: Rule | None = None, threshold: float | None = None, shortlist: int | None = None) -> Gallery:
-        """An unfitted :class:`Gallery` using this head, its normalisation and its decision.
+    def gallery(
+        self,
+        rule: Rule | None = None,
+        threshold: float | None = None,
+        shortlist: int | None = None,
+        scorer: str | None = None,
+        target_fpir: float | None = None,
+        fallback: dict[str, OpenSetCalibration] | None = None,
+    ) -> Gallery:
+        """An unfitted :class:`Gallery` with this head, its normalisation and a decision for ``scorer``.
 
-        ``rule`` and ``threshold`` override the saved decision as
-        :meth:`faceid.match.decision.Decision.overridden` says; ``shortlist`` turns on the
-        two-stage search (:mod:`faceid.match.search`) for large galleries.
+        ``scorer`` (default: the one that measured best in training) picks its open-set
+        calibration; ``fit`` then sets the threshold for the people enrolled at ``target_fpir``.
+        A model saved before calibrations keeps its per-person decision for the head, and a
+        metric scorer it has no calibration for uses ``fallback`` (the backbone's). ``rule`` and
+        ``threshold`` override as :meth:`faceid.match.decision.Decision.overridden` says;
+        ``shortlist`` turns on the two-stage search (:mod:`faceid.match.search`).
         """
-        decision = self.decision.overridden(rule, threshold)
+        scorer = scorer or self.default_scorer
+        calibration = self.calibrations.get(scorer) or (fallback or {}).get(scorer)
+        if calibration is not None and (rule is None or rule == calibration.rule):
+            return Gallery(head=self.head, normalizer=self.normalizer, calibration=calibration,
+                           target_fpir=target_fpir or DEFAULTS.target_fpir, threshold=threshold, shortlist=shortlist)
+        if scorer == self.decision.scorer:
+            decision = self.decision.overridden(rule, threshold)
+            return Gallery(head=self.head, normalizer=self.normalizer, decision=decision, shortlist=shortlist)
+        if threshold is None:
+            raise InputError(f"no calibration of the {scorer} scorer for this model and extractor: pass --threshold T, "
+                             "or re-run train.py (it calibrates every scorer)")
+        decision = Decision.for_rule(rule or self.rule, threshold, scorer)
         return Gallery(head=self.head, normalizer=self.normalizer, decision=decision, shortlist=shortlist)

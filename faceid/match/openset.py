@@ -45,6 +45,11 @@ from faceid.match.scoring import SCORERS, Rule, pairwise_scores, person_scores
 from faceid.settings import DEFAULTS
 
 CALIBRATION_FORMAT = "faceid-openset/1"
+# The calibration file of a similarity model (train.py) or an extractor directory (evaluate.py calibrate).
+CALIBRATION_FILE = "calibration.npz"
+# What the toolkit ships: the metric scorers of each backbone it can calibrate here, measured on
+# LFW DevTrain (evaluate.py calibrate), one file per extractor fingerprint.
+PACKAGED_CALIBRATIONS = Path(__file__).with_name("calibrations")
 # Highest per-person scores kept per calibration probe: enough for every threshold a target
 # FPIR of 0.1% or more needs, down to a single enrolled person (1% of 950 people is rank 10).
 TAIL = 64
@@ -215,12 +220,17 @@ def check_target_fpir(target_fpir: float) -> None:
         raise InputError(f"--target_fpir is a share of strangers, strictly between 0 and 1; got {target_fpir}")
 
 
-def save_calibrations(path: str | Path, calibrations: dict[str, OpenSetCalibration]) -> None:
-    """Write calibrations keyed by scorer into one ``.npz`` (atomically)."""
+def calibration_arrays(calibrations: dict[str, OpenSetCalibration]) -> dict[str, np.ndarray]:
+    """Calibrations keyed by scorer as the arrays of one ``.npz``."""
     arrays: dict[str, np.ndarray] = {}
     for scorer, calibration in calibrations.items():
         arrays.update(calibration.arrays(f"{scorer}."))
-    save_npz(path, **arrays)
+    return arrays
+
+
+def save_calibrations(path: str | Path, calibrations: dict[str, OpenSetCalibration]) -> None:
+    """Write calibrations keyed by scorer into one ``.npz`` (atomically)."""
+    save_npz(path, **calibration_arrays(calibrations))
 
 
 def load_calibrations(path: str | Path, fix: str) -> dict[str, OpenSetCalibration]:
@@ -230,6 +240,29 @@ def load_calibrations(path: str | Path, fix: str) -> dict[str, OpenSetCalibratio
     if not scorers:
         raise InputError(f"{path} holds no open-set calibration: {fix}")
     return {scorer: OpenSetCalibration.from_arrays(arrays, f"{scorer}.", str(path)) for scorer in scorers}
+
+
+def backbone_calibrations(extractor_manifest: dict[str, Any], extractor_dir: str | Path | None = None) -> dict[str, OpenSetCalibration]:
+    """The metric scorers' calibrations of an extractor: ``{scorer: calibration}`` (may be empty).
+
+    Looked for in the extractor directory (``evaluate.py calibrate --output DIR/calibration.npz``),
+    then among the calibrations the toolkit ships, by the extractor's fingerprint.
+    """
+    fingerprint = extractor_manifest.get("fingerprint", "")
+    places = [] if extractor_dir is None else [Path(extractor_dir) / CALIBRATION_FILE]
+    places.append(PACKAGED_CALIBRATIONS / f"{fingerprint}.npz")
+    for path in places:
+        if not path.is_file():
+            continue
+        calibrations = load_calibrations(path, f"re-create it with evaluate.py calibrate --output {path}")
+        for scorer, calibration in calibrations.items():
+            if calibration.fingerprint != fingerprint:
+                raise InputError(
+                    f"{path} calibrates the {scorer} scorer for extractor {calibration.fingerprint}, not this one "
+                    f"({fingerprint}): re-create it with evaluate.py calibrate --output {path}"
+                )
+        return calibrations
+    return {}
 
 
 def calibrate_open_set(
