@@ -5,6 +5,8 @@ Usage:
         [--classification models/similarity] [--train_per_fold] [--features features/]
     python evaluate.py identify --faces_path faces/ --model_path models/extractor --gallery_per_person 2
     python evaluate.py oneshot --faces_path faces/ --model_path models/extractor --way 20 --trials 1000
+    python evaluate.py openset --features features/ --folds 5 --gallery_sizes 100,1000
+    python evaluate.py calibrate --features features/ --output models/extractor/calibration.npz
 
 Euclidean distance, cosine similarity and the similarity head side by side. Each command
 prints a table, then the results as one JSON object on the last line of stdout; --json,
@@ -18,13 +20,21 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from faceid.cli import add_detection_options, add_verbosity, run_main
 from faceid.detect.faces import FaceOptions
 from faceid.evaluate.identify import evaluate_identify
 from faceid.evaluate.images import FACE_CHOICES, NO_FACE_POLICIES
 from faceid.evaluate.oneshot import evaluate_oneshot
 from faceid.evaluate.pairs import MISSING_POLICIES, evaluate_pairs
-from faceid.evaluate.report import notes, text_table, write_outputs
+from faceid.evaluate.report import notes, open_set_table, text_table, write_outputs
+from faceid.features.cache import FeatureCache, check_same_extractor
+from faceid.io.store import read_json, write_json
+from faceid.match.crossval import calibrate_scorers, cross_validate_open_set
+from faceid.match.model import SimilarityModel
+from faceid.match.openset import CALIBRATION_FILE, save_calibrations
+from faceid.match.scoring import METRIC_SCORERS, SCORERS
 from faceid.settings import DEFAULTS
 
 
@@ -76,20 +86,59 @@ def build_parser() -> argparse.ArgumentParser:
     identify.add_argument("--min_images", type=int, help="people with fewer usable images are left out (default K+1)")
     identify.add_argument("--stranger_share", type=float, default=0.2,
                           help="share of people never enrolled, whose images are strangers (0: closed set only)")
-    identify.add_argument("--target_far", type=float, default=DEFAULTS.target_far,
-                          help="share of strangers accepted at which the identification rate is reported")
+    identify.add_argument("--target_fpir", "--target_far", dest="target_fpir", type=float, default=DEFAULTS.target_fpir,
+                          help="share of strangers the shipped decision may name (its threshold is derived for the "
+                               "gallery evaluated); FNIR is also reported at FPIR 0.001, 0.01 and 0.1")
+    identify.add_argument("--scorer", nargs="+", choices=SCORERS,
+                          help="scorers to report (default: euclidean, cosine, and the head with --classification)")
+    identify.add_argument("--gallery_sizes", type=_sizes,
+                          help="e.g. 10,100,1000: repeat the open-set measures with galleries of that many people "
+                               "(the known people plus people with too few images to probe, enrolled as distractors)")
     identify.add_argument("--max_probes_per_person", type=int, default=10,
                           help="probes per person (0 = all); stops one big folder from dominating the rates")
     identify.add_argument("--euclidean_threshold", type=float,
                           help="distance under which a person is accepted (dlib: 0.6), for the stranger rejection rate")
     identify.add_argument("--cosine_threshold", type=float, help="cosine similarity over which a person is accepted")
+    openset = commands.add_parser("openset", help="decision rules and calibration, person-disjoint, cross-validated")
+    calibrate = commands.add_parser("calibrate", help="calibrate the metric scorers of an extractor (no TensorFlow)")
+    for command in (openset, calibrate):
+        command.add_argument("--features", "--features_path", dest="features", type=Path, required=True,
+                             help="feature cache of people no user will enrol (e.g. LFW DevTrain)")
+        command.add_argument("--seed", type=int, default=DEFAULTS.seed, help="fixes the folds and the draws")
+        command.add_argument("--target_fpir", type=float, default=DEFAULTS.target_fpir,
+                             help="share of strangers named the thresholds are set for")
+        command.add_argument("--json", type=Path, help="also write the JSON result to this file")
+        add_verbosity(command)
+    openset.add_argument("--folds", type=int, default=5, help="person-disjoint folds (each calibrated on the others)")
+    openset.add_argument("--gallery_sizes", type=_sizes, default=(100, 1000),
+                         help="people enrolled (each fold's known people plus other folds' people as distractors)")
+    openset.add_argument("--photos", type=int, default=DEFAULTS.top_k, help="photos enrolled per person")
+    openset.add_argument("--classification", type=Path,
+                         help="also the head of this model (trained on other people, or the result is in-sample)")
+    calibrate.add_argument("--output", type=Path,
+                           help="calibration file (default: calibration.npz in the cache's extractor directory, "
+                                "--model_path)")
+    calibrate.add_argument("--model_path", type=Path, default=Path(DEFAULTS.extractor_path),
+                           help="extractor directory the default --output goes into")
     oneshot.add_argument("--way", type=int, default=20, help="people per trial (chance is 1/way)")
     oneshot.add_argument("--trials", type=int, default=1000,
                          help="trials; the 95%% interval narrows as 1/sqrt(trials)")
     return parser
 
 
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"gallery sizes are whole numbers separated by commas, got {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"gallery sizes must be at least 1, got {text!r}")
+    return sizes
+
+
 def run(args: argparse.Namespace, argv: list[str]) -> int:
+    if args.command in ("openset", "calibrate"):
+        return run_open_set(args)
     common = {
         "model_path": args.model_path, "classification": args.classification, "features": args.features,
         "face_options": FaceOptions(upsample=args.upsample, detector=args.detector), "no_face": args.no_face,
@@ -103,7 +152,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     elif args.command == "identify":
         evaluation = evaluate_identify(
             args.faces_path, gallery_per_person=args.gallery_per_person, min_images=args.min_images,
-            stranger_share=args.stranger_share, target_far=args.target_far,
+            stranger_share=args.stranger_share, target_fpir=args.target_fpir, scorers=args.scorer,
+            gallery_sizes=args.gallery_sizes,
             max_probes_per_person=args.max_probes_per_person, euclidean_threshold=args.euclidean_threshold,
             cosine_threshold=args.cosine_threshold, **common)
     else:
@@ -114,6 +164,45 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     for path in written:
         print(f"wrote {path}")
     print(json.dumps(evaluation.summary))
+    return 0
+
+
+def run_open_set(args: argparse.Namespace) -> int:
+    """``openset`` and ``calibrate``: on a feature cache, no images, no TensorFlow for metric scorers."""
+    cache = FeatureCache.load(args.features)
+    vectors, labels, _ = cache.matrix(min_images=1)
+    scorers = {name: {"scorer": name} for name in METRIC_SCORERS}
+    if args.command == "calibrate":
+        output = args.output or args.model_path / CALIBRATION_FILE
+        if args.output is None:
+            manifest = read_json(args.model_path / "manifest.json", "extractor manifest", "pass --model_path or --output")
+            check_same_extractor(cache.manifest["extractor"], manifest, f"feature cache {args.features}",
+                                 f"calibrate with a cache of extractor {args.model_path}, or pass --output")
+        source = {"extractor_fingerprint": cache.fingerprint, "measured_on": f"{cache.directory} (evaluate.py calibrate)",
+                  "cache_digest": cache.content_digest()}
+        calibrations, winner, report = calibrate_scorers(vectors, labels, scorers, target_fpir=args.target_fpir,
+                                                         seed=args.seed, source=source)
+        save_calibrations(output, calibrations)
+        result = {"command": "calibrate", "output": str(output), "default_scorer": winner, "open_set": report,
+                  "people": int(len(np.unique(labels))), "vectors": int(len(vectors))}
+        print(f"calibrated {', '.join(calibrations)} on {result['people']} people ({result['vectors']} vectors); "
+              f"default scorer {winner} ({report['measure']}: FNIR "
+              + ", ".join(f"{name} {value:.1%}" for name, value in report["fnir"].items()) + f"); wrote {output}")
+    else:
+        if args.classification is not None:
+            model = SimilarityModel.load(args.classification)
+            model.check_extractor(cache.manifest["extractor"], f"feature cache {args.features}")
+            scorers["head"] = {"scorer": "head", "head": model.head, "normalizer": model.normalizer}
+        results = cross_validate_open_set(vectors, labels, scorers, folds=args.folds, gallery_sizes=args.gallery_sizes,
+                                          photos=args.photos, target_fpir=args.target_fpir, seed=args.seed,
+                                          progress=not args.quiet)
+        result = {"command": "openset", "features": str(args.features), "folds": args.folds,
+                  "photos": args.photos, "target_fpir": args.target_fpir, "margin_weight": DEFAULTS.margin_weight,
+                  "results": results}
+        print(open_set_table(results, args.target_fpir))
+    if args.json:
+        write_json(args.json, result)
+    print(json.dumps(result))
     return 0
 
 

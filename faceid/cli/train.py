@@ -3,7 +3,8 @@
 Usage:
     python train.py --features_path features/ --output_model models/similarity --epochs 15 --normalize 0
 
-Writes the head, the calibrated threshold, the statistics used and report.json.
+Writes the head, the open-set calibration of every scorer (head, Euclidean, cosine) on the
+held-out people, the scorer that measured best there (test.py's default), and report.json.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="share of people held out for validation and threshold calibration")
     parser.add_argument("--target_far", type=float, default=DEFAULTS.target_far,
                         help="false-accept rate the threshold is set to; lower = fewer strangers named, more misses")
+    parser.add_argument("--target_fpir", type=float, default=DEFAULTS.target_fpir,
+                        help="share of strangers named at which the scorers are compared to pick the default one")
     parser.add_argument("--top_k", type=int, default=DEFAULTS.top_k,
                         help="per-person score = mean of the k best matches among that person's photos")
     parser.add_argument("--rule", choices=RULES, default="topk", help="per-person rule the threshold is calibrated for")
@@ -53,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     stats = load_stats(args.features_path, cache) if args.normalize else None
     options = TrainOptions(
         epochs=args.epochs, neg_ratio=args.neg_ratio, max_positive_per_person=args.max_pairs_per_person or None,
-        val_people=args.val_people, target_far=args.target_far, normalize=bool(args.normalize),
+        val_people=args.val_people, target_far=args.target_far, target_fpir=args.target_fpir, normalize=bool(args.normalize),
         learning_rate=args.learning_rate, batch_size=args.batch_size, seed=args.seed,
         rule=Rule(name=args.rule, top_k=args.top_k),
     )
@@ -61,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
     model.save(args.output_model)
     write_json(args.output_model / "report.json", report)
     summary = {key: report[key] for key in ("val_auc", "val_auc_euclidean", "val_accuracy", "val_accuracy_euclidean",
-                                           "threshold", "target_far", "winner_auc")}
+                                           "threshold", "target_far", "winner_auc", "default_scorer")}
+    summary["open_set_fnir"] = report["open_set"]["fnir"]
     summary["val_rank1"] = report["calibration"]["head"]["rank1"]
     summary["val_rank1_euclidean"] = report["calibration"]["euclidean"]["rank1"]
     print(json.dumps(summary))

@@ -12,16 +12,18 @@ import numpy as np
 
 from faceid.detect.faces import FaceOptions
 from faceid.errors import InputError
+from dataclasses import replace
+
 from faceid.evaluate.common import CMC_MAX_RANK, Evaluation, Setup, run_settings, set_up, summary_head
 from faceid.evaluate.images import EmbeddedImages, embed_images
 from faceid.evaluate.methods import build_methods
 from faceid.io.images import list_people
 from faceid.match.decision import Decision
-from faceid.match.metrics import (
-    cmc_curve,
-    threshold_at_far,
-)
-from faceid.match.scoring import person_scores
+from faceid.match.crossval import FPIR_POINTS
+from faceid.match.metrics import cmc_curve, det_curve, fnir_at_fpir
+from faceid.match.metrics import open_set_rates as open_set_rates_at
+from faceid.match.openset import OpenSetCalibration, backbone_calibrations, check_target_fpir
+from faceid.match.scoring import Rule, person_scores
 from faceid.settings import DEFAULTS
 
 logger = logging.getLogger(__name__)
@@ -30,35 +32,17 @@ logger = logging.getLogger(__name__)
 def open_set_rates(
     known_scores: np.ndarray, true_class: np.ndarray, stranger_best: np.ndarray, target_far: float
 ) -> tuple[float, float]:
-    """Detection-and-identification rate at the threshold accepting ``target_far`` of strangers.
+    """Detection-and-identification rate (1 - FNIR) of the best-score rule at the threshold
+    naming ``target_far`` of strangers, and that threshold (accept when ``score >= it``).
 
     Args:
         known_scores: ``(n_known_probes, n_people)`` per-person scores of enrolled people's probes.
         true_class: ``(n_known_probes,)`` column of each probe's person.
         stranger_best: ``(n_stranger_probes,)`` best per-person score of each stranger probe.
-        target_far: share of strangers that may be accepted.
-
-    Returns:
-        ``(dir, threshold)``: share of known probes whose best person is theirs *and*
-        scores at least the threshold, and that threshold (accept when ``score >= it``).
     """
-    threshold = threshold_at_far(stranger_best, target_far)
-    decision = Decision(threshold)
-    best = np.argmax(known_scores, axis=1)
-    best_score = known_scores[np.arange(len(known_scores)), best]
-    return float(np.mean((best == true_class) & decision.accepts(best_score))), threshold
-
-
-def _open_set_curve(known_correct: np.ndarray, known_best: np.ndarray, stranger_best: np.ndarray):
-    """Share of strangers accepted vs share of known probes identified, over every threshold."""
-    thresholds = np.unique(np.concatenate([known_best, stranger_best]))[::-1]
-    stranger_sorted = np.sort(stranger_best)
-    false_alarm = (len(stranger_sorted) - np.searchsorted(stranger_sorted, thresholds, side="left")) / len(
-        stranger_sorted
-    )
-    correct_sorted = np.sort(known_best[known_correct])
-    identified = (len(correct_sorted) - np.searchsorted(correct_sorted, thresholds, side="left")) / len(known_best)
-    return false_alarm, identified
+    best, best_score = Decision(0.0).statistic(known_scores)
+    fnir, threshold = fnir_at_fpir(best == true_class, best_score, stranger_best, target_far)
+    return 1.0 - fnir, threshold
 
 
 def _split_gallery(
@@ -69,6 +53,8 @@ def _split_gallery(
     max_probes: int,
     rng: np.random.Generator,
 ) -> dict[str, Any]:
+    """Known people (enrolled, with probes), strangers (probes only) and distractors (people
+    with too few images to have probes: enrolled only, to grow a gallery for --gallery_sizes)."""
     eligible = sorted(name for name, vectors in vectors_by_person.items() if len(vectors) >= min_images)
     n_strangers = round(stranger_share * len(eligible))
     if stranger_share > 0:
@@ -80,7 +66,7 @@ def _split_gallery(
             "or --stranger_share"
         )
     shuffled = list(rng.permutation(eligible))
-    strangers, known = sorted(shuffled[:n_strangers]), sorted(shuffled[n_strangers:])
+    strangers, known = sorted(shuffled[:n_strangers]), shuffled[n_strangers:]
 
     def capped(items: list[np.ndarray]) -> list[np.ndarray]:
         return items[:max_probes] if max_probes else items
@@ -97,6 +83,12 @@ def _split_gallery(
     for name in strangers:
         order = rng.permutation(len(vectors_by_person[name]))
         stranger_probes += capped([vectors_by_person[name][index] for index in order])
+    others = [name for name in vectors_by_person if name not in set(eligible) and vectors_by_person[name]]
+    distractors = [
+        np.stack([vectors_by_person[name][index] for index in rng.permutation(len(vectors_by_person[name]))][
+            :gallery_per_person])
+        for name in rng.permutation(sorted(others))
+    ]
     return {
         "known": known,
         "strangers": strangers,
@@ -106,7 +98,51 @@ def _split_gallery(
         "probes": np.stack(probes),
         "probe_labels": np.array(probe_labels),
         "stranger_probes": np.stack(stranger_probes) if stranger_probes else None,
+        "distractors": distractors,
     }
+
+
+def _sized_gallery(split: dict[str, Any], size: int) -> dict[str, Any]:
+    """The first ``min(size, known)`` known people plus distractors up to ``size`` people."""
+    n_known = min(size, len(split["known"]))
+    n_distractors = size - n_known
+    if n_distractors > len(split["distractors"]):
+        raise InputError(
+            f"--gallery_sizes {size}: {len(split['known'])} known people and {len(split['distractors'])} people "
+            f"with too few images to be probed make at most {len(split['known']) + len(split['distractors'])}"
+        )
+    keep = split["gallery_labels"] < n_known
+    extra = split["distractors"][:n_distractors]
+    vectors = np.concatenate([split["gallery"][keep], *extra]) if extra else split["gallery"][keep]
+    labels = np.concatenate([split["gallery_labels"][keep],
+                             *[np.full(len(block), n_known + index) for index, block in enumerate(extra)]])
+    probes = split["probe_labels"] < n_known
+    return {"vectors": vectors, "labels": labels.astype(np.int64), "people": size,
+            "probes": split["probes"][probes], "probe_labels": split["probe_labels"][probes]}
+
+
+def _shipped(setup: Setup, model_path: Path, target_fpir: float) -> tuple[str | None, Any, str]:
+    """The decision the toolkit uses by default with this extractor (and model): its scorer,
+    its open-set calibration (or a fixed Decision for a model saved before them), and where it came from."""
+    backbone = backbone_calibrations(setup.extractor.manifest, model_path)
+    if setup.model is not None:
+        scorer = setup.model.default_scorer
+        calibration = setup.model.calibrations.get(scorer) or backbone.get(scorer)
+        if calibration is not None:
+            return scorer, calibration, "the model's default scorer and its open-set calibration"
+        return setup.model.decision.scorer, setup.model.decision, "the model's per-person decision (saved before calibrations)"
+    if backbone:
+        scorer = next(iter(backbone.values())).source.get("default_scorer", sorted(backbone)[0])
+        return scorer, backbone[scorer], "the backbone's calibration (evaluate.py calibrate)"
+    return None, None, "no calibration for this extractor: run evaluate.py calibrate, or pass --classification"
+
+
+def _operating_point(decision: Decision, scores: np.ndarray, true_class: np.ndarray, stranger_scores: np.ndarray
+                     ) -> dict[str, float]:
+    best, statistic = decision.statistic(scores)
+    stranger = decision.statistic(stranger_scores)[1]
+    fnir, fpir = open_set_rates_at(best == true_class, statistic, stranger, decision.threshold)
+    return {"threshold": decision.threshold, "fnir": fnir, "fpir": fpir}
 
 
 def folder_vectors(
@@ -140,7 +176,9 @@ def evaluate_identify(
     features: str | Path | None = None,
     min_images: int | None = None,
     stranger_share: float = 0.2,
-    target_far: float = 0.01,
+    target_fpir: float = DEFAULTS.target_fpir,
+    scorers: Sequence[str] | None = None,
+    gallery_sizes: Sequence[int] | None = None,
     max_probes_per_person: int = 10,
     euclidean_threshold: float | None = None,
     cosine_threshold: float | None = None,
@@ -152,14 +190,23 @@ def evaluate_identify(
     progress: bool = True,
     argv: Sequence[str] | None = None,
 ) -> Evaluation:
-    """Closed- and open-set identification on a folder of people.
+    """Closed- and open-set identification on a folder of people, per scorer.
 
     People with at least ``min_images`` usable images (default ``gallery_per_person + 1``)
     take part; ``stranger_share`` of them are held out as strangers (never enrolled).
     Each other person enrols ``gallery_per_person`` random images; their remaining images
     (at most ``max_probes_per_person``, 0 = all) are probes. Strangers' images (same cap)
-    are stranger probes. Per-person scores follow each method's rule (the model's for the
-    head, ``Rule()`` otherwise). Images without a usable face are left out.
+    are stranger probes. Images without a usable face are left out.
+
+    Each scorer reports rank-1/5, FNIR at FPIR 0.1%, 1% and 10% (NIST FRVT 1:N: the share of
+    known probes missed or misnamed when the threshold names that share of strangers) for the
+    margin rule the toolkit decides with (and the best score alone), and, where the scorer has a
+    calibration, what its gallery-aware threshold gives. ``shipped`` is the default decision
+    (the model's default scorer, else the backbone's calibration). ``gallery_sizes`` repeats the
+    open-set measures with galleries of those sizes: the known people plus *distractors* (people
+    of the folder with fewer than ``min_images`` images, enrolled with up to
+    ``gallery_per_person``), comparing the gallery-aware threshold with the one fixed for the
+    smallest size.
 
     Raises:
         InputError: too few people with enough images, or a bad option.
@@ -169,13 +216,19 @@ def evaluate_identify(
         raise InputError(f"--gallery_per_person must be at least 1, got {gallery_per_person}")
     if not 0.0 <= stranger_share < 1.0:
         raise InputError(f"--stranger_share must be in [0, 1), got {stranger_share}")
+    check_target_fpir(target_fpir)
     min_images = gallery_per_person + 1 if min_images is None else min_images
     if min_images <= gallery_per_person:
         raise InputError(
             f"--min_images ({min_images}) must exceed --gallery_per_person ({gallery_per_person}): "
             "every enrolled person needs a probe"
         )
+    if gallery_sizes and stranger_share == 0:
+        raise InputError("--gallery_sizes measures how many strangers are named: it needs --stranger_share above 0")
+    if gallery_sizes and min(gallery_sizes) < 1:
+        raise InputError(f"--gallery_sizes are numbers of people, at least 1; got {list(gallery_sizes)}")
     faces_path = Path(faces_path)
+    model_path = Path(model_path)
     face_options = face_options or FaceOptions()
     setup = set_up(model_path, classification, features, face_options)
     vectors_by_person, images = folder_vectors(faces_path, setup, no_face, face_choice, batch_size, progress)
@@ -189,12 +242,25 @@ def evaluate_identify(
     )
     n_known = len(split["known"])
     methods = build_methods(setup.model, euclidean_threshold, cosine_threshold)
+    if scorers:
+        unknown = sorted(set(scorers) - {method.name for method in methods})
+        if unknown:
+            raise InputError(f"--scorer {', '.join(unknown)}: not available here (the head needs --classification)")
+        methods = [method for method in methods if method.name in scorers]
+    shipped_scorer, shipped_calibration, shipped_from = _shipped(setup, model_path, target_fpir)
+    backbone = backbone_calibrations(setup.extractor.manifest, model_path)
+    calibrations = {**backbone, **(setup.model.calibrations if setup.model is not None else {})}
+    margin = shipped_calibration.margin if isinstance(shipped_calibration, OpenSetCalibration) else DEFAULTS.margin_weight
+    gallery_counts = np.bincount(split["gallery_labels"])
+    strangers = split["stranger_probes"]
 
     results: dict[str, Any] = {}
     curves: dict[str, dict[str, Any]] = {}
+    shipped: dict[str, Any] | None = None
     for method in methods:
+        rule = method.rule if method.name == "head" else (calibrations[method.name].rule if method.name in calibrations else Rule())
         known_scores = person_scores(
-            method.score_matrix(split["probes"], split["gallery"]), split["gallery_labels"], n_known, method.rule
+            method.score_matrix(split["probes"], split["gallery"]), split["gallery_labels"], n_known, rule
         )
         cmc = cmc_curve(known_scores, split["probe_labels"], CMC_MAX_RANK)
         entry: dict[str, Any] = {
@@ -204,36 +270,44 @@ def evaluate_identify(
             "no_face_share": images.counts()["no_face_share"],
         }
         curves[method.name] = {"cmc": cmc}
-        if split["stranger_probes"] is not None:
-            stranger_best = person_scores(
-                method.score_matrix(split["stranger_probes"], split["gallery"]),
-                split["gallery_labels"],
-                n_known,
-                method.rule,
-            ).max(axis=1)
-            dir_rate, far_threshold = open_set_rates(known_scores, split["probe_labels"], stranger_best, target_far)
-            best = np.argmax(known_scores, axis=1)
-            best_score = known_scores[np.arange(len(known_scores)), best]
+        if strangers is not None:
+            stranger_scores = person_scores(method.score_matrix(strangers, split["gallery"]), split["gallery_labels"],
+                                            n_known, rule)
+            decide = Decision(0.0, rule, margin=margin)
+            best, statistic = decide.statistic(known_scores)
             correct = best == split["probe_labels"]
-            entry.update(
-                {
-                    "dir_at_far": dir_rate,
-                    "threshold_at_far": far_threshold,
-                    "threshold": method.threshold,
-                    "stranger_rejection_at_threshold": None,
-                    "identified_at_threshold": None,
-                }
-            )
-            if method.threshold is not None:
-                entry["stranger_rejection_at_threshold"] = float(
-                    np.mean(~method.accepts(stranger_best))
-                )
-                entry["identified_at_threshold"] = float(
-                    np.mean(correct & method.accepts(best_score))
-                )
-            curves[method.name]["open_set"] = _open_set_curve(correct, best_score, stranger_best)
+            stranger_statistic = decide.statistic(stranger_scores)[1]
+            plain_best, plain = Decision(0.0, rule).statistic(known_scores)
+            plain_strangers = stranger_scores.max(axis=1)
+            entry["fnir_at_fpir"] = {str(point): fnir_at_fpir(correct, statistic, stranger_statistic, point)[0]
+                                     for point in FPIR_POINTS}
+            entry["fnir_at_fpir_best_score"] = {
+                str(point): fnir_at_fpir(plain_best == split["probe_labels"], plain, plain_strangers, point)[0]
+                for point in FPIR_POINTS}
+            dir_rate, far_threshold = open_set_rates(known_scores, split["probe_labels"], plain_strangers, target_fpir)
+            entry.update({"dir_at_far": dir_rate, "threshold_at_far": far_threshold, "threshold": method.threshold,
+                          "stranger_rejection_at_threshold": None, "identified_at_threshold": None})
+            if method.decision is not None:
+                point = _operating_point(method.decision, known_scores, split["probe_labels"], stranger_scores)
+                entry["stranger_rejection_at_threshold"] = 1.0 - point["fpir"]
+                entry["identified_at_threshold"] = 1.0 - point["fnir"]
+            calibration = calibrations.get(method.name)
+            if method.name == "head" and setup.model is not None and not setup.model.calibrations:
+                calibration = None
+            if calibration is not None:
+                decision = calibration.decision(gallery_counts, target_fpir)
+                entry["gallery_aware"] = _operating_point(decision, known_scores, split["probe_labels"], stranger_scores)
+            curves[method.name]["det"] = det_curve(correct, statistic, stranger_statistic)
+            if method.name == shipped_scorer and shipped_calibration is not None:
+                decision = (shipped_calibration.decision(gallery_counts, target_fpir)
+                            if isinstance(shipped_calibration, OpenSetCalibration) else shipped_calibration)
+                shipped = {"scorer": shipped_scorer, "target_fpir": target_fpir, "enrolled": n_known,
+                           "source": shipped_from, "threshold_source": decision.source, "margin": decision.margin,
+                           **_operating_point(decision, known_scores, split["probe_labels"], stranger_scores)}
+                curves[method.name]["shipped"] = (shipped["fpir"], shipped["fnir"])
         results[method.name] = entry
 
+    sized = _gallery_sizes(split, methods, calibrations, gallery_sizes, target_fpir, margin) if gallery_sizes else None
     summary = summary_head("identify", setup, model_path, classification, images)
     summary.update(
         {
@@ -247,14 +321,19 @@ def evaluate_identify(
             },
             "probes": {
                 "known": len(split["probes"]),
-                "strangers": 0 if split["stranger_probes"] is None else len(split["stranger_probes"]),
+                "strangers": 0 if strangers is None else len(strangers),
                 "gallery_vectors": len(split["gallery"]),
                 "max_per_person": max_probes_per_person,
             },
-            "target_far": target_far,
+            "target_fpir": target_fpir,
+            "target_far": target_fpir,
+            "margin_weight": margin,
             "no_face_policy": no_face,
             "face_choice": face_choice,
             "methods": results,
+            "shipped": shipped if shipped is not None else {"scorer": shipped_scorer, "threshold": None, "fnir": None,
+                                                            "fpir": None, "source": shipped_from},
+            "gallery_sizes": sized,
             "seconds": round(time.perf_counter() - started, 1),
         }
     )
@@ -273,7 +352,40 @@ def evaluate_identify(
             "no_face": no_face,
             "face_choice": face_choice,
             "seed": seed,
-            "target_far": target_far,
+            "target_fpir": target_fpir,
+            "gallery_sizes": list(gallery_sizes or []),
         },
     )
     return Evaluation(summary, curves, settings)
+
+
+def _gallery_sizes(split, methods, calibrations, sizes, target_fpir, margin) -> dict[str, Any]:
+    """Open-set results per gallery size: oracle FNIR at FPIR, and each calibrated scorer's
+    gallery-aware threshold against the threshold fixed for the smallest size."""
+    results: dict[str, Any] = {}
+    smallest = min(sizes)
+    for size in sorted(sizes):
+        gallery = _sized_gallery(split, size)
+        counts = np.bincount(gallery["labels"])
+        per_scorer: dict[str, Any] = {}
+        for method in methods:
+            calibration = calibrations.get(method.name)
+            rule = method.rule if method.name == "head" else (calibration.rule if calibration else Rule())
+            known = person_scores(method.score_matrix(gallery["probes"], gallery["vectors"]), gallery["labels"], size, rule)
+            strangers = person_scores(method.score_matrix(split["stranger_probes"], gallery["vectors"]),
+                                      gallery["labels"], size, rule)
+            decide = Decision(0.0, rule, margin=margin)
+            best, statistic = decide.statistic(known)
+            entry: dict[str, Any] = {"fnir_at_fpir": {
+                str(point): fnir_at_fpir(best == gallery["probe_labels"], statistic, decide.statistic(strangers)[1], point)[0]
+                for point in FPIR_POINTS}}
+            if calibration is not None:
+                aware = calibration.decision(counts, target_fpir)
+                fixed = replace(aware, threshold=calibration.threshold(
+                    np.bincount(_sized_gallery(split, smallest)["labels"]), target_fpir))
+                entry["gallery_aware"] = _operating_point(aware, known, gallery["probe_labels"], strangers)
+                entry[f"fixed_at_{smallest}"] = _operating_point(fixed, known, gallery["probe_labels"], strangers)
+            per_scorer[method.name] = entry
+        results[str(size)] = {"enrolled": size, "known_with_probes": min(size, len(split["known"])),
+                              "known_probes": len(gallery["probes"]), "methods": per_scorer}
+    return results

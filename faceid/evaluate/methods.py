@@ -12,7 +12,7 @@ from faceid.errors import InputError
 from faceid.match.decision import Decision
 from faceid.match.head import SimilarityHead, score_pairs
 from faceid.match.model import SimilarityModel
-from faceid.match.scoring import Rule, pairwise_scores
+from faceid.match.scoring import Rule, pairwise_scores, unit_vectors
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class Method:
         first = np.asarray(first, dtype=np.float32)
         second = np.asarray(second, dtype=np.float32)
         if self.kind == "cosine":
-            return np.sum(_unit(first) * _unit(second), axis=1).astype(np.float32)
+            return np.sum(unit_vectors(first) * unit_vectors(second), axis=1).astype(np.float32)
         if self.kind == "euclidean":
             return -np.linalg.norm(first - second, axis=1).astype(np.float32)
         if self.normalizer is not None:
@@ -56,23 +56,13 @@ class Method:
 
     def score_matrix(self, queries: np.ndarray, references: np.ndarray) -> np.ndarray:
         """Every query against every reference: ``(m, n) float32``."""
-        if self.kind == "cosine":
-            return (_unit(np.asarray(queries, np.float32)) @ _unit(np.asarray(references, np.float32)).T).astype(
-                np.float32
-            )
-        # Euclidean and head scores come from the one scoring implementation.
-        return pairwise_scores(queries, references, head=self.head, normalizer=self.normalizer)
+        return pairwise_scores(queries, references, head=self.head, normalizer=self.normalizer, scorer=self.kind)
 
     def accepts(self, scores: np.ndarray) -> np.ndarray:
         """The method's decision on per-person scores (it must have one)."""
         if self.decision is None:
             raise InputError(f"method {self.name} has no decision threshold")
         return self.decision.accepts(scores)
-
-
-def _unit(vectors: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return vectors / np.maximum(norms, 1e-12)
 
 
 def build_methods(

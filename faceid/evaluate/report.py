@@ -67,30 +67,17 @@ def result_table(evaluation: Evaluation) -> tuple[list[str], list[list[str]]]:
             for name, m in methods.items()
         ]
     elif summary["command"] == "identify":
-        far = summary["target_far"]
-        header = [
-            "method",
-            "rank-1",
-            "rank-5",
-            f"DIR @ {far:g} strangers accepted",
-            "threshold there",
-            "threshold",
-            "strangers rejected there",
-            "identified there",
-        ]
-        rows = [
-            [
-                name,
-                _percent(m["rank1"]),
-                _percent(m["rank5"]),
-                _percent(m.get("dir_at_far")),
-                _number(m.get("threshold_at_far")),
-                _number(m.get("threshold")),
-                _percent(m.get("stranger_rejection_at_threshold")),
-                _percent(m.get("identified_at_threshold")),
-            ]
-            for name, m in methods.items()
-        ]
+        points = ("0.001", "0.01", "0.1")
+        header = ["scorer", "rank-1", "rank-5", *[f"FNIR @ FPIR {float(p):.1%}" for p in points],
+                  f"gallery-aware threshold (FPIR {summary['target_fpir']:g})", "FNIR there", "FPIR there"]
+        rows = []
+        for name, m in methods.items():
+            aware = m.get("gallery_aware") or {}
+            rows.append([
+                name, _percent(m["rank1"]), _percent(m["rank5"]),
+                *[_percent((m.get("fnir_at_fpir") or {}).get(p)) for p in points],
+                _number(aware.get("threshold")), _percent(aware.get("fnir")), _percent(aware.get("fpir")),
+            ])
     else:
         header = ["method", f"{summary['way']}-way one-shot accuracy", "95% interval", "correct"]
         rows = [
@@ -112,6 +99,21 @@ def text_table(evaluation: Evaluation) -> str:
     return "\n".join(
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [header, *rows]
     )
+
+
+def open_set_table(results: dict[str, Any], target_fpir: float) -> str:
+    """``evaluate.py openset``: one row per scorer and gallery size."""
+    header = ["scorer@enrolled", "rank-1", "FNIR@FPIR1% best", "FNIR@FPIR1% margin",
+              f"gallery-aware (FPIR {target_fpir:g}) FNIR / FPIR", "per-person threshold FNIR / FPIR"]
+    rows = [header]
+    for key, r in results.items():
+        aware, fixed = r["calibrated"]["margin"], r["calibrated"]["per_person"]
+        rows.append([key, _percent(r["rank1"]), _percent(r["fnir_at_fpir"]["best"]["0.01"]),
+                     _percent(r["fnir_at_fpir"]["margin"]["0.01"]),
+                     f"{_percent(aware['fnir'])} / {_percent(aware['fpir'])}",
+                     f"{_percent(fixed['fnir'])} / {_percent(fixed['fpir'])}"])
+    widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
 
 
 def notes(evaluation: Evaluation) -> list[str]:
@@ -158,6 +160,33 @@ def notes(evaluation: Evaluation) -> list[str]:
             f"{people['min_images']} usable images left out. Probes: {probes['known']} of enrolled people, "
             f"{probes['strangers']} of strangers (at most {probes['max_per_person'] or 'all'} per person)."
         )
+        lines.append(
+            "FNIR: known people's probes missed or given another name; FPIR: strangers given any name (NIST FRVT 1:N). "
+            f"Decision statistic: best + {summary['margin_weight']:g} x (best - second best person); "
+            "'FNIR @ FPIR' sets the threshold on these strangers (the scorer's quality), the gallery-aware threshold "
+            "comes from the calibration alone (what a user gets)."
+        )
+        shipped = summary.get("shipped") or {}
+        if shipped.get("threshold") is not None:
+            lines.append(
+                f"Shipped default: {shipped['scorer']} ({shipped['source']}), threshold {shipped['threshold']:.4g} for "
+                f"{people['known']} people at FPIR {summary['target_fpir']:g}: FNIR {_percent(shipped['fnir'])}, "
+                f"FPIR {_percent(shipped['fpir'])}."
+            )
+        else:
+            lines.append(f"Shipped default: none ({shipped.get('source')}).")
+        for size, entry in (summary.get("gallery_sizes") or {}).items():
+            parts = []
+            for name, m in entry["methods"].items():
+                text = f"{name} FNIR@FPIR1% {_percent(m['fnir_at_fpir']['0.01'])}"
+                aware = m.get("gallery_aware")
+                fixed = next((value for key, value in m.items() if key.startswith("fixed_at_")), None)
+                if aware:
+                    text += f", gallery-aware FPIR {_percent(aware['fpir'])} FNIR {_percent(aware['fnir'])}"
+                if fixed:
+                    text += f", fixed threshold FPIR {_percent(fixed['fpir'])}"
+                parts.append(text)
+            lines.append(f"Gallery of {size} ({entry['known_with_probes']} with probes): " + "; ".join(parts) + ".")
     else:
         lines.append(
             f"{summary['trials']} trials over {summary['people']} people with 2+ images; chance is "
@@ -270,26 +299,27 @@ def render_plots(evaluation: Evaluation) -> dict[str, bytes]:
         axis.grid(True, alpha=0.3)
         axis.legend(loc="lower right", fontsize=8)
         plots["cmc.png"] = _png(figure)
-        if any("open_set" in curve for curve in curves.values()):
+        if any("det" in curve for curve in curves.values()):
             figure, axis = plt.subplots(figsize=(6.4, 4.2))
             for name, curve in curves.items():
-                false_alarm, identified = curve["open_set"]
-                axis.step(false_alarm, identified, where="post", color=METHOD_COLOURS.get(name), label=name)
-            axis.axvline(
-                summary["target_far"],
-                color="black",
-                linestyle="--",
-                linewidth=1,
-                label=f"{summary['target_far']:g} of strangers accepted",
-            )
+                if "det" not in curve:
+                    continue
+                fpir, fnir = curve["det"]
+                axis.step(fpir, fnir, where="post", color=METHOD_COLOURS.get(name), label=name)
+                if "shipped" in curve:
+                    axis.plot(*curve["shipped"], marker="*", markersize=12, color=METHOD_COLOURS.get(name),
+                              linestyle="none", label=f"{name}: shipped threshold")
+            axis.axvline(summary["target_fpir"], color="black", linestyle="--", linewidth=1,
+                         label=f"FPIR {summary['target_fpir']:g}")
             axis.set_xscale("log")
+            axis.set_yscale("log")
             axis.set_xlim(0.5 / max(summary["probes"]["strangers"], 1), 1.0)
-            axis.set_xlabel(f"share of strangers accepted ({summary['probes']['strangers']} stranger probes)")
-            axis.set_ylabel("share of enrolled people's probes identified")
-            axis.set_title("Open set: detection and identification rate")
+            axis.set_xlabel(f"FPIR: share of strangers named ({summary['probes']['strangers']} stranger probes)")
+            axis.set_ylabel("FNIR: share of known probes missed or misnamed")
+            axis.set_title(f"Open set DET: {summary['people']['known']} people enrolled")
             axis.grid(True, which="both", alpha=0.3)
-            axis.legend(loc="lower right", fontsize=8)
-            plots["open_set.png"] = _png(figure)
+            axis.legend(loc="upper right", fontsize=8)
+            plots["det.png"] = _png(figure)
     else:
         figure, axis = plt.subplots(figsize=(5.2, 3.6))
         names = list(curves)

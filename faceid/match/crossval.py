@@ -29,7 +29,7 @@ import numpy as np
 from faceid.errors import InputError
 from faceid.match.decision import Decision
 from faceid.match.metrics import fnir_at_fpir, open_set_rates
-from faceid.match.openset import calibrate_open_set
+from faceid.match.openset import OpenSetCalibration, calibrate_open_set
 from faceid.match.scoring import Rule, pairwise_scores, person_scores
 from faceid.settings import DEFAULTS
 
@@ -183,3 +183,54 @@ def _summarise(entry: dict[str, list], margin: float, rule: Rule) -> dict[str, A
         result["calibrated"][which] = {"fnir": missed / result["known_probes"],
                                        "fpir": named / result["stranger_probes"]}
     return result
+
+
+def calibrate_scorers(
+    vectors: np.ndarray,
+    labels: np.ndarray,
+    scorers: dict[str, dict[str, Any]],
+    *,
+    rule: Rule = Rule(),
+    target_fpir: float = DEFAULTS.target_fpir,
+    seed: int = DEFAULTS.seed,
+    source: dict[str, Any] | None = None,
+) -> tuple[dict[str, OpenSetCalibration], str, dict[str, Any]]:
+    """Open-set calibration of each scorer on people no user enrols, and which one wins there.
+
+    ``scorers`` as for :func:`cross_validate_open_set`. The winner has the lowest FNIR at
+    ``target_fpir`` (margin rule, oracle threshold) on two person-disjoint halves of the people,
+    each calibrated on the other. With too few people for halves holding known people and
+    strangers, the measure is each calibration's own leave-one-out miss rate at the
+    gallery-aware threshold for every person enrolled. The calibrations (on all the people)
+    record the winner in their ``source["default_scorer"]``.
+
+    Returns:
+        ``(calibrations, winner, report)``.
+    """
+    photos = rule.top_k if rule.name == "topk" else DEFAULTS.top_k
+    calibrations = {
+        name: calibrate_open_set(vectors, labels, options["scorer"], head=options.get("head"),
+                                 normalizer=options.get("normalizer"), rule=rule, photos=photos, seed=seed,
+                                 source=source)
+        for name, options in scorers.items()
+    }
+    key = str(target_fpir)
+    try:
+        trial = cross_validate_open_set(vectors, labels, scorers, folds=2, photos=photos, rule=rule,
+                                        target_fpir=target_fpir, seed=seed)
+        measured = {name: trial[f"{name}@known"] for name in scorers}
+        fnir = {name: result["fnir_at_fpir"]["margin"][key] if key in result["fnir_at_fpir"]["margin"]
+                else result["calibrated"]["margin"]["fnir"] for name, result in measured.items()}
+        how = f"FNIR at FPIR {target_fpir} (margin rule), 2 person-disjoint halves, each calibrated on the other"
+    except InputError as error:
+        logger.warning("too few people for the open-set trial (%s): choosing by the calibration's miss rate", error)
+        n_people = len(np.unique(labels))
+        measured = {}
+        fnir = {name: calibration.miss_rate(calibration.threshold(n_people, target_fpir))
+                for name, calibration in calibrations.items()}
+        how = f"leave-one-out miss rate at the FPIR {target_fpir} threshold for {n_people} people"
+    # Ties go to the head (it was trained for these people's kind of faces), then by name.
+    winner = min(fnir, key=lambda name: (fnir[name], name != "head", name))
+    calibrations = {name: replace(calibration, source={**calibration.source, "default_scorer": winner})
+                    for name, calibration in calibrations.items()}
+    return calibrations, winner, {"measure": how, "fnir": fnir, "winner": winner, "trial": measured}

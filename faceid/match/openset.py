@@ -6,9 +6,9 @@ with the number of people enrolled at a fixed threshold. An :class:`OpenSetCalib
 holds what is needed to pick the threshold for any gallery size:
 
 * for each calibration probe (a face of a held-out person, scored against every *other*
-  held-out person), its ``K`` highest per-person scores (``tails``) and how many people it
-  was compared with (``compared``): the probe's own distribution of scores against people
-  who are not it. Tails are kept for each number of enrolled photos per person
+  held-out person, ``compared`` of them), its per-person scores at fixed ranks (``ranks``:
+  every one of the first ``TAIL``, then log-spaced down to the last): the probe's own
+  distribution of scores against people who are not it. Tails are kept for each number of enrolled photos per person
   (1 .. ``photos``): the rule's score of a person with one photo is spread wider than the
   mean of three, and a calibration for the wrong count misses its target by a factor of two
   (README, "Open-set identification").
@@ -50,12 +50,13 @@ CALIBRATION_FILE = "calibration.npz"
 # What the toolkit ships: the metric scorers of each backbone it can calibrate here, measured on
 # LFW DevTrain (evaluate.py calibrate), one file per extractor fingerprint.
 PACKAGED_CALIBRATIONS = Path(__file__).with_name("calibrations")
-# Highest per-person scores kept per calibration probe: enough for every threshold a target
-# FPIR of 0.1% or more needs, down to a single enrolled person (1% of 950 people is rank 10).
-TAIL = 64
+# Ranks of a probe's per-person scores kept exactly (its most similar people, where every
+# threshold lies), and log-spaced ranks after them down to its least similar person.
+TAIL = 32
+SPARSE_RANKS = 24
 # Calibration probes scored against every other person (leave-one-out): thousands of
 # strangers and millions of impostor per-person scores in seconds for metric scorers.
-MAX_PROBES = 3000
+MAX_PROBES = 2000
 
 
 @dataclass(frozen=True)
@@ -65,9 +66,11 @@ class OpenSetCalibration:
     Attributes:
         scorer: the scorer the scores come from (:data:`faceid.match.scoring.SCORERS`).
         rule: the per-person rule (the decision built from this calibration uses it).
-        tails: ``(photos, P, K) float32``: for people enrolled with ``c + 1`` photos, each
-            probe's ``K`` best impostor per-person scores, descending, ``-inf`` padded.
-        compared: ``(P,) int``, people each probe was scored against.
+        tails: ``(photos, P, len(ranks)) float32``: for people enrolled with ``c + 1`` photos,
+            each probe's impostor per-person scores at ``ranks`` (descending).
+        ranks: ``(J,) int``, increasing ranks from 0 (the probe's most similar person) to
+            ``compared - 1``.
+        compared: people each probe was scored against.
         genuine: ``(photos, P) float32``: each probe's score for its own person enrolled with
             ``c + 1`` other photos (NaN where it has too few): what a known person scores.
         margin: the decision's margin weight (:meth:`Decision.statistic`).
@@ -77,7 +80,8 @@ class OpenSetCalibration:
     scorer: str
     rule: Rule
     tails: np.ndarray
-    compared: np.ndarray
+    ranks: np.ndarray
+    compared: int
     genuine: np.ndarray
     margin: float = DEFAULTS.margin_weight
     source: dict[str, Any] = field(default_factory=dict)
@@ -85,10 +89,10 @@ class OpenSetCalibration:
     def __post_init__(self) -> None:
         if self.scorer not in SCORERS:
             raise InputError(f"unknown scorer {self.scorer!r} in an open-set calibration")
-        if self.tails.ndim != 3 or self.tails.shape[1] == 0 or len(self.compared) != self.tails.shape[1]:
+        if self.tails.ndim != 3 or self.tails.shape[1] == 0 or self.tails.shape[2] != len(self.ranks):
             raise InputError("an open-set calibration needs at least one probe with its per-person scores")
-        if np.any(self.compared < 1):
-            raise InputError("every calibration probe must have been compared with at least one person")
+        if self.compared < 1 or self.ranks[0] != 0 or self.ranks[-1] != self.compared - 1 or np.any(np.diff(self.ranks) <= 0):
+            raise InputError("an open-set calibration's ranks must rise from 0 to the people compared - 1")
 
     @property
     def photos(self) -> int:
@@ -115,10 +119,23 @@ class OpenSetCalibration:
 
     def fpir_exact(self, threshold: float, gallery: int | np.ndarray) -> float:
         """Predicted FPIR of the best score alone (margin 0): mean over probes of
-        ``1 - prod_c (1 - s_pc(t))^n_c``, ``s_pc`` the share of people the probe scores ``>= t``."""
+        ``1 - prod_c (1 - s_pc(t))^n_c``, ``s_pc`` the share of people the probe scores ``>= t``
+        (read off its ranks, as :meth:`simulate` reads them)."""
         people = self.people_by_photos(gallery)
-        share = (self.tails >= np.float32(threshold)).sum(axis=2) / self.compared[None, :]
-        return float(np.mean(1.0 - np.prod(np.power(1.0 - share, people[:, None]), axis=0)))
+        survival = np.ones(self.tails.shape[1])
+        for photos, n in enumerate(people):
+            if n:
+                share = np.array([self._people_above(row, threshold) for row in self.tails[photos]]) / self.compared
+                survival *= np.power(1.0 - share, n)
+        return float(np.mean(1.0 - survival))
+
+    def _people_above(self, values: np.ndarray, threshold: float) -> float:
+        """How many people a probe with these rank scores scores ``>= threshold`` against."""
+        if threshold > values[0]:
+            return 0.0
+        if threshold <= values[-1]:
+            return float(self.compared)
+        return float(np.interp(threshold, values[::-1], self.ranks[::-1].astype(np.float64)) + 0.5)
 
     def simulate(self, gallery: int | np.ndarray, replicates: int = DEFAULTS.calibration_replicates,
                  seed: int = DEFAULTS.seed) -> np.ndarray:
@@ -126,24 +143,22 @@ class OpenSetCalibration:
 
         For each probe, photo count ``c`` and replicate, the two best of ``n_c`` draws from the
         probe's scores are order statistics of uniforms, ``u1 = 1 - U^(1/n)`` and
-        ``u2 = u1 + (1 - u1)(1 - V^(1/(n-1)))``, read off the probe's tail at rank ``u * compared``
-        (interpolated; ranks past the kept tail read its last score, which over-states them).
-        The two best over all counts give the statistic.
+        ``u2 = u1 + (1 - u1)(1 - V^(1/(n-1)))``, read off the probe's ranks at ``u * compared``
+        (interpolated). The two best over all counts give the statistic.
         """
         people = self.people_by_photos(gallery)
         rng = np.random.default_rng(seed)
-        n_probes, kept = self.tails.shape[1], self.tails.shape[2]
-        compared = self.compared[:, None].astype(np.float64)
+        n_probes = self.tails.shape[1]
         candidates = []
         for photos, n in enumerate(people):
             if n == 0:
                 continue
-            first = 1.0 - rng.random((n_probes, replicates)) ** (1.0 / n)
-            candidates.append(self._read(photos, first * compared, kept))
+            first = (1.0 - rng.random((n_probes, replicates)) ** (1.0 / n)) * self.compared
+            candidates.append(self._read(photos, first))
             if n >= 2:
-                second = first + (1.0 - first) * (1.0 - rng.random((n_probes, replicates)) ** (1.0 / (n - 1)))
+                second = first + (self.compared - first) * (1.0 - rng.random((n_probes, replicates)) ** (1.0 / (n - 1)))
                 # The best two are two people: the second is read at least one person further down.
-                candidates.append(self._read(photos, np.maximum(second * compared, np.maximum(first * compared, 0.5) + 1.0), kept))
+                candidates.append(self._read(photos, np.maximum(second, np.maximum(first, 0.5) + 1.0)))
         values = np.stack(candidates, axis=-1)
         ordered = -np.sort(-values, axis=-1)
         best = ordered[..., 0]
@@ -152,18 +167,19 @@ class OpenSetCalibration:
         statistic = best + np.float32(self.margin) * (best - ordered[..., 1])
         return statistic.ravel().astype(np.float32)
 
-    def _read(self, photos: int, rank: np.ndarray, kept: int) -> np.ndarray:
-        """The probe's score at continuous ``rank (P, R)`` (0 = its best person), interpolated
-        between its kept scores; a rank before its best reads its best (no extrapolation: the
-        realised FPIR of a gallery of 1,000 measured within 25% of the target, README)."""
+    def _read(self, photos: int, rank: np.ndarray) -> np.ndarray:
+        """The probe's score at continuous ``rank (P, R)`` (people expected above it), interpolated
+        between its kept ranks; a rank before its best reads its best (no extrapolation: the
+        realised FPIR of a gallery of 1,000 measured within a factor of 2 of the target, README)."""
         tails = self.tails[photos]
-        usable = np.minimum(self.compared, kept)[:, None] - 1
-        position = np.clip(rank - 0.5, 0.0, usable.astype(np.float64))
-        low = np.floor(position).astype(np.int64)
-        high = np.minimum(low + 1, usable)
-        fraction = (position - low).astype(np.float32)
+        ranks = self.ranks.astype(np.float64)
+        position = np.clip(rank - 0.5, 0.0, ranks[-1])
+        if len(ranks) == 1:
+            return np.broadcast_to(tails[:, :1], rank.shape).astype(np.float32)
+        segment = np.clip(np.searchsorted(ranks, position, side="right") - 1, 0, len(ranks) - 2)
+        fraction = ((position - ranks[segment]) / (ranks[segment + 1] - ranks[segment])).astype(np.float32)
         rows = np.arange(tails.shape[0])[:, None]
-        lower, upper = tails[rows, low], tails[rows, high]
+        lower, upper = tails[rows, segment], tails[rows, segment + 1]
         return lower + fraction * (upper - lower)
 
     def threshold(self, gallery: int | np.ndarray, target_fpir: float) -> float:
@@ -195,8 +211,10 @@ class OpenSetCalibration:
         meta = {"format": CALIBRATION_FORMAT, "scorer": self.scorer, "rule": asdict(self.rule),
                 "margin": self.margin, "source": self.source}
         return {
-            f"{prefix}tails": self.tails.astype(np.float32), f"{prefix}compared": self.compared.astype(np.int64),
-            f"{prefix}genuine": self.genuine.astype(np.float32), f"{prefix}meta": np.array(json.dumps(meta)),
+            # Half precision on disk (the shipped files stay small): 5e-4 at a cosine of 0.9.
+            f"{prefix}tails": self.tails.astype(np.float16), f"{prefix}ranks": self.ranks.astype(np.int64),
+            f"{prefix}compared": np.array(self.compared, dtype=np.int64),
+            f"{prefix}genuine": self.genuine.astype(np.float16), f"{prefix}meta": np.array(json.dumps(meta)),
         }
 
     @classmethod
@@ -207,7 +225,7 @@ class OpenSetCalibration:
                 raise ValueError(f"format {meta.get('format')!r}")
             return cls(
                 scorer=meta["scorer"], rule=Rule(**meta["rule"]), tails=np.asarray(arrays[f"{prefix}tails"], np.float32),
-                compared=np.asarray(arrays[f"{prefix}compared"], np.int64),
+                ranks=np.asarray(arrays[f"{prefix}ranks"], np.int64), compared=int(arrays[f"{prefix}compared"]),
                 genuine=np.asarray(arrays[f"{prefix}genuine"], np.float32), margin=float(meta["margin"]),
                 source=dict(meta.get("source", {})),
             )
@@ -265,6 +283,15 @@ def backbone_calibrations(extractor_manifest: dict[str, Any], extractor_dir: str
     return {}
 
 
+def kept_ranks(compared: int) -> np.ndarray:
+    """Ranks kept per probe: the first :data:`TAIL`, then :data:`SPARSE_RANKS` log-spaced to the last."""
+    dense = np.arange(min(TAIL, compared))
+    if compared <= TAIL:
+        return dense
+    sparse = np.unique(np.round(np.geomspace(TAIL, compared - 1, SPARSE_RANKS)).astype(np.int64))
+    return np.concatenate([dense, sparse[sparse >= TAIL]])
+
+
 def calibrate_open_set(
     vectors: np.ndarray,
     labels: np.ndarray,
@@ -305,7 +332,8 @@ def calibrate_open_set(
     for person in range(len(people)):
         rows = np.flatnonzero(dense == person)
         place[rng.permutation(rows)] = np.arange(len(rows))
-    tails = np.full((photos, len(probes), TAIL), -np.inf, dtype=np.float32)
+    ranks = kept_ranks(len(people) - 1)
+    tails = np.empty((photos, len(probes), len(ranks)), dtype=np.float32)
     genuine = np.full((photos, len(probes)), np.nan, dtype=np.float32)
     everyone = np.arange(len(vectors))
     for start in range(0, len(probes), 256):
@@ -318,13 +346,14 @@ def calibrate_open_set(
         own_place = place[None, :] - (own & (place[None, :] > place[chunk][:, None]))
         for c in range(photos):
             impostor = person_scores(pair, dense, len(people), rule, exclude=own | (place[None, :] > c))
-            ranked = -np.sort(-impostor, axis=1)[:, :TAIL]
-            tails[c, rows, : ranked.shape[1]] = ranked
+            # Every other person is compared (own person's column is -inf, sorted last and dropped).
+            ranked = -np.sort(-impostor, axis=1)[:, : len(people) - 1]
+            tails[c, rows] = ranked[:, ranks]
             mated = person_scores(pair, dense, len(people), rule, exclude=~own | itself | (own_place > c))
             mine = mated[np.arange(len(chunk)), dense[chunk]]
             genuine[c, rows] = np.where(np.isfinite(mine), mine, np.nan)
     return OpenSetCalibration(
-        scorer=scorer, rule=rule, tails=tails, compared=np.full(len(probes), len(people) - 1, dtype=np.int64),
+        scorer=scorer, rule=rule, tails=tails, ranks=ranks, compared=len(people) - 1,
         genuine=genuine, margin=float(margin),
         source={**(source or {}), "people": int(len(people)), "vectors": int(len(vectors)), "probes": int(len(probes))},
     )

@@ -23,8 +23,9 @@ from faceid.features.stats import FeatureStats
 from faceid.match.decision import Decision
 from faceid.match.head import HeadArchitecture, SimilarityHead
 from faceid.match.metrics import accuracy_at, best_accuracy_threshold, roc_auc, threshold_at_far
+from faceid.match.crossval import calibrate_scorers
 from faceid.match.model import SimilarityModel
-from faceid.match.scoring import Rule, pairwise_scores, person_scores
+from faceid.match.scoring import SCORERS, Rule, pairwise_scores, person_scores
 from faceid.settings import DEFAULTS
 from faceid.train.head import train_head
 from faceid.train.pairs import PairSet, pair_features, sample_pairs
@@ -43,6 +44,7 @@ class TrainOptions:
     max_positive_per_person: int | None = DEFAULTS.max_positive_per_person
     val_people: float = DEFAULTS.val_people
     target_far: float = DEFAULTS.target_far
+    target_fpir: float = DEFAULTS.target_fpir
     normalize: bool = False
     learning_rate: float = DEFAULTS.learning_rate
     batch_size: int = DEFAULTS.train_batch_size
@@ -176,10 +178,16 @@ def train_similarity(
     head_calibration = calibrate(vectors[val_rows], labels[val_rows], head, normalizer, options.rule, options.target_far, options.seed)
     euclid_calibration = calibrate(vectors[val_rows], labels[val_rows], None, None, options.rule, options.target_far, options.seed)
 
+    scorers = {name: {"scorer": name, "head": head, "normalizer": normalizer if name == "head" else None}
+               for name in SCORERS}
+    calibrations, winner, open_set = calibrate_scorers(
+        vectors[val_rows], labels[val_rows], scorers, rule=options.rule, target_fpir=options.target_fpir,
+        seed=options.seed, source={"extractor_fingerprint": cache.fingerprint, "measured_on": "train.py held-out people"},
+    )
     model = SimilarityModel(
         head=head, normalizer=normalizer,
         decision=Decision.calibrated(head_calibration["threshold"], options.rule, options.target_far),
-        extractor=cache.manifest["extractor"],
+        extractor=cache.manifest["extractor"], calibrations=calibrations, default_scorer=winner,
     )
     report = {
         "val_auc": roc_auc(head_val, is_same),
@@ -192,6 +200,9 @@ def train_similarity(
         "threshold": head_calibration["threshold"],
         "target_far": options.target_far,
         "calibration": {"head": head_calibration, "euclidean": euclid_calibration},
+        "open_set": open_set,
+        "default_scorer": winner,
+        "target_fpir": options.target_fpir,
         "rule": asdict(options.rule),
         "normalize": options.normalize,
         "people": {"train": int(len(np.unique(labels[train_rows]))), "val": int(len(np.unique(labels[val_rows])))},
