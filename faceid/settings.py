@@ -113,10 +113,10 @@ class Settings:
     # number of people enrolled: the threshold is derived for the gallery at load time
     # (faceid/match/openset.py). 0.01: one stranger face in a hundred is named.
     target_fpir: float = 0.01
-    # The open-set statistic is best + margin_weight * (best - second best person). Measured on
-    # LFW DevTrain (5 person-disjoint folds, 3 photos each, FNIR at FPIR 1%): cosine 8.2% -> 6.9%
-    # with 100 enrolled and 26.6% -> 16.3% with 1,000; Euclidean 11.7% -> 7.1%, 38.1% -> 19.2%.
-    margin_weight: float = 1.0
+    # The open-set statistic is best + w * (best - second best person); the calibration picks w
+    # for each gallery among these, by the FNIR it predicts at the target FPIR (a second person
+    # tells a lot among 1,000 people, little among 2). README: measured per gallery size.
+    margin_weights: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0)
     # Simulated galleries per calibration stranger when deriving a gallery's threshold.
     calibration_replicates: int = 16
     # Per-person score = mean of the k best head scores over that person's vectors:

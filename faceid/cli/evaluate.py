@@ -197,7 +197,7 @@ def run_open_set(args: argparse.Namespace) -> int:
                                           photos=args.photos, target_fpir=args.target_fpir, seed=args.seed,
                                           progress=not args.quiet)
         result = {"command": "openset", "features": str(args.features), "folds": args.folds,
-                  "photos": args.photos, "target_fpir": args.target_fpir, "margin_weight": DEFAULTS.margin_weight,
+                  "photos": args.photos, "target_fpir": args.target_fpir, "margin_weights": list(DEFAULTS.margin_weights),
                   "results": results}
         print(open_set_table(results, args.target_fpir))
     if args.json:

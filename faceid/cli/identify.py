@@ -2,6 +2,7 @@
 
 Usage:
     python test.py --features features/ --model models/extractor --classification models/similarity
+    python test.py --features features/ --model models/extractor --scorer euclidean   # no head needed
     python test.py --video_path clip.mp4 --output annotated.mp4 --jsonl faces.jsonl --no_display
     python test.py --images photos/ --output annotated/
 
@@ -22,13 +23,15 @@ from faceid.apps.live import LiveOptions, run_live
 from faceid.backbones import RUNTIMES, load_extractor
 from faceid.cli import add_detection_options, add_verbosity, run_reporting_errors, setup_logging
 from faceid.detect.faces import FaceOptions, live_upsample
-from faceid.errors import ManifestMismatchError
-from faceid.features.cache import FeatureCache
+from faceid.errors import InputError, ManifestMismatchError
+from faceid.features.cache import FeatureCache, describe_extractor
 from faceid.features.embedding import FaceEmbedder
 from faceid.io.display import display_available
 from faceid.io.video import frame_source
+from faceid.match.gallery import Gallery
 from faceid.match.model import SimilarityModel
-from faceid.match.scoring import RULES
+from faceid.match.openset import backbone_calibrations
+from faceid.match.scoring import METRIC_SCORERS, RULES, SCORERS, Rule
 from faceid.settings import DEFAULTS
 
 
@@ -38,8 +41,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="feature cache of the enrolled people (extract_features.py)")
     parser.add_argument("--model", "--model_path", dest="model", type=Path, default=Path(DEFAULTS.extractor_path),
                         help="extractor directory from network.py (the one the cache and head were made with)")
-    parser.add_argument("--classification", type=Path, default=Path(DEFAULTS.similarity_path),
-                        help="similarity model from train.py (trained on this extractor's features)")
+    parser.add_argument("--classification", type=Path,
+                        help="similarity model from train.py (trained on this extractor's features); default "
+                             f"{DEFAULTS.similarity_path} when it exists, else the backbone alone with its metric calibration")
+    parser.add_argument("--scorer", choices=SCORERS,
+                        help="how faces are compared: head (the trained similarity head), euclidean or cosine (the "
+                             "backbone alone, no training needed); default: the one train.py measured best, else the "
+                             "backbone calibration's")
+    parser.add_argument("--target_fpir", type=float, default=DEFAULTS.target_fpir,
+                        help="share of strangers that may be given a name, whatever the number enrolled (the "
+                             "threshold is derived for the people enrolled); lower = fewer wrong names, more unknowns")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--camera", type=int, default=0,
                         help="webcam number (the default source); try 1, 2 for other cameras")
@@ -54,8 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--top_k", type=int, help="topk rule: mean of a person's k best matches (default: the model's, "
                         f"normally {DEFAULTS.top_k}); larger is steadier, needs more photos per person")
     parser.add_argument("--threshold", type=float,
-                        help="accept a person at this score (default: the calibrated one); "
-                        "raise it for fewer wrong names, lower it for fewer unknowns")
+                        help="accept a person when the decision score (shown on screen and in --jsonl) reaches this; "
+                        "overrides the one derived from --target_fpir")
     parser.add_argument("--vote_score", type=float, help=f"vote rule: a photo votes when it scores this much "
                         f"(default: the model's, normally {DEFAULTS.vote_score})")
     parser.add_argument("--vote_share", type=float, help=f"vote rule: share of a person's photos that must vote "
@@ -100,6 +111,62 @@ def live_options(args: argparse.Namespace) -> LiveOptions:
                        min_evidence=args.min_evidence, switch_margin=args.switch_margin)
 
 
+def build_gallery(args: argparse.Namespace, extractor, cache: FeatureCache):
+    """The fitted gallery test.py identifies with: the model's (or the backbone's) scorer and
+    calibration, the threshold derived for the people enrolled, and what the user overrode."""
+    classification = args.classification
+    # A metric scorer asked for without a model means the backbone alone, even if a default model exists.
+    if classification is None and Path(DEFAULTS.similarity_path, "head.json").is_file() and args.scorer not in METRIC_SCORERS:
+        classification = Path(DEFAULTS.similarity_path)
+    if classification is None and args.scorer == "head":
+        raise InputError(f"--scorer head needs a similarity model: train one with train.py and pass --classification DIR "
+                         f"(none at {DEFAULTS.similarity_path}), or choose --scorer euclidean or cosine")
+    backbone = backbone_calibrations(extractor.manifest, args.model)
+    vectors, labels, names = cache.matrix(min_images=1)
+    if classification is None:
+        if args.normalize:
+            raise InputError("--normalize 1 applies to a similarity head: without --classification there is none")
+        scorer = args.scorer or (next(iter(backbone.values())).source.get("default_scorer") if backbone else None)
+        if scorer is None:
+            raise InputError(
+                f"no similarity model and no metric calibration for extractor {args.model} "
+                f"({describe_extractor(extractor.manifest)}): pass --classification DIR (train.py), calibrate the "
+                f"backbone with evaluate.py calibrate --features CACHE --model_path {args.model}, or give "
+                "--scorer euclidean --threshold T")
+        base = backbone[scorer].rule if scorer in backbone else Rule()
+        rule = _rule(args, base)
+        if scorer in backbone:
+            gallery = Gallery(calibration=backbone[scorer], target_fpir=args.target_fpir, threshold=args.threshold,
+                              rule=None if rule == base else rule, shortlist=args.shortlist or None)
+        elif args.threshold is not None:
+            gallery = Gallery(rule=rule, threshold=args.threshold, scorer=scorer, shortlist=args.shortlist or None)
+        else:
+            raise InputError(f"no {scorer} calibration for extractor {args.model}: calibrate it with evaluate.py "
+                             f"calibrate --features CACHE --model_path {args.model}, or pass --threshold T")
+        return gallery.fit(vectors, np.array(names)[labels])
+    model = SimilarityModel.load(classification)
+    model.check_extractor(extractor.manifest, f"extractor {args.model}")
+    trained_with = int(model.normalizer is not None)
+    if args.normalize is not None and args.normalize != trained_with:
+        raise ManifestMismatchError(
+            f"--normalize {args.normalize} contradicts {classification}, whose head was trained with "
+            f"--normalize {trained_with}: the head only works on features normalised the way it was trained; "
+            f"leave --normalize out, or train a head with train.py --normalize {args.normalize}")
+    scorer = args.scorer or model.default_scorer
+    calibration = model.calibrations.get(scorer) or backbone.get(scorer)
+    base = calibration.rule if calibration is not None else model.rule
+    rule = _rule(args, base)
+    gallery = model.gallery(None if rule == base else rule, args.threshold, shortlist=args.shortlist or None,
+                            scorer=scorer, target_fpir=args.target_fpir, fallback=backbone)
+    return gallery.fit(vectors, np.array(names)[labels])
+
+
+def _rule(args: argparse.Namespace, base: Rule) -> Rule:
+    """The calibrated rule with what the user changed (the threshold was calibrated for ``base``)."""
+    overrides = {"name": args.rule, "top_k": args.top_k, "vote_score": args.vote_score, "vote_share": args.vote_share}
+    return dataclasses.replace(base, **{key: value for key, value in overrides.items() if value is not None})
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -111,20 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         source = frame_source(camera=args.camera, video_path=args.video_path, images=args.images)
         extractor = load_extractor(args.model, args.runtime)
         cache = FeatureCache.load(args.features, extractor.manifest)
-        model = SimilarityModel.load(args.classification)
-        model.check_extractor(extractor.manifest, f"extractor {args.model}")
-        trained_with = int(model.normalizer is not None)
-        if args.normalize is not None and args.normalize != trained_with:
-            raise ManifestMismatchError(
-                f"--normalize {args.normalize} contradicts {args.classification}, whose head was trained with "
-                f"--normalize {trained_with}: the head only works on features normalised the way it was trained; "
-                f"leave --normalize out, or train a head with train.py --normalize {args.normalize}")
-        # The model's rule is what its threshold was calibrated for: change only what the user asked.
-        overrides = {"name": args.rule, "top_k": args.top_k,
-                     "vote_score": args.vote_score, "vote_share": args.vote_share}
-        rule = dataclasses.replace(model.rule, **{key: value for key, value in overrides.items() if value is not None})
-        vectors, labels, names = cache.matrix(min_images=1)
-        gallery = model.gallery(rule, args.threshold, shortlist=args.shortlist or None).fit(vectors, np.array(names)[labels])
+        gallery = build_gallery(args, extractor, cache)
+        print(gallery.decision_.describe(), flush=True)
         summary = run_live(
             source, FaceEmbedder(extractor, FaceOptions(upsample=live_upsample(args.detector) if args.upsample is None else args.upsample,
                                                  detector=args.detector)), gallery,

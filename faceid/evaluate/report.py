@@ -103,14 +103,17 @@ def text_table(evaluation: Evaluation) -> str:
 
 def open_set_table(results: dict[str, Any], target_fpir: float) -> str:
     """``evaluate.py openset``: one row per scorer and gallery size."""
-    header = ["scorer@enrolled", "rank-1", "FNIR@FPIR1% best", "FNIR@FPIR1% margin",
-              f"gallery-aware (FPIR {target_fpir:g}) FNIR / FPIR", "per-person threshold FNIR / FPIR"]
+    weights = list(next(iter(results.values()))["fnir_at_fpir"])
+    header = ["scorer@enrolled", "rank-1", *[f"FNIR@FPIR1% {w}" for w in weights],
+              f"gallery-aware (FPIR {target_fpir:g}) FNIR / FPIR [w]", "best alone FNIR / FPIR",
+              "per-person threshold FNIR / FPIR"]
     rows = [header]
     for key, r in results.items():
-        aware, fixed = r["calibrated"]["margin"], r["calibrated"]["per_person"]
-        rows.append([key, _percent(r["rank1"]), _percent(r["fnir_at_fpir"]["best"]["0.01"]),
-                     _percent(r["fnir_at_fpir"]["margin"]["0.01"]),
-                     f"{_percent(aware['fnir'])} / {_percent(aware['fpir'])}",
+        chosen, best, fixed = (r["calibrated"][name] for name in ("chosen", "best", "per_person"))
+        rows.append([key, _percent(r["rank1"]), *[_percent(r["fnir_at_fpir"][w]["0.01"]) for w in weights],
+                     f"{_percent(chosen['fnir'])} / {_percent(chosen['fpir'])} "
+                     f"[{','.join(f'{m:g}' for m in chosen['margins'])}]",
+                     f"{_percent(best['fnir'])} / {_percent(best['fpir'])}",
                      f"{_percent(fixed['fnir'])} / {_percent(fixed['fpir'])}"])
     widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)

@@ -4,17 +4,20 @@ the scorers and the gallery-aware threshold do on people no calibration saw.
 :func:`cross_validate_open_set` cuts the people into folds. For each fold:
 
 * **calibration**: every other fold's people (:func:`faceid.match.openset.calibrate_open_set`);
-* **known people**: the fold's people with more than ``photos`` vectors: ``photos`` random
-  ones enrolled, the rest (at most ``probes_per_person``) are probes;
-* **strangers**: the fold's other people (at most ``probes_per_person`` probes each), never enrolled;
+* **strangers**: half of the fold's people, those with too few vectors to be known first (at
+  most ``probes_per_person`` probes each), never enrolled;
+* **known people**: the other half's people with more than ``photos`` vectors: ``photos``
+  random ones enrolled, the rest (at most ``probes_per_person``) are probes;
 * **gallery of N people**: the known people plus *distractors*, other folds' people enrolled
   with up to ``photos`` vectors, to reach ``N`` (a synthetic gallery: the distractors bring no
   probes, they only give strangers and known probes more people to be mistaken for).
 
 Probes of every fold are pooled per (scorer, N) and reported as FNIR (known probes missed or
-misnamed) at FPIR (strangers named) for the best-score rule and the margin rule, at an oracle
-threshold (the strangers' own quantile: the rule's quality) and at the calibrated gallery-aware
-and per-person thresholds (what a user gets). train.py runs it on its held-out people to pick
+misnamed) at FPIR (strangers named) for each margin weight of the statistic
+``best + w * (best - second)`` at an oracle threshold (the strangers' own quantile: the rule's
+quality), and at calibrated thresholds (what a user gets): the gallery-aware decision (its
+margin weight chosen by the calibration), the gallery-aware threshold of the best score alone,
+and the per-person threshold (strangers against one person). train.py runs it on its held-out people to pick
 the default scorer; ``evaluate.py openset`` on a whole feature cache.
 """
 
@@ -36,23 +39,25 @@ from faceid.settings import DEFAULTS
 logger = logging.getLogger(__name__)
 
 FPIR_POINTS = (0.001, 0.01, 0.1)
-# The decision rules compared: the best per-person score alone, and best + w * (best - second).
-RULES = ("best", "margin")
 
 
 def _fold_split(labels: np.ndarray, folds: np.ndarray, fold: int, photos: int, probes: int, rng: np.random.Generator):
     people = np.unique(labels)
-    in_fold = people[folds == fold]
+    in_fold = rng.permutation(people[folds == fold])
     counts = np.bincount(np.searchsorted(people, labels), minlength=len(people))
-    known = in_fold[counts[np.searchsorted(people, in_fold)] > photos]
-    strangers = np.setdiff1d(in_fold, known)
+    # Strangers: half the fold, people with too few images to be known first.
+    few = counts[np.searchsorted(people, in_fold)] <= photos
+    ordered = np.concatenate([in_fold[few], in_fold[~few]])
+    strangers = np.sort(ordered[: len(in_fold) // 2])
+    rest = ordered[len(in_fold) // 2 :]
+    known = rest[counts[np.searchsorted(people, rest)] > photos]
     enrolled, probe_rows, probe_people, stranger_rows = [], [], [], []
     for person in known:
         rows = rng.permutation(np.flatnonzero(labels == person))
         enrolled += list(rows[:photos])
-        rest = rows[photos : photos + probes] if probes else rows[photos:]
-        probe_rows += list(rest)
-        probe_people += [person] * len(rest)
+        chosen = rows[photos : photos + probes] if probes else rows[photos:]
+        probe_rows += list(chosen)
+        probe_people += [person] * len(chosen)
     for person in strangers:
         rows = rng.permutation(np.flatnonzero(labels == person))
         stranger_rows += list(rows[:probes] if probes else rows)
@@ -69,7 +74,6 @@ def cross_validate_open_set(
     photos: int = DEFAULTS.top_k,
     probes_per_person: int = 10,
     target_fpir: float = DEFAULTS.target_fpir,
-    margin: float = DEFAULTS.margin_weight,
     rule: Rule = Rule(),
     seed: int = DEFAULTS.seed,
     progress: bool = False,
@@ -82,9 +86,10 @@ def cross_validate_open_set(
             of :func:`faceid.match.scoring.pairwise_scores`).
 
     Returns:
-        ``{"<scorer>@<N>": {...}}`` with rank-1, ``fnir_at_fpir`` per rule at :data:`FPIR_POINTS`,
-        and ``calibrated`` results (FNIR/FPIR at the gallery-aware threshold per rule, and at
-        the per-person threshold of one enrolled person), plus the probe counts.
+        ``{"<scorer>@<N>": {...}}`` with rank-1, ``fnir_at_fpir`` per margin weight (``"w=0"`` ...)
+        at :data:`FPIR_POINTS`, and ``calibrated`` results (FNIR/FPIR of the gallery-aware decision,
+        ``chosen``, with the weights it chose per fold; of the best score alone, ``best``; and of the
+        per-person threshold, ``per_person``), plus the probe counts.
 
     Raises:
         InputError: too few people for the folds or a gallery size.
@@ -111,7 +116,7 @@ def cross_validate_open_set(
         for name, options in scorers.items():
             calibration = calibrate_open_set(vectors[other_rows], labels[other_rows], options["scorer"],
                                               head=options.get("head"), normalizer=options.get("normalizer"),
-                                              rule=rule, photos=photos, margin=margin, seed=seed + fold)
+                                              rule=rule, photos=photos, seed=seed + fold)
             best_only = replace(calibration, margin=0.0)
             for size in gallery_sizes:
                 n_known = len(known) if size is None else min(size, len(known))
@@ -140,48 +145,50 @@ def cross_validate_open_set(
                 entry["true"].append(np.searchsorted(gallery_people, probe_people[probes]))
                 entry["strangers"].append(scores(stranger_rows))
                 entry["enrolled"].append(len(gallery_people))
+                chosen = calibration.decision(counts, target_fpir)
                 entry["thresholds"].append({
-                    "margin": calibration.threshold(counts, target_fpir),
-                    "best": best_only.threshold(counts, target_fpir),
-                    "per_person": best_only.threshold(np.array([photos]), target_fpir),
+                    "chosen": (chosen.threshold, chosen.margin),
+                    "best": (best_only.threshold(counts, target_fpir), 0.0),
+                    "per_person": (best_only.threshold(np.array([photos]), target_fpir), 0.0),
                 })
         if progress:
             logger.info("open-set fold %d/%d done", fold + 1, folds)
-    return {f"{name}@{'known' if size is None else size}": _summarise(entry, margin, rule)
+    return {f"{name}@{'known' if size is None else size}": _summarise(entry, rule)
             for (name, size), entry in pooled.items()}
 
 
-def _summarise(entry: dict[str, list], margin: float, rule: Rule) -> dict[str, Any]:
-    decisions = {"best": Decision(0.0, rule), "margin": Decision(0.0, rule, margin=margin)}
-    correct, known_stat, stranger_stat = {}, {}, {}
-    for name, decision in decisions.items():
-        hits, known, strangers = [], [], []
-        for known_scores, true, stranger_scores in zip(entry["known"], entry["true"], entry["strangers"]):
-            best, statistic = decision.statistic(known_scores)
-            hits.append(best == true)
-            known.append(statistic)
-            strangers.append(decision.statistic(stranger_scores)[1])
-        correct[name], known_stat[name], stranger_stat[name] = hits, known, strangers
+def _rates(entry: dict[str, list], fold: int, rule: Rule, margin: float):
+    decision = Decision(0.0, rule, margin=margin)
+    best, known = decision.statistic(entry["known"][fold])
+    return best == entry["true"][fold], known, decision.statistic(entry["strangers"][fold])[1]
+
+
+def _summarise(entry: dict[str, list], rule: Rule) -> dict[str, Any]:
+    folds = range(len(entry["known"]))
+    plain = [_rates(entry, fold, rule, 0.0) for fold in folds]
     result: dict[str, Any] = {
-        "rank1": float(np.mean(np.concatenate(correct["best"]))),
+        "rank1": float(np.mean(np.concatenate([correct for correct, _, _ in plain]))),
         "known_probes": int(sum(len(t) for t in entry["true"])),
         "stranger_probes": int(sum(len(s) for s in entry["strangers"])),
         "enrolled": [int(n) for n in entry["enrolled"]],
         "fnir_at_fpir": {},
         "calibrated": {},
     }
-    for name in RULES:
-        pooled = [np.concatenate(values) for values in (correct[name], known_stat[name], stranger_stat[name])]
-        result["fnir_at_fpir"][name] = {str(point): fnir_at_fpir(*pooled, point)[0] for point in FPIR_POINTS}
-    for which, rule_name in (("margin", "margin"), ("best", "best"), ("per_person", "best")):
+    for margin in DEFAULTS.margin_weights:
+        rates = [_rates(entry, fold, rule, margin) for fold in folds]
+        pooled = [np.concatenate([rate[part] for rate in rates]) for part in range(3)]
+        result["fnir_at_fpir"][f"w={margin:g}"] = {str(point): fnir_at_fpir(*pooled, point)[0] for point in FPIR_POINTS}
+    for which in ("chosen", "best", "per_person"):
         missed = named = 0.0
-        for fold, thresholds in enumerate(entry["thresholds"]):
-            fnir, fpir = open_set_rates(correct[rule_name][fold], known_stat[rule_name][fold],
-                                        stranger_stat[rule_name][fold], thresholds[which])
-            missed += fnir * len(known_stat[rule_name][fold])
-            named += fpir * len(stranger_stat[rule_name][fold])
+        for fold in folds:
+            threshold, margin = entry["thresholds"][fold][which]
+            correct, known, strangers = _rates(entry, fold, rule, margin)
+            fnir, fpir = open_set_rates(correct, known, strangers, threshold)
+            missed += fnir * len(known)
+            named += fpir * len(strangers)
         result["calibrated"][which] = {"fnir": missed / result["known_probes"],
                                        "fpir": named / result["stranger_probes"]}
+    result["calibrated"]["chosen"]["margins"] = [thresholds["chosen"][1] for thresholds in entry["thresholds"]]
     return result
 
 
@@ -219,9 +226,9 @@ def calibrate_scorers(
         trial = cross_validate_open_set(vectors, labels, scorers, folds=2, photos=photos, rule=rule,
                                         target_fpir=target_fpir, seed=seed)
         measured = {name: trial[f"{name}@known"] for name in scorers}
-        fnir = {name: result["fnir_at_fpir"]["margin"][key] if key in result["fnir_at_fpir"]["margin"]
-                else result["calibrated"]["margin"]["fnir"] for name, result in measured.items()}
-        how = f"FNIR at FPIR {target_fpir} (margin rule), 2 person-disjoint halves, each calibrated on the other"
+        fnir = {name: result["calibrated"]["chosen"]["fnir"] for name, result in measured.items()}
+        how = (f"FNIR of the gallery-aware decision at FPIR {target_fpir}, 2 person-disjoint halves, "
+               "each calibrated on the other")
     except InputError as error:
         logger.warning("too few people for the open-set trial (%s): choosing by the calibration's miss rate", error)
         n_people = len(np.unique(labels))

@@ -127,8 +127,9 @@ class Decision:
     def describe(self) -> str:
         """One line for a user: the threshold and what it promises."""
         if self.source == GALLERY:
-            return (f"{self.enrolled} people enrolled: threshold {self.threshold:.4g} for FPIR {self.target_fpir:.3g} "
-                    f"({self.scorer}; at most {self.target_fpir:.1%} of strangers named)")
+            return (f"{self.enrolled} people enrolled: threshold {self.threshold:.4g} for FPIR {100 * self.target_fpir:g}% "
+                    f"({self.scorer} scorer, margin weight {self.margin:g}: at most {100 * self.target_fpir:g}% of "
+                    "strangers are given a name)")
         if self.source == CALIBRATED:
             return (f"threshold {self.threshold:.4g} ({self.scorer}), calibrated for {self.target_far:.3g} false accepts "
                     "against one person: more strangers are named as more people are enrolled")

@@ -73,7 +73,8 @@ class OpenSetCalibration:
         compared: people each probe was scored against.
         genuine: ``(photos, P) float32``: each probe's score for its own person enrolled with
             ``c + 1`` other photos (NaN where it has too few): what a known person scores.
-        margin: the decision's margin weight (:meth:`Decision.statistic`).
+        margin: the decision's margin weight (:meth:`Decision.statistic`); ``None``: chosen for
+            each gallery (:meth:`choose_margin`).
         source: what it was measured on (faces, people, images, extractor fingerprint ...).
     """
 
@@ -83,7 +84,7 @@ class OpenSetCalibration:
     ranks: np.ndarray
     compared: int
     genuine: np.ndarray
-    margin: float = DEFAULTS.margin_weight
+    margin: float | None = None
     source: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -137,19 +138,16 @@ class OpenSetCalibration:
             return float(self.compared)
         return float(np.interp(threshold, values[::-1], self.ranks[::-1].astype(np.float64)) + 0.5)
 
-    def simulate(self, gallery: int | np.ndarray, replicates: int = DEFAULTS.calibration_replicates,
-                 seed: int = DEFAULTS.seed) -> np.ndarray:
-        """Decision statistics of calibration strangers against simulated galleries: ``(P * replicates,)``.
+    def _two_best(self, people: np.ndarray, rng: np.random.Generator, replicates: int) -> tuple[np.ndarray, np.ndarray]:
+        """Each probe's two best per-person scores among ``people[c]`` new people with ``c + 1``
+        photos: ``(P, replicates)`` each (``-inf`` where fewer people).
 
-        For each probe, photo count ``c`` and replicate, the two best of ``n_c`` draws from the
-        probe's scores are order statistics of uniforms, ``u1 = 1 - U^(1/n)`` and
-        ``u2 = u1 + (1 - u1)(1 - V^(1/(n-1)))``, read off the probe's ranks at ``u * compared``
-        (interpolated). The two best over all counts give the statistic.
+        The two best of ``n`` draws from a probe's scores are order statistics of uniforms,
+        ``u1 = 1 - U^(1/n)`` and ``u2 = u1 + (1 - u1)(1 - V^(1/(n-1)))``, read off the probe's
+        ranks at ``u * compared`` (interpolated); then the two best over all photo counts.
         """
-        people = self.people_by_photos(gallery)
-        rng = np.random.default_rng(seed)
         n_probes = self.tails.shape[1]
-        candidates = []
+        candidates = [np.full((n_probes, replicates), -np.inf, dtype=np.float32)] * 2
         for photos, n in enumerate(people):
             if n == 0:
                 continue
@@ -159,13 +157,67 @@ class OpenSetCalibration:
                 second = first + (self.compared - first) * (1.0 - rng.random((n_probes, replicates)) ** (1.0 / (n - 1)))
                 # The best two are two people: the second is read at least one person further down.
                 candidates.append(self._read(photos, np.maximum(second, np.maximum(first, 0.5) + 1.0)))
-        values = np.stack(candidates, axis=-1)
-        ordered = -np.sort(-values, axis=-1)
-        best = ordered[..., 0]
-        if self.margin == 0.0 or people.sum() < 2:
-            return best.ravel().astype(np.float32)
-        statistic = best + np.float32(self.margin) * (best - ordered[..., 1])
-        return statistic.ravel().astype(np.float32)
+        ordered = -np.sort(-np.stack(candidates, axis=-1), axis=-1)
+        return ordered[..., 0], ordered[..., 1]
+
+    @staticmethod
+    def _statistic(best: np.ndarray, second: np.ndarray, margin: float) -> np.ndarray:
+        """:meth:`Decision.statistic` on simulated best and second-best scores."""
+        if margin == 0.0:
+            return best.astype(np.float32)
+        gap = np.where(np.isfinite(second), best - second, 0.0)
+        return (best + np.float32(margin) * gap).astype(np.float32)
+
+    def simulate(self, gallery: int | np.ndarray, margin: float | None = None,
+                 replicates: int = DEFAULTS.calibration_replicates, seed: int = DEFAULTS.seed) -> np.ndarray:
+        """Decision statistics of calibration strangers against simulated galleries: ``(P * replicates,)``.
+
+        ``margin``: the statistic's margin weight (default: the calibration's fixed one, else 0).
+        """
+        margin = (self.margin or 0.0) if margin is None else margin
+        best, second = self._two_best(self.people_by_photos(gallery), np.random.default_rng(seed), replicates)
+        return self._statistic(best, second, margin).ravel()
+
+    def simulate_known(self, gallery: int | np.ndarray, margin: float, replicates: int = DEFAULTS.calibration_replicates,
+                       seed: int = DEFAULTS.seed + 1) -> list[tuple[float, np.ndarray, np.ndarray]]:
+        """Calibration probes as *known* people of simulated galleries: for each photo count ``c``
+        enrolled people have, ``(share of people with c, correct (P', R), statistic (P', R))`` where
+        a probe is correct when its own score (``genuine``) beats the best of the others."""
+        people = self.people_by_photos(gallery)
+        rng = np.random.default_rng(seed)
+        results = []
+        for photos, n in enumerate(people):
+            if n == 0:
+                continue
+            genuine = self.genuine[photos]
+            usable = np.isfinite(genuine)
+            if not usable.any():
+                continue
+            others = people.copy()
+            others[photos] -= 1
+            if others.sum() == 0:
+                best = np.full((self.tails.shape[1], replicates), -np.inf, dtype=np.float32)
+            else:
+                best, _ = self._two_best(others, rng, replicates)
+            own = genuine[usable][:, None]
+            best = best[usable]
+            results.append((n / people.sum(), own > best, self._statistic(np.broadcast_to(own, best.shape), best, margin)))
+        return results
+
+    def choose_margin(self, gallery: int | np.ndarray, target_fpir: float) -> tuple[float, float, float]:
+        """The margin weight (of ``DEFAULTS.margin_weights``) with the lowest predicted FNIR at
+        ``target_fpir`` for this gallery, its threshold and that FNIR. A calibration with a fixed
+        margin keeps it."""
+        candidates = DEFAULTS.margin_weights if self.margin is None else (self.margin,)
+        best_choice = None
+        for margin in candidates:
+            threshold = threshold_at_far(self.simulate(gallery, margin), target_fpir)
+            known = self.simulate_known(gallery, margin)
+            fnir = (sum(share * (1.0 - float(np.mean(correct & (statistic >= np.float32(threshold)))))
+                        for share, correct, statistic in known) / sum(share for share, _, _ in known)) if known else 1.0
+            if best_choice is None or fnir < best_choice[2] - 1e-9:
+                best_choice = (float(margin), threshold, fnir)
+        return best_choice
 
     def _read(self, photos: int, rank: np.ndarray) -> np.ndarray:
         """The probe's score at continuous ``rank (P, R)`` (people expected above it), interpolated
@@ -182,15 +234,18 @@ class OpenSetCalibration:
         lower, upper = tails[rows, segment], tails[rows, segment + 1]
         return lower + fraction * (upper - lower)
 
-    def threshold(self, gallery: int | np.ndarray, target_fpir: float) -> float:
+    def threshold(self, gallery: int | np.ndarray, target_fpir: float, margin: float | None = None) -> float:
         """Lowest threshold (accept ``statistic >= it``) naming at most ``target_fpir`` of the
-        simulated strangers of this gallery (:func:`faceid.match.metrics.threshold_at_far`)."""
+        simulated strangers of this gallery (:func:`faceid.match.metrics.threshold_at_far`), for
+        ``margin`` (default: the calibration's fixed one, else the one :meth:`choose_margin` picks)."""
         check_target_fpir(target_fpir)
-        return threshold_at_far(self.simulate(gallery), target_fpir)
+        if margin is None and self.margin is None:
+            return self.choose_margin(gallery, target_fpir)[1]
+        return threshold_at_far(self.simulate(gallery, margin), target_fpir)
 
-    def fpir(self, threshold: float, gallery: int | np.ndarray) -> float:
+    def fpir(self, threshold: float, gallery: int | np.ndarray, margin: float | None = None) -> float:
         """Predicted share of strangers named at ``threshold`` for this gallery."""
-        return float(np.mean(self.simulate(gallery) >= np.float32(threshold)))
+        return float(np.mean(self.simulate(gallery, margin) >= np.float32(threshold)))
 
     def miss_rate(self, threshold: float, photos: int | None = None) -> float:
         """Share of known people's probes whose own score falls under ``threshold`` (a lower
@@ -200,11 +255,12 @@ class OpenSetCalibration:
         return float(np.mean(genuine < np.float32(threshold))) if len(genuine) else float("nan")
 
     def decision(self, gallery: int | np.ndarray, target_fpir: float = DEFAULTS.target_fpir) -> Decision:
-        """The gallery-aware decision: ``gallery`` people (or their photo counts) at ``target_fpir``."""
+        """The gallery-aware decision: ``gallery`` people (or their photo counts) at ``target_fpir``,
+        with the margin weight that predicts the fewest misses there."""
+        check_target_fpir(target_fpir)
         enrolled = int(self.people_by_photos(gallery).sum())
-        return Decision.for_gallery(
-            self.threshold(gallery, target_fpir), self.rule, self.scorer, target_fpir, enrolled, self.margin
-        )
+        margin, threshold, _ = self.choose_margin(gallery, target_fpir)
+        return Decision.for_gallery(threshold, self.rule, self.scorer, target_fpir, enrolled, margin)
 
     # --- storage --------------------------------------------------------------------------
     def arrays(self, prefix: str = "") -> dict[str, np.ndarray]:
@@ -226,7 +282,8 @@ class OpenSetCalibration:
             return cls(
                 scorer=meta["scorer"], rule=Rule(**meta["rule"]), tails=np.asarray(arrays[f"{prefix}tails"], np.float32),
                 ranks=np.asarray(arrays[f"{prefix}ranks"], np.int64), compared=int(arrays[f"{prefix}compared"]),
-                genuine=np.asarray(arrays[f"{prefix}genuine"], np.float32), margin=float(meta["margin"]),
+                genuine=np.asarray(arrays[f"{prefix}genuine"], np.float32),
+                margin=None if meta.get("margin") is None else float(meta["margin"]),
                 source=dict(meta.get("source", {})),
             )
         except (KeyError, TypeError, ValueError) as error:
@@ -301,7 +358,7 @@ def calibrate_open_set(
     normalizer=None,
     rule: Rule = Rule(),
     photos: int = DEFAULTS.top_k,
-    margin: float = DEFAULTS.margin_weight,
+    margin: float | None = None,
     max_probes: int = MAX_PROBES,
     seed: int = DEFAULTS.seed,
     source: dict[str, Any] | None = None,
@@ -354,6 +411,6 @@ def calibrate_open_set(
             genuine[c, rows] = np.where(np.isfinite(mine), mine, np.nan)
     return OpenSetCalibration(
         scorer=scorer, rule=rule, tails=tails, ranks=ranks, compared=len(people) - 1,
-        genuine=genuine, margin=float(margin),
+        genuine=genuine, margin=None if margin is None else float(margin),
         source={**(source or {}), "people": int(len(people)), "vectors": int(len(vectors)), "probes": int(len(probes))},
     )
