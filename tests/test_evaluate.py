@@ -444,7 +444,7 @@ def test_identify_reports_closed_and_open_set_rates(
     else:
         assert head["stranger_rejection_at_threshold"] >= 0.99
     assert result["methods"]["cosine"]["stranger_rejection_at_threshold"] is None
-    assert {path.name for path in (tmp_path / "plots").iterdir()} == {"cmc.png", "open_set.png"}
+    assert {path.name for path in (tmp_path / "plots").iterdir()} == {"cmc.png", "det.png"}
     assert (tmp_path / "report.html").read_text().count("data:image/png;base64,") == 2
 
 

@@ -18,6 +18,7 @@ from faceid.features.stats import Normalizer
 from faceid.match.decision import Decision
 from faceid.match.head import HeadArchitecture, SimilarityHead
 from faceid.match.model import SimilarityModel
+from faceid.settings import DEFAULTS
 from faceid.match.scoring import Rule
 from faceid.train.trainer import calibrate, split_people
 
@@ -111,12 +112,15 @@ def test_vote_rule_threshold_calibrated_by_train_py_is_the_one_identification_us
     model = SimilarityModel.load(out)
     assert model.rule.name == "vote" and model.decision.source == "calibrated"
     assert model.threshold == report["threshold"]
-    gallery = model.gallery()
+    gallery = model.gallery(scorer="head")
     vectors, labels, names = FeatureCache.load(lfw_cache_dir).matrix()
     gallery.fit(vectors, np.array(names)[labels])
-    # The calibrated share, accepted from the threshold up (>=), not the original rule's "more than 0.85".
-    assert gallery.decision_ == model.decision and gallery.threshold_ == report["threshold"]
-    assert gallery.accepts(np.array([report["threshold"]], np.float32)).all()
+    # The head's open-set calibration for the vote rule, its threshold set for the people enrolled,
+    # accepted from the threshold up (>=), not the original rule's "more than 0.85".
+    expected = model.calibrations["head"].decision(np.bincount(labels), DEFAULTS.target_fpir)
+    assert gallery.decision_ == expected and gallery.decision_.rule.name == "vote"
+    assert gallery.decision_.enrolled == len(names) and gallery.decision_.comparison == ">="
+    assert gallery.accepts(np.array([expected.threshold], np.float32)).all()
     (head_method,) = [method for method in build_methods(model) if method.name == "head"]
     assert head_method.decision == model.decision
 

@@ -14,9 +14,10 @@ Both read the same frames and use the same detector, alignment and enrolled
 people (the video's ``known/`` folder); nothing is drawn, shown or written in the
 timed loop. ResNet50 runs with random weights (``--weights none``): speed does not
 depend on weight values, and its head is randomly initialised for the same reason.
-With the dlib backbone the head is ``--classification`` (a trained model) when
-given, else Euclidean distance at dlib's 0.6; labels are then scored against the
-clip's hand-made truth (shots and who is in them).
+With the dlib backbone ours decides as test.py does: the trained model's default scorer
+(``--classification``) or the backbone's own calibration, the threshold set for the people
+enrolled at ``--target_fpir`` (``--scorer`` picks another scorer); labels are then scored
+against the clip's hand-made truth (shots and who is in them).
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ from faceid.features.embedding import FaceEmbedder
 from faceid.features.extract import extract_features
 from faceid.io.video import VideoSource
 from faceid.match.gallery import UNKNOWN, Gallery
-from faceid.match.scoring import Rule
+from faceid.match.openset import backbone_calibrations
+from faceid.match.scoring import SCORERS, Rule
 from faceid.settings import DEFAULTS
 
 
@@ -54,6 +56,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--classification", type=Path, default=None,
                         help="trained similarity model for the dlib backbone (label accuracy); default: Euclidean")
     parser.add_argument("--max_frames", type=int, default=0, help="frames to time (0 = the whole video)")
+    parser.add_argument("--scorer", choices=SCORERS,
+                        help="dlib backbone: how ours compares faces (default: the model's, else the backbone calibration's)")
+    parser.add_argument("--target_fpir", type=float, default=DEFAULTS.target_fpir,
+                        help="dlib backbone: share of strangers ours may name (threshold set for the people enrolled)")
     parser.add_argument("--detector", default=DEFAULTS.live_detector,
                         help=f"comma-separated detectors for our pipeline, each measured against the same baseline "
                              f"(hog, cnn, cnn-dlib; default {DEFAULTS.live_detector}); the baseline is always HOG")
@@ -76,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     for backbone in [name.strip() for name in args.backbones.split(",") if name.strip()]:
         with tempfile.TemporaryDirectory(prefix="faceid-bench-") as workdir:
             extractor, baseline_embed, baseline_enrolled, gallery, keras_head = _setup(
-                backbone, known, Path(workdir), args.classification
+                backbone, known, Path(workdir), args.classification, args.scorer, args.target_fpir
             )
             baseline_ms, baseline_results, face_counts = _time_baseline(
                 args.video, max_frames, extractor, baseline_embed, baseline_enrolled, keras_head
@@ -112,7 +118,8 @@ def _timed_frames(video: Path, max_frames: int | None):
             yield frame, started
 
 
-def _setup(backbone: str, known: Path, workdir: Path, classification: Path | None):
+def _setup(backbone: str, known: Path, workdir: Path, classification: Path | None, scorer: str | None = None,
+           target_fpir: float = DEFAULTS.target_fpir):
     """Our extractor (ONNX Runtime, default options), the baseline's per-face embedding and enrolled
     vectors (the original design: no test-time augmentation, Keras or dlib's own runtime), our
     gallery, the Keras head."""
@@ -141,13 +148,19 @@ def _setup(backbone: str, known: Path, workdir: Path, classification: Path | Non
     extract_features(known, extractor, workdir / "features", progress=False)
     vectors, labels, names = FeatureCache.load(workdir / "features").matrix()
     people = np.array(names)[labels]
+    backbone_calibration = backbone_calibrations(extractor.manifest)
     if backbone == "dlib" and classification is not None:
         model = SimilarityModel.load(classification)
         model.check_extractor(extractor.manifest, f"the {backbone} extractor")
-        return extractor, baseline_embed, baseline_enrolled, model.gallery().fit(vectors, people), _keras_of(model.head)
+        gallery = model.gallery(scorer=scorer, target_fpir=target_fpir, fallback=backbone_calibration)
+        return extractor, baseline_embed, baseline_enrolled, gallery.fit(vectors, people), _keras_of(model.head)
     keras_head = build_keras_head(extractor.output_dim, HeadArchitecture(), seed=0)
     if backbone == "dlib":
-        return extractor, baseline_embed, baseline_enrolled, Gallery(threshold=-0.6).fit(vectors, people), None
+        scorer = scorer or next(iter(backbone_calibration.values())).source.get("default_scorer", "euclidean")
+        if scorer not in backbone_calibration:
+            raise InputError(f"--scorer {scorer} needs --classification (no backbone calibration for it)")
+        gallery = Gallery(calibration=backbone_calibration[scorer], target_fpir=target_fpir)
+        return extractor, baseline_embed, baseline_enrolled, gallery.fit(vectors, people), None
     head = SimilarityHead.from_keras(keras_head)
     return extractor, baseline_embed, baseline_enrolled, Gallery(head=head, threshold=0.5).fit(vectors, people), keras_head
 

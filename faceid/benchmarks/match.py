@@ -44,8 +44,10 @@ import numpy as np
 from faceid.benchmarks.common import REPO, matmul_gflops, memory_gbps, print_json_lines, print_table
 from faceid.errors import InputError
 from faceid.features.cache import FeatureCache, PersonFeatures
+from faceid.match.decision import Decision
 from faceid.match.gallery import Gallery
 from faceid.match.model import SimilarityModel
+from faceid.match.scoring import SCORERS
 from faceid.match.search import BACKENDS, ShortlistIndex
 from faceid.settings import DEFAULTS
 
@@ -64,6 +66,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "with --dim D a head is trained on the mapped vectors instead")
     parser.add_argument("--dim", type=int, default=2048,
                         help="map the vectors to this many dimensions (2048 = ResNet50's size); 0 = as cached")
+    parser.add_argument("--scorer", choices=SCORERS, default="head",
+                        help="what the gallery scores with: the head (the costly case this measures), or a metric "
+                             "scorer (the backbone alone: one matrix product)")
     parser.add_argument("--sizes", default="1000,10000,100000", help="comma-separated gallery sizes in vectors")
     parser.add_argument("--probes", type=int, default=200,
                         help="real probe faces timed through two-stage search (more = tighter percentiles)")
@@ -320,9 +325,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _measure_size(size, vectors, names, probes, probe_names, model, args, search_dims, per_head, gflops, gbps) -> dict:
-    exhaustive = Gallery(head=model.head, normalizer=model.normalizer, decision=model.decision)
+    # Speed does not depend on the threshold: a metric scorer keeps the model's rule with a given one.
+    decision = model.decision if args.scorer == "head" else Decision.for_rule(model.rule, 0.0, args.scorer)
+    exhaustive = Gallery(head=model.head, normalizer=model.normalizer, decision=decision)
     exhaustive.fit(vectors, names)
-    two_stage = Gallery(head=model.head, normalizer=model.normalizer, decision=model.decision,
+    two_stage = Gallery(head=model.head, normalizer=model.normalizer, decision=decision,
                         shortlist=args.shortlist, search_dims=args.search_dims, search_backend=args.backend)
     started = time.perf_counter()
     two_stage.fit(vectors, names)

@@ -179,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         extractor = load_extractor(args.model, args.runtime)
         cache = FeatureCache.load(args.features, extractor.manifest)
         gallery = build_gallery(args, extractor, cache)
-        print(gallery.decision_.describe(), flush=True)
+        # What the threshold promises, before the first frame (stderr with --json: stdout stays one JSON line).
+        print(gallery.decision_.describe(), file=sys.stderr if args.json else sys.stdout, flush=True)
         summary = run_live(
             source, FaceEmbedder(extractor, FaceOptions(upsample=live_upsample(args.detector) if args.upsample is None else args.upsample,
                                                  detector=args.detector)), gallery,

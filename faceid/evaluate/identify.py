@@ -66,7 +66,7 @@ def _split_gallery(
             "or --stranger_share"
         )
     shuffled = list(rng.permutation(eligible))
-    strangers, known = sorted(shuffled[:n_strangers]), shuffled[n_strangers:]
+    strangers, known = sorted(shuffled[:n_strangers]), sorted(shuffled[n_strangers:])
 
     def capped(items: list[np.ndarray]) -> list[np.ndarray]:
         return items[:max_probes] if max_probes else items
@@ -250,7 +250,6 @@ def evaluate_identify(
     shipped_scorer, shipped_calibration, shipped_from = _shipped(setup, model_path, target_fpir)
     backbone = backbone_calibrations(setup.extractor.manifest, model_path)
     calibrations = {**backbone, **(setup.model.calibrations if setup.model is not None else {})}
-    margin = shipped_calibration.margin if isinstance(shipped_calibration, OpenSetCalibration) else DEFAULTS.margin_weight
     gallery_counts = np.bincount(split["gallery_labels"])
     strangers = split["stranger_probes"]
 
@@ -273,12 +272,19 @@ def evaluate_identify(
         if strangers is not None:
             stranger_scores = person_scores(method.score_matrix(strangers, split["gallery"]), split["gallery_labels"],
                                             n_known, rule)
-            decide = Decision(0.0, rule, margin=margin)
+            # Each scorer's statistic uses the margin weight its calibration chooses for this gallery
+            # (none without one: the best score alone).
+            calibration = calibrations.get(method.name)
+            if method.name == "head" and setup.model is not None and not setup.model.calibrations:
+                calibration = None
+            aware = calibration.decision(gallery_counts, target_fpir) if calibration is not None else None
+            decide = Decision(0.0, rule, margin=aware.margin if aware is not None else 0.0)
             best, statistic = decide.statistic(known_scores)
             correct = best == split["probe_labels"]
             stranger_statistic = decide.statistic(stranger_scores)[1]
             plain_best, plain = Decision(0.0, rule).statistic(known_scores)
             plain_strangers = stranger_scores.max(axis=1)
+            entry["margin_weight"] = decide.margin
             entry["fnir_at_fpir"] = {str(point): fnir_at_fpir(correct, statistic, stranger_statistic, point)[0]
                                      for point in FPIR_POINTS}
             entry["fnir_at_fpir_best_score"] = {
@@ -291,12 +297,8 @@ def evaluate_identify(
                 point = _operating_point(method.decision, known_scores, split["probe_labels"], stranger_scores)
                 entry["stranger_rejection_at_threshold"] = 1.0 - point["fpir"]
                 entry["identified_at_threshold"] = 1.0 - point["fnir"]
-            calibration = calibrations.get(method.name)
-            if method.name == "head" and setup.model is not None and not setup.model.calibrations:
-                calibration = None
-            if calibration is not None:
-                decision = calibration.decision(gallery_counts, target_fpir)
-                entry["gallery_aware"] = _operating_point(decision, known_scores, split["probe_labels"], stranger_scores)
+            if aware is not None:
+                entry["gallery_aware"] = _operating_point(aware, known_scores, split["probe_labels"], stranger_scores)
             curves[method.name]["det"] = det_curve(correct, statistic, stranger_statistic)
             if method.name == shipped_scorer and shipped_calibration is not None:
                 decision = (shipped_calibration.decision(gallery_counts, target_fpir)
@@ -307,7 +309,7 @@ def evaluate_identify(
                 curves[method.name]["shipped"] = (shipped["fpir"], shipped["fnir"])
         results[method.name] = entry
 
-    sized = _gallery_sizes(split, methods, calibrations, gallery_sizes, target_fpir, margin) if gallery_sizes else None
+    sized = _gallery_sizes(split, methods, calibrations, gallery_sizes, target_fpir) if gallery_sizes else None
     summary = summary_head("identify", setup, model_path, classification, images)
     summary.update(
         {
@@ -327,7 +329,6 @@ def evaluate_identify(
             },
             "target_fpir": target_fpir,
             "target_far": target_fpir,
-            "margin_weight": margin,
             "no_face_policy": no_face,
             "face_choice": face_choice,
             "methods": results,
@@ -359,7 +360,7 @@ def evaluate_identify(
     return Evaluation(summary, curves, settings)
 
 
-def _gallery_sizes(split, methods, calibrations, sizes, target_fpir, margin) -> dict[str, Any]:
+def _gallery_sizes(split, methods, calibrations, sizes, target_fpir) -> dict[str, Any]:
     """Open-set results per gallery size: oracle FNIR at FPIR, and each calibrated scorer's
     gallery-aware threshold against the threshold fixed for the smallest size."""
     results: dict[str, Any] = {}
@@ -374,15 +375,15 @@ def _gallery_sizes(split, methods, calibrations, sizes, target_fpir, margin) -> 
             known = person_scores(method.score_matrix(gallery["probes"], gallery["vectors"]), gallery["labels"], size, rule)
             strangers = person_scores(method.score_matrix(split["stranger_probes"], gallery["vectors"]),
                                       gallery["labels"], size, rule)
-            decide = Decision(0.0, rule, margin=margin)
+            aware = calibration.decision(counts, target_fpir) if calibration is not None else None
+            decide = Decision(0.0, rule, margin=aware.margin if aware is not None else 0.0)
             best, statistic = decide.statistic(known)
-            entry: dict[str, Any] = {"fnir_at_fpir": {
+            entry: dict[str, Any] = {"margin_weight": decide.margin, "fnir_at_fpir": {
                 str(point): fnir_at_fpir(best == gallery["probe_labels"], statistic, decide.statistic(strangers)[1], point)[0]
                 for point in FPIR_POINTS}}
-            if calibration is not None:
-                aware = calibration.decision(counts, target_fpir)
+            if aware is not None:
                 fixed = replace(aware, threshold=calibration.threshold(
-                    np.bincount(_sized_gallery(split, smallest)["labels"]), target_fpir))
+                    np.bincount(_sized_gallery(split, smallest)["labels"]), target_fpir, aware.margin))
                 entry["gallery_aware"] = _operating_point(aware, known, gallery["probe_labels"], strangers)
                 entry[f"fixed_at_{smallest}"] = _operating_point(fixed, known, gallery["probe_labels"], strangers)
             per_scorer[method.name] = entry

@@ -165,7 +165,8 @@ def notes(evaluation: Evaluation) -> list[str]:
         )
         lines.append(
             "FNIR: known people's probes missed or given another name; FPIR: strangers given any name (NIST FRVT 1:N). "
-            f"Decision statistic: best + {summary['margin_weight']:g} x (best - second best person); "
+            "Decision statistic: best + w x (best - second best person), w chosen by each scorer's calibration "
+            "for the gallery (0 without one); "
             "'FNIR @ FPIR' sets the threshold on these strangers (the scorer's quality), the gallery-aware threshold "
             "comes from the calibration alone (what a user gets)."
         )
