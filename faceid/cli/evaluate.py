@@ -115,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     openset.add_argument("--photos", type=int, default=DEFAULTS.top_k, help="photos enrolled per person")
     openset.add_argument("--classification", type=Path,
                          help="also the head of this model (trained on other people, or the result is in-sample)")
+    openset.add_argument("--train_head", action="store_true",
+                         help="also a head trained for each fold on the other folds' people (train.py's network)")
+    openset.add_argument("--head_epochs", type=int, default=DEFAULTS.epochs, help="epochs of each fold's head")
     calibrate.add_argument("--output", type=Path,
                            help="calibration file (default: calibration.npz in the cache's extractor directory, "
                                 "--model_path)")
@@ -167,6 +170,22 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     return 0
 
 
+def train_fold_head(vectors: np.ndarray, labels: np.ndarray, rows: np.ndarray, args: argparse.Namespace):
+    """A head trained as train.py trains one, on ``rows`` only: their people split into training
+    and validation people, pairs sampled within each (Keras, imported here)."""
+    from faceid.train.head import train_head
+    from faceid.train.trainer import TrainOptions, pairs_within, split_people
+
+    options = TrainOptions(epochs=args.head_epochs, seed=args.seed)
+    train_rows, val_rows = split_people(labels[rows], options.val_people, options.seed)
+    train_pairs = pairs_within(rows[train_rows], labels, options, options.seed)
+    val_pairs = pairs_within(rows[val_rows], labels, options, options.seed + 1)
+    head, _ = train_head(vectors, train_pairs, val_pairs, architecture=options.architecture, epochs=options.epochs,
+                         batch_size=options.batch_size, learning_rate=options.learning_rate, seed=options.seed,
+                         progress=False)
+    return head
+
+
 def run_open_set(args: argparse.Namespace) -> int:
     """``openset`` and ``calibrate``: on a feature cache, no images, no TensorFlow for metric scorers."""
     cache = FeatureCache.load(args.features)
@@ -193,6 +212,8 @@ def run_open_set(args: argparse.Namespace) -> int:
             model = SimilarityModel.load(args.classification)
             model.check_extractor(cache.manifest["extractor"], f"feature cache {args.features}")
             scorers["head"] = {"scorer": "head", "head": model.head, "normalizer": model.normalizer}
+        elif args.train_head:
+            scorers["head"] = {"scorer": "head", "train": lambda rows: train_fold_head(vectors, labels, rows, args)}
         results = cross_validate_open_set(vectors, labels, scorers, folds=args.folds, gallery_sizes=args.gallery_sizes,
                                           photos=args.photos, target_fpir=args.target_fpir, seed=args.seed,
                                           progress=not args.quiet)

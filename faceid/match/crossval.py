@@ -83,7 +83,8 @@ def cross_validate_open_set(
     Args:
         vectors, labels: ``(n, dim)`` vectors and ``(n,)`` person labels.
         scorers: ``{name: {"scorer": ..., "head": ..., "normalizer": ...}}`` (keyword arguments
-            of :func:`faceid.match.scoring.pairwise_scores`).
+            of :func:`faceid.match.scoring.pairwise_scores`); ``"train": f`` instead of a head trains
+            one per fold, ``f(rows)`` on the other folds' rows (the head never sees the fold's people).
 
     Returns:
         ``{"<scorer>@<N>": {...}}`` with rank-1, ``fnir_at_fpir`` per margin weight (``"w=0"`` ...)
@@ -114,6 +115,8 @@ def cross_validate_open_set(
         other_rows = np.flatnonzero(np.isin(labels, other))
         distractors = split_rng.permutation(other)
         for name, options in scorers.items():
+            if "train" in options:
+                options = {**options, "head": options["train"](other_rows)}
             calibration = calibrate_open_set(vectors[other_rows], labels[other_rows], options["scorer"],
                                               head=options.get("head"), normalizer=options.get("normalizer"),
                                               rule=rule, photos=photos, seed=seed + fold)

@@ -72,7 +72,7 @@ def split_people(labels: np.ndarray, val_share: float, seed: int) -> tuple[np.nd
     return np.flatnonzero(~val_people), np.flatnonzero(val_people)
 
 
-def _pairs_within(rows: np.ndarray, labels: np.ndarray, options: TrainOptions, seed: int) -> PairSet:
+def pairs_within(rows: np.ndarray, labels: np.ndarray, options: TrainOptions, seed: int) -> PairSet:
     """Pairs among ``rows`` (indices into the full matrix), re-indexed to the full matrix."""
     local = sample_pairs(labels[rows], options.neg_ratio, options.max_positive_per_person, seed)
     return PairSet(first=rows[local.first], second=rows[local.second], label=local.label)
@@ -158,8 +158,8 @@ def train_similarity(
     normalizer = stats.normalizer if options.normalize else None
     head_input = normalizer(vectors) if normalizer is not None else vectors
 
-    train_pairs = _pairs_within(train_rows, labels, options, options.seed)
-    val_pairs = _pairs_within(val_rows, labels, options, options.seed + 1)
+    train_pairs = pairs_within(train_rows, labels, options, options.seed)
+    val_pairs = pairs_within(val_rows, labels, options, options.seed + 1)
     logger.info("training pairs: %d (+%d / -%d)", len(train_pairs), train_pairs.n_positive, train_pairs.n_negative)
     head, history = train_head(
         head_input, train_pairs, val_pairs,
