@@ -4,13 +4,12 @@ and the scripts that use them (test.py with the backbone alone, evaluate.py iden
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import KNOWN, LFW, VIDEO, copy_people, lfw_people
 from scipy.stats import binom
 
-from conftest import KNOWN, LFW, VIDEO, copy_people, lfw_people
 from faceid.errors import InputError
 from faceid.match.decision import GALLERY, Decision
 from faceid.match.gallery import Gallery

@@ -113,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     openset.add_argument("--gallery_sizes", type=_sizes, default=(100, 1000),
                          help="people enrolled (each fold's known people plus other folds' people as distractors)")
     openset.add_argument("--photos", type=int, default=DEFAULTS.top_k, help="photos enrolled per person")
+    openset.add_argument("--calibrate_as", type=int,
+                         help="derive thresholds as if every person had this many photos (what ignoring counts costs)")
     openset.add_argument("--classification", type=Path,
                          help="also the head of this model (trained on other people, or the result is in-sample)")
     openset.add_argument("--train_head", action="store_true",
@@ -203,7 +205,7 @@ def run_open_set(args: argparse.Namespace) -> int:
                                                          seed=args.seed, source=source)
         save_calibrations(output, calibrations)
         result = {"command": "calibrate", "output": str(output), "default_scorer": winner, "open_set": report,
-                  "people": int(len(np.unique(labels))), "vectors": int(len(vectors))}
+                  "people": len(np.unique(labels)), "vectors": len(vectors)}
         print(f"calibrated {', '.join(calibrations)} on {result['people']} people ({result['vectors']} vectors); "
               f"default scorer {winner} ({report['measure']}: FNIR "
               + ", ".join(f"{name} {value:.1%}" for name, value in report["fnir"].items()) + f"); wrote {output}")
@@ -216,9 +218,9 @@ def run_open_set(args: argparse.Namespace) -> int:
             scorers["head"] = {"scorer": "head", "train": lambda rows: train_fold_head(vectors, labels, rows, args)}
         results = cross_validate_open_set(vectors, labels, scorers, folds=args.folds, gallery_sizes=args.gallery_sizes,
                                           photos=args.photos, target_fpir=args.target_fpir, seed=args.seed,
-                                          progress=not args.quiet)
+                                          calibrate_as=args.calibrate_as, progress=not args.quiet)
         result = {"command": "openset", "features": str(args.features), "folds": args.folds,
-                  "photos": args.photos, "target_fpir": args.target_fpir, "margin_weights": list(DEFAULTS.margin_weights),
+                  "photos": args.photos, "calibrate_as": args.calibrate_as, "target_fpir": args.target_fpir, "margin_weights": list(DEFAULTS.margin_weights),
                   "results": results}
         print(open_set_table(results, args.target_fpir))
     if args.json:

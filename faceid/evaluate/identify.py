@@ -12,14 +12,12 @@ import numpy as np
 
 from faceid.detect.faces import FaceOptions
 from faceid.errors import InputError
-from dataclasses import replace
-
 from faceid.evaluate.common import CMC_MAX_RANK, Evaluation, Setup, run_settings, set_up, summary_head
 from faceid.evaluate.images import EmbeddedImages, embed_images
 from faceid.evaluate.methods import build_methods
 from faceid.io.images import list_people
-from faceid.match.decision import Decision
 from faceid.match.crossval import FPIR_POINTS
+from faceid.match.decision import Decision
 from faceid.match.metrics import cmc_curve, det_curve, fnir_at_fpir
 from faceid.match.metrics import open_set_rates as open_set_rates_at
 from faceid.match.openset import OpenSetCalibration, backbone_calibrations, check_target_fpir
@@ -382,8 +380,8 @@ def _gallery_sizes(split, methods, calibrations, sizes, target_fpir) -> dict[str
                 str(point): fnir_at_fpir(best == gallery["probe_labels"], statistic, decide.statistic(strangers)[1], point)[0]
                 for point in FPIR_POINTS}}
             if aware is not None:
-                fixed = replace(aware, threshold=calibration.threshold(
-                    np.bincount(_sized_gallery(split, smallest)["labels"]), target_fpir, aware.margin))
+                # The decision set for the smallest gallery, kept as the gallery grows.
+                fixed = calibration.decision(np.bincount(_sized_gallery(split, smallest)["labels"]), target_fpir)
                 entry["gallery_aware"] = _operating_point(aware, known, gallery["probe_labels"], strangers)
                 entry[f"fixed_at_{smallest}"] = _operating_point(fixed, known, gallery["probe_labels"], strangers)
             per_scorer[method.name] = entry

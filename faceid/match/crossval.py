@@ -14,7 +14,7 @@ the scorers and the gallery-aware threshold do on people no calibration saw.
 
 Probes of every fold are pooled per (scorer, N) and reported as FNIR (known probes missed or
 misnamed) at FPIR (strangers named) for each margin weight of the statistic
-``best + w * (best - second)`` at an oracle threshold (the strangers' own quantile: the rule's
+``best + w * (best - second)``, and for cohort-normalised scores (``znorm``), at an oracle threshold (the strangers' own quantile: the rule's
 quality), and at calibrated thresholds (what a user gets): the gallery-aware decision (its
 margin weight chosen by the calibration), the gallery-aware threshold of the best score alone,
 and the per-person threshold (strangers against one person). train.py runs it on its held-out people to pick
@@ -39,6 +39,8 @@ from faceid.settings import DEFAULTS
 logger = logging.getLogger(__name__)
 
 FPIR_POINTS = (0.001, 0.01, 0.1)
+# Background faces per fold for the cohort-normalised (Z-norm) rule.
+COHORT = 1500
 
 
 def _fold_split(labels: np.ndarray, folds: np.ndarray, fold: int, photos: int, probes: int, rng: np.random.Generator):
@@ -76,6 +78,8 @@ def cross_validate_open_set(
     target_fpir: float = DEFAULTS.target_fpir,
     rule: Rule = Rule(),
     seed: int = DEFAULTS.seed,
+    calibrate_as: int | None = None,
+    cohort: int = COHORT,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Person-disjoint open-set results per scorer and gallery size (``None``: the known people only).
@@ -85,6 +89,10 @@ def cross_validate_open_set(
         scorers: ``{name: {"scorer": ..., "head": ..., "normalizer": ...}}`` (keyword arguments
             of :func:`faceid.match.scoring.pairwise_scores`); ``"train": f`` instead of a head trains
             one per fold, ``f(rows)`` on the other folds' rows (the head never sees the fold's people).
+        calibrate_as: derive every threshold as if each person had this many photos (what
+            ignoring the photo count costs); ``None``: their real counts.
+        cohort: other folds' faces scored against each enrolled person for the cohort-normalised
+            rule (``znorm``: each person's scores standardised by their cohort mean and spread).
 
     Returns:
         ``{"<scorer>@<N>": {...}}`` with rank-1, ``fnir_at_fpir`` per margin weight (``"w=0"`` ...)
@@ -119,7 +127,7 @@ def cross_validate_open_set(
                 options = {**options, "head": options["train"](other_rows)}
             calibration = calibrate_open_set(vectors[other_rows], labels[other_rows], options["scorer"],
                                               head=options.get("head"), normalizer=options.get("normalizer"),
-                                              rule=rule, photos=photos, seed=seed + fold)
+                                              rule=rule, photos=max(photos, calibrate_as or 0), seed=seed + fold)
             best_only = replace(calibration, margin=0.0)
             for size in gallery_sizes:
                 n_known = len(known) if size is None else min(size, len(known))
@@ -136,17 +144,17 @@ def cross_validate_open_set(
                 gallery_people, dense = np.unique(labels[gallery], return_inverse=True)
                 probes = np.isin(probe_people, known[:n_known])
 
-                def scores(rows: np.ndarray) -> np.ndarray:
-                    pair = pairwise_scores(vectors[rows], vectors[gallery], scorer=options["scorer"],
-                                           head=options.get("head"), normalizer=options.get("normalizer"))
-                    return person_scores(pair, dense, len(gallery_people), rule)
-
-                counts = np.bincount(dense)
+                counts = np.bincount(dense) if calibrate_as is None else np.full(len(gallery_people), calibrate_as)
+                # Z-norm: each enrolled person's score against other folds' faces (not their own).
+                cohort_rows = np.random.default_rng(seed + fold).permutation(other_rows)[:cohort]
+                background = _person_scores(vectors, cohort_rows, gallery, dense, options, rule)
+                background[labels[cohort_rows][:, None] == gallery_people[None, :]] = np.nan
                 entry = pooled.setdefault((name, size), {"known": [], "true": [], "strangers": [], "thresholds": [],
-                                                         "enrolled": []})
-                entry["known"].append(scores(probe_rows[probes]))
+                                                         "enrolled": [], "cohort": []})
+                entry["cohort"].append((np.nanmean(background, axis=0), np.nanstd(background, axis=0) + 1e-6))
+                entry["known"].append(_person_scores(vectors, probe_rows[probes], gallery, dense, options, rule))
                 entry["true"].append(np.searchsorted(gallery_people, probe_people[probes]))
-                entry["strangers"].append(scores(stranger_rows))
+                entry["strangers"].append(_person_scores(vectors, stranger_rows, gallery, dense, options, rule))
                 entry["enrolled"].append(len(gallery_people))
                 chosen = calibration.decision(counts, target_fpir)
                 entry["thresholds"].append({
@@ -160,10 +168,20 @@ def cross_validate_open_set(
             for (name, size), entry in pooled.items()}
 
 
-def _rates(entry: dict[str, list], fold: int, rule: Rule, margin: float):
+def _person_scores(vectors, rows, gallery, dense, options, rule) -> np.ndarray:
+    pair = pairwise_scores(vectors[rows], vectors[gallery], scorer=options["scorer"], head=options.get("head"),
+                           normalizer=options.get("normalizer"))
+    return person_scores(pair, dense, int(dense.max()) + 1, rule)
+
+
+def _rates(entry: dict[str, list], fold: int, rule: Rule, margin: float, znorm: bool = False):
     decision = Decision(0.0, rule, margin=margin)
-    best, known = decision.statistic(entry["known"][fold])
-    return best == entry["true"][fold], known, decision.statistic(entry["strangers"][fold])[1]
+    known, strangers = entry["known"][fold], entry["strangers"][fold]
+    if znorm:
+        mean, spread = entry["cohort"][fold]
+        known, strangers = (known - mean) / spread, (strangers - mean) / spread
+    best, statistic = decision.statistic(known)
+    return best == entry["true"][fold], statistic, decision.statistic(strangers)[1]
 
 
 def _summarise(entry: dict[str, list], rule: Rule) -> dict[str, Any]:
@@ -181,6 +199,9 @@ def _summarise(entry: dict[str, list], rule: Rule) -> dict[str, Any]:
         rates = [_rates(entry, fold, rule, margin) for fold in folds]
         pooled = [np.concatenate([rate[part] for rate in rates]) for part in range(3)]
         result["fnir_at_fpir"][f"w={margin:g}"] = {str(point): fnir_at_fpir(*pooled, point)[0] for point in FPIR_POINTS}
+    rates = [_rates(entry, fold, rule, 0.0, znorm=True) for fold in folds]
+    pooled = [np.concatenate([rate[part] for rate in rates]) for part in range(3)]
+    result["fnir_at_fpir"]["znorm"] = {str(point): fnir_at_fpir(*pooled, point)[0] for point in FPIR_POINTS}
     for which in ("chosen", "best", "per_person"):
         missed = named = 0.0
         for fold in folds:
@@ -224,7 +245,6 @@ def calibrate_scorers(
                                  source=source)
         for name, options in scorers.items()
     }
-    key = str(target_fpir)
     try:
         trial = cross_validate_open_set(vectors, labels, scorers, folds=2, photos=photos, rule=rule,
                                         target_fpir=target_fpir, seed=seed)

@@ -25,12 +25,12 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "accuracy_at",
-    "det_curve",
-    "fnir_at_fpir",
-    "open_set_rates",
     "best_accuracy_threshold",
     "cmc_curve",
+    "det_curve",
     "equal_error_rate",
+    "fnir_at_fpir",
+    "open_set_rates",
     "roc_auc",
     "roc_curve",
     "tar_at_far",

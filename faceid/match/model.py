@@ -89,7 +89,7 @@ class SimilarityModel:
             )
 
     @classmethod
-    def load(cls, directory: str | Path) -> "SimilarityModel":
+    def load(cls, directory: str | Path) -> SimilarityModel:
         directory = Path(directory)
         head, manifest = SimilarityHead.load(directory)
         if manifest.get("format") != MODEL_FORMAT:

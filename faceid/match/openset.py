@@ -412,5 +412,5 @@ def calibrate_open_set(
     return OpenSetCalibration(
         scorer=scorer, rule=rule, tails=tails, ranks=ranks, compared=len(people) - 1,
         genuine=genuine, margin=None if margin is None else float(margin),
-        source={**(source or {}), "people": int(len(people)), "vectors": int(len(vectors)), "probes": int(len(probes))},
+        source={**(source or {}), "people": len(people), "vectors": len(vectors), "probes": len(probes)},
     )

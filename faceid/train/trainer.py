@@ -20,10 +20,10 @@ import numpy as np
 from faceid.errors import InputError
 from faceid.features.cache import FeatureCache
 from faceid.features.stats import FeatureStats
+from faceid.match.crossval import calibrate_scorers
 from faceid.match.decision import Decision
 from faceid.match.head import HeadArchitecture, SimilarityHead
 from faceid.match.metrics import accuracy_at, best_accuracy_threshold, roc_auc, threshold_at_far
-from faceid.match.crossval import calibrate_scorers
 from faceid.match.model import SimilarityModel
 from faceid.match.scoring import SCORERS, Rule, pairwise_scores, person_scores
 from faceid.settings import DEFAULTS
@@ -132,9 +132,9 @@ def calibrate(
         "auc": float(roc_auc(np.concatenate([genuine, impostor]), np.r_[np.ones(len(genuine)), np.zeros(len(impostor))])),
         "rank1": float(np.mean(correct_rank1)),
         "identified_at_threshold": float(np.mean(accepted_correct)),
-        "n_probes": int(len(probes)),
-        "n_genuine": int(len(genuine)),
-        "n_impostor": int(len(impostor)),
+        "n_probes": len(probes),
+        "n_genuine": len(genuine),
+        "n_impostor": len(impostor),
     }
 
 
@@ -205,8 +205,8 @@ def train_similarity(
         "target_fpir": options.target_fpir,
         "rule": asdict(options.rule),
         "normalize": options.normalize,
-        "people": {"train": int(len(np.unique(labels[train_rows]))), "val": int(len(np.unique(labels[val_rows])))},
-        "images": {"train": int(len(train_rows)), "val": int(len(val_rows))},
+        "people": {"train": len(np.unique(labels[train_rows])), "val": len(np.unique(labels[val_rows]))},
+        "images": {"train": len(train_rows), "val": len(val_rows)},
         "pairs": {
             "train_positive": train_pairs.n_positive, "train_negative": train_pairs.n_negative,
             "val_positive": val_pairs.n_positive, "val_negative": val_pairs.n_negative,
