@@ -8,24 +8,27 @@ holds what is needed to pick the threshold for any gallery size:
 * for each calibration probe (a face of a held-out person, scored against every *other*
   held-out person, ``compared`` of them), its per-person scores at fixed ranks (``ranks``:
   every one of the first ``TAIL``, then log-spaced down to the last): the probe's own
-  distribution of scores against people who are not it. Tails are kept for each number of enrolled photos per person
-  (1 .. ``photos``): the rule's score of a person with one photo is spread wider than the
-  mean of three, and a calibration for the wrong count misses its target by a factor of two
-  (README, "Open-set identification").
+  distribution of scores against people who are not it. They are kept for each number of
+  enrolled photos per person (1 .. ``photos``): the rule's score of a person with one photo
+  is spread wider than the mean of three (1-photo galleries calibrated as 3-photo ones named
+  up to 2.6% of strangers for a 1% target; README, "Open-set identification").
 * A gallery of ``N`` new people is ``N`` independent draws of "another person" for each
   probe; the probe is named when the decision statistic of the best two draws
-  (:meth:`faceid.match.decision.Decision.statistic`) reaches the threshold. Without a
-  margin that happens with probability ``1 - (1 - s_p(t))^N`` (:meth:`fpir_exact`);
-  with one, :meth:`simulate` draws the two best of ``N`` from each probe's distribution.
-  Probes that resemble many people (and those that resemble few) keep their own rate, so
-  the correlation between a stranger's scores is not assumed away; only the enrolled
-  people are assumed new to the calibration.
-* :meth:`threshold` is the lowest threshold whose predicted FPIR is at most the target;
-  :meth:`decision` wraps it as the one :class:`~faceid.match.decision.Decision`. The calibration is a plain ``.npz``
-(arrays plus one JSON string; no pickle). train.py saves one per scorer with the similarity
-model; the backbone ships one per metric scorer, measured on LFW DevTrain
-(``faceid/backbones/calibration``, ``evaluate.py calibrate``), so a metric scorer needs no
-training and no TensorFlow.
+  (:meth:`faceid.match.decision.Decision.statistic`) reaches the threshold. For the best
+  score alone that happens with probability ``1 - (1 - s_p(t))^N`` (:meth:`fpir_exact`);
+  :meth:`simulate` draws the two best of ``N`` from each probe's distribution. Probes that
+  resemble many people (and those that resemble few) keep their own rate, so the
+  correlation between a stranger's scores is not assumed away; only the enrolled people are
+  assumed new to the calibration.
+* :meth:`choose_margin` picks the statistic's margin weight for the gallery by the FNIR it
+  predicts (the probes as known people: their own score against ``N - 1`` draws);
+  :meth:`threshold` is the lowest threshold whose predicted FPIR is at most the target;
+  :meth:`decision` wraps both as the one :class:`~faceid.match.decision.Decision`.
+
+The calibration is a plain ``.npz`` (arrays plus one JSON string; no pickle). train.py saves
+one per scorer with the similarity model; the toolkit ships one per metric scorer of the dlib
+backbone, measured on LFW DevTrain (``faceid/match/calibrations``, ``evaluate.py calibrate``),
+so a metric scorer needs no training and no TensorFlow.
 """
 
 from __future__ import annotations
@@ -368,7 +371,7 @@ def calibrate_open_set(
     Each person's vectors are put in a random order; "enrolled with ``c`` photos" is the first
     ``c`` of them. Each probe (up to ``max_probes`` vectors, drawn at random) is scored against
     every person but its own, for each ``c`` in 1 .. ``photos``: its impostor per-person scores
-    (the ``K`` best are kept). Its genuine score is against its own person's first ``c`` vectors
+    (kept at :func:`kept_ranks`). Its genuine score is against its own person's first ``c`` vectors
     other than itself.
 
     Raises:
