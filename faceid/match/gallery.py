@@ -1,7 +1,9 @@
 """Open-set identification against enrolled people, with a scikit-learn shape.
 
->>> gallery = Gallery(head=model.head, normalizer=model.normalizer, decision=model.decision)
+>>> gallery = model.gallery()           # the model's default scorer and its open-set calibration
+>>> gallery = Gallery(calibration=backbone_calibrations(extractor.manifest)["euclidean"])  # no head
 >>> gallery.fit(vectors, names)          # the feature cache: (n, dim), (n,)
+>>> gallery.decision_.describe()         # "100 people enrolled: threshold ... for FPIR 1% ..."
 >>> gallery.predict(face_vectors)        # names, or "unknown"
 
 The threshold is set for the gallery: with an open-set calibration
