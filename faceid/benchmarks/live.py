@@ -42,7 +42,7 @@ from faceid.features.embedding import FaceEmbedder
 from faceid.features.extract import extract_features
 from faceid.io.video import VideoSource
 from faceid.match.gallery import UNKNOWN, Gallery
-from faceid.match.openset import backbone_calibrations
+from faceid.match.openset import backbone_calibrations, default_scorer
 from faceid.match.scoring import SCORERS, Rule
 from faceid.settings import DEFAULTS
 
@@ -156,7 +156,7 @@ def _setup(backbone: str, known: Path, workdir: Path, classification: Path | Non
         return extractor, baseline_embed, baseline_enrolled, gallery.fit(vectors, people), _keras_of(model.head)
     keras_head = build_keras_head(extractor.output_dim, HeadArchitecture(), seed=0)
     if backbone == "dlib":
-        scorer = scorer or next(iter(backbone_calibration.values())).source.get("default_scorer", "euclidean")
+        scorer = scorer or default_scorer(backbone_calibration)
         if scorer not in backbone_calibration:
             raise InputError(f"--scorer {scorer} needs --classification (no backbone calibration for it)")
         gallery = Gallery(calibration=backbone_calibration[scorer], target_fpir=target_fpir)

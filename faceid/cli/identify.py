@@ -30,7 +30,7 @@ from faceid.io.display import display_available
 from faceid.io.video import frame_source
 from faceid.match.gallery import Gallery
 from faceid.match.model import SimilarityModel
-from faceid.match.openset import backbone_calibrations
+from faceid.match.openset import backbone_calibrations, default_scorer
 from faceid.match.scoring import METRIC_SCORERS, RULES, SCORERS, Rule
 from faceid.settings import DEFAULTS
 
@@ -126,7 +126,7 @@ def build_gallery(args: argparse.Namespace, extractor, cache: FeatureCache):
     if classification is None:
         if args.normalize:
             raise InputError("--normalize 1 applies to a similarity head: without --classification there is none")
-        scorer = args.scorer or (next(iter(backbone.values())).source.get("default_scorer") if backbone else None)
+        scorer = args.scorer or default_scorer(backbone)
         if scorer is None:
             raise InputError(
                 f"no similarity model and no metric calibration for extractor {args.model} "

@@ -20,7 +20,7 @@ from faceid.match.crossval import FPIR_POINTS
 from faceid.match.decision import Decision
 from faceid.match.metrics import cmc_curve, det_curve, fnir_at_fpir
 from faceid.match.metrics import open_set_rates as open_set_rates_at
-from faceid.match.openset import OpenSetCalibration, backbone_calibrations, check_target_fpir
+from faceid.match.openset import OpenSetCalibration, backbone_calibrations, check_target_fpir, default_scorer
 from faceid.match.scoring import Rule, person_scores
 from faceid.settings import DEFAULTS
 
@@ -119,10 +119,9 @@ def _sized_gallery(split: dict[str, Any], size: int) -> dict[str, Any]:
             "probes": split["probes"][probes], "probe_labels": split["probe_labels"][probes]}
 
 
-def _shipped(setup: Setup, model_path: Path, target_fpir: float) -> tuple[str | None, Any, str]:
+def _shipped(setup: Setup, backbone: dict[str, OpenSetCalibration]) -> tuple[str | None, Any, str]:
     """The decision the toolkit uses by default with this extractor (and model): its scorer,
     its open-set calibration (or a fixed Decision for a model saved before them), and where it came from."""
-    backbone = backbone_calibrations(setup.extractor.manifest, model_path)
     if setup.model is not None:
         scorer = setup.model.default_scorer
         calibration = setup.model.calibrations.get(scorer) or backbone.get(scorer)
@@ -130,7 +129,7 @@ def _shipped(setup: Setup, model_path: Path, target_fpir: float) -> tuple[str | 
             return scorer, calibration, "the model's default scorer and its open-set calibration"
         return setup.model.decision.scorer, setup.model.decision, "the model's per-person decision (saved before calibrations)"
     if backbone:
-        scorer = next(iter(backbone.values())).source.get("default_scorer", sorted(backbone)[0])
+        scorer = default_scorer(backbone)
         return scorer, backbone[scorer], "the backbone's calibration (evaluate.py calibrate)"
     return None, None, "no calibration for this extractor: run evaluate.py calibrate, or pass --classification"
 
@@ -245,8 +244,8 @@ def evaluate_identify(
         if unknown:
             raise InputError(f"--scorer {', '.join(unknown)}: not available here (the head needs --classification)")
         methods = [method for method in methods if method.name in scorers]
-    shipped_scorer, shipped_calibration, shipped_from = _shipped(setup, model_path, target_fpir)
     backbone = backbone_calibrations(setup.extractor.manifest, model_path)
+    shipped_scorer, shipped_calibration, shipped_from = _shipped(setup, backbone)
     calibrations = {**backbone, **(setup.model.calibrations if setup.model is not None else {})}
     gallery_counts = np.bincount(split["gallery_labels"])
     strangers = split["stranger_probes"]
@@ -273,8 +272,6 @@ def evaluate_identify(
             # Each scorer's statistic uses the margin weight its calibration chooses for this gallery
             # (none without one: the best score alone).
             calibration = calibrations.get(method.name)
-            if method.name == "head" and setup.model is not None and not setup.model.calibrations:
-                calibration = None
             aware = calibration.decision(gallery_counts, target_fpir) if calibration is not None else None
             decide = Decision(0.0, rule, margin=aware.margin if aware is not None else 0.0)
             best, statistic = decide.statistic(known_scores)
@@ -299,8 +296,12 @@ def evaluate_identify(
                 entry["gallery_aware"] = _operating_point(aware, known_scores, split["probe_labels"], stranger_scores)
             curves[method.name]["det"] = det_curve(correct, statistic, stranger_statistic)
             if method.name == shipped_scorer and shipped_calibration is not None:
-                decision = (shipped_calibration.decision(gallery_counts, target_fpir)
-                            if isinstance(shipped_calibration, OpenSetCalibration) else shipped_calibration)
+                if shipped_calibration is calibration:
+                    decision = aware  # already derived for this gallery
+                elif isinstance(shipped_calibration, OpenSetCalibration):
+                    decision = shipped_calibration.decision(gallery_counts, target_fpir)
+                else:
+                    decision = shipped_calibration
                 shipped = {"scorer": shipped_scorer, "target_fpir": target_fpir, "enrolled": n_known,
                            "source": shipped_from, "threshold_source": decision.source, "margin": decision.margin,
                            **_operating_point(decision, known_scores, split["probe_labels"], stranger_scores)}
@@ -363,6 +364,10 @@ def _gallery_sizes(split, methods, calibrations, sizes, target_fpir) -> dict[str
     gallery-aware threshold against the threshold fixed for the smallest size."""
     results: dict[str, Any] = {}
     smallest = min(sizes)
+    smallest_counts = np.bincount(_sized_gallery(split, smallest)["labels"])
+    # The decision set for the smallest gallery, kept as the gallery grows.
+    fixed = {method.name: calibrations[method.name].decision(smallest_counts, target_fpir)
+             for method in methods if method.name in calibrations}
     for size in sorted(sizes):
         gallery = _sized_gallery(split, size)
         counts = np.bincount(gallery["labels"])
@@ -380,10 +385,9 @@ def _gallery_sizes(split, methods, calibrations, sizes, target_fpir) -> dict[str
                 str(point): fnir_at_fpir(best == gallery["probe_labels"], statistic, decide.statistic(strangers)[1], point)[0]
                 for point in FPIR_POINTS}}
             if aware is not None:
-                # The decision set for the smallest gallery, kept as the gallery grows.
-                fixed = calibration.decision(np.bincount(_sized_gallery(split, smallest)["labels"]), target_fpir)
                 entry["gallery_aware"] = _operating_point(aware, known, gallery["probe_labels"], strangers)
-                entry[f"fixed_at_{smallest}"] = _operating_point(fixed, known, gallery["probe_labels"], strangers)
+                entry[f"fixed_at_{smallest}"] = _operating_point(fixed[method.name], known, gallery["probe_labels"],
+                                                                 strangers)
             per_scorer[method.name] = entry
         results[str(size)] = {"enrolled": size, "known_with_probes": min(size, len(split["known"])),
                               "known_probes": len(gallery["probes"]), "methods": per_scorer}

@@ -94,7 +94,11 @@ def result_table(evaluation: Evaluation) -> tuple[list[str], list[list[str]]]:
 
 def text_table(evaluation: Evaluation) -> str:
     """The results as an aligned plain-text table (evaluate.py prints it before the JSON line)."""
-    header, rows = result_table(evaluation)
+    return aligned(*result_table(evaluation))
+
+
+def aligned(header: list[str], rows: list[list[str]]) -> str:
+    """Columns padded to their widest cell, two spaces apart (the tables evaluate.py prints)."""
     widths = [max(len(row[column]) for row in [header, *rows]) for column in range(len(header))]
     return "\n".join(
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [header, *rows]
@@ -107,7 +111,7 @@ def open_set_table(results: dict[str, Any], target_fpir: float) -> str:
     header = ["scorer@enrolled", "rank-1", *[f"FNIR@FPIR1% {w}" for w in weights],
               f"gallery-aware (FPIR {target_fpir:g}) FNIR / FPIR [w]", "best alone FNIR / FPIR",
               "per-person threshold FNIR / FPIR"]
-    rows = [header]
+    rows = []
     for key, r in results.items():
         chosen, best, fixed = (r["calibrated"][name] for name in ("chosen", "best", "per_person"))
         rows.append([key, _percent(r["rank1"]), *[_percent(r["fnir_at_fpir"][w]["0.01"]) for w in weights],
@@ -115,8 +119,7 @@ def open_set_table(results: dict[str, Any], target_fpir: float) -> str:
                      f"[{','.join(f'{m:g}' for m in chosen['margins'])}]",
                      f"{_percent(best['fnir'])} / {_percent(best['fpir'])}",
                      f"{_percent(fixed['fnir'])} / {_percent(fixed['fpir'])}"])
-    widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
+    return aligned(header, rows)
 
 
 def notes(evaluation: Evaluation) -> list[str]:

@@ -246,10 +246,6 @@ class OpenSetCalibration:
             return self.choose_margin(gallery, target_fpir)[1]
         return threshold_at_far(self.simulate(gallery, margin), target_fpir)
 
-    def fpir(self, threshold: float, gallery: int | np.ndarray, margin: float | None = None) -> float:
-        """Predicted share of strangers named at ``threshold`` for this gallery."""
-        return float(np.mean(self.simulate(gallery, margin) >= np.float32(threshold)))
-
     def miss_rate(self, threshold: float, photos: int | None = None) -> float:
         """Share of known people's probes whose own score falls under ``threshold`` (a lower
         bound on the miss rate: a known face can also be out-scored by someone else)."""
@@ -350,6 +346,14 @@ def kept_ranks(compared: int) -> np.ndarray:
         return dense
     sparse = np.unique(np.round(np.geomspace(TAIL, compared - 1, SPARSE_RANKS)).astype(np.int64))
     return np.concatenate([dense, sparse[sparse >= TAIL]])
+
+
+def default_scorer(calibrations: dict[str, OpenSetCalibration]) -> str | None:
+    """The scorer a set of calibrations recommends (``source["default_scorer"]``, written by
+    :func:`faceid.match.crossval.calibrate_scorers`), else the first by name; ``None`` if empty."""
+    if not calibrations:
+        return None
+    return next(iter(calibrations.values())).source.get("default_scorer", sorted(calibrations)[0])
 
 
 def calibrate_open_set(

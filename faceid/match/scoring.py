@@ -22,7 +22,7 @@ from faceid.settings import DEFAULTS
 
 RULES = ("topk", "vote")
 # How two faces are compared (test.py / evaluate.py / bench.py --scorer). The metric scorers
-# need no trained head: the backbone's own calibration (faceid/backbones/calibration) names people.
+# need no trained head: the backbone's own calibration (faceid/match/calibrations) names people.
 SCORERS = ("head", "euclidean", "cosine")
 METRIC_SCORERS = ("euclidean", "cosine")
 # Elements of the (queries x references x dim) difference tensor built at once;
