@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ from faceid.backbones.registry import (
     finish_manifest,
     register_backbone,
 )
-from faceid.backbones.runtime import KerasExtractor, OnnxExtractor, onnxruntime_available, write_onnx
+from faceid.backbones.runtime import KerasExtractor, load_saved_extractor, weights_digest, write_onnx
 from faceid.errors import InputError, WeightsUnavailableError
 from faceid.io.manifest import library_versions, sha256_file
 from faceid.settings import DEFAULTS
@@ -38,13 +37,6 @@ def preprocess_resnet50(chips: np.ndarray) -> np.ndarray:
         ``(n, size, size, 3) float32`` BGR, mean-subtracted.
     """
     return chips[..., ::-1].astype(np.float32) - IMAGENET_BGR_MEAN
-
-
-def _weights_digest(model) -> str:
-    digest = hashlib.sha256()
-    for weight in model.weights:
-        digest.update(np.ascontiguousarray(np.asarray(weight)).tobytes())
-    return digest.hexdigest()[:32]
 
 
 def _export_onnx_bytes(model, chips: np.ndarray) -> bytes:
@@ -131,7 +123,7 @@ class ResNet50Backbone(Backbone):
             "alignment": "dlib 5-point get_face_chip",
             "preprocessing": "RGB chip -> BGR float32 minus ImageNet mean [103.939, 116.779, 123.68] (caffe)",
             "weights": weights_source,
-            "weights_sha256": _weights_digest(model),
+            "weights_sha256": weights_digest(model),
             "seed": options.seed if options.weights.lower() == "none" else None,
             "tta": options.tta,
             "precision": options.precision,
@@ -151,20 +143,4 @@ class ResNet50Backbone(Backbone):
 
     @classmethod
     def load(cls, directory: Path, manifest: dict[str, Any], runtime: str = "auto") -> Extractor:
-        onnx_file = manifest.get("onnx_file")
-        if runtime == "dlib":
-            raise InputError("--runtime dlib runs the dlib backbone only: use auto, onnx or keras for resnet50")
-        if runtime == "onnx" and not onnx_file:
-            raise InputError(f"{directory} has no ONNX export: re-run network.py (without --export none)")
-        if runtime == "onnx" or (runtime == "auto" and onnx_file and onnxruntime_available()):
-            return OnnxExtractor(manifest, directory / onnx_file, preprocess_resnet50)
-        import keras
-
-        model_path = directory / manifest.get("model_file", "")
-        if not manifest.get("model_file") or not model_path.is_file():
-            raise InputError(f"extractor model file {model_path} is missing: re-run network.py --output {directory}")
-        try:
-            model = keras.models.load_model(model_path, compile=False, safe_mode=True)
-        except Exception as error:
-            raise InputError(f"cannot load {model_path} ({type(error).__name__}: {error}): re-run network.py") from error
-        return KerasExtractor(manifest, model, preprocess_resnet50)
+        return load_saved_extractor(directory, manifest, runtime, preprocess_resnet50, "network.py")

@@ -34,6 +34,16 @@ def onnxruntime_available() -> bool:
     return True
 
 
+def weights_digest(model) -> str:
+    """SHA-256 (32 hex digits) of a Keras model's weights: what a manifest fingerprints."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for weight in model.weights:
+        digest.update(np.ascontiguousarray(np.asarray(weight)).tobytes())
+    return digest.hexdigest()[:32]
+
+
 def write_onnx(keras_model, path: Path, example_input: np.ndarray) -> Path:
     """Write ``keras_model`` as an ONNX file with a dynamic batch axis (atomically).
 
@@ -183,3 +193,35 @@ class OnnxExtractor(ChipModelExtractor):
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         return self.model.run(batch)
+
+
+def load_saved_extractor(
+    directory: Path, manifest: dict[str, Any], runtime: str, preprocess: Callable[[np.ndarray], np.ndarray],
+    made_by: str, before_keras: Callable[[], object] | None = None,
+) -> ChipModelExtractor:
+    """Reopen a Keras-built extractor saved by :meth:`KerasExtractor.save`: its ONNX export on ONNX
+    Runtime (``runtime`` onnx, or auto when exported), else the ``.keras`` file (``safe_mode``: loading
+    runs no code from the file; custom layers must be registered, as ``dlib_keras``'s are on import).
+
+    ``made_by``: the script that writes such a directory, named in the messages; ``before_keras``:
+    called before the ``.keras`` file is read (to register custom layers).
+    """
+    onnx_file = manifest.get("onnx_file")
+    if runtime == "dlib":
+        raise InputError(f"--runtime dlib runs the dlib backbone only: use auto, onnx or keras for {manifest.get('backbone')}")
+    if runtime == "onnx" and not onnx_file:
+        raise InputError(f"{directory} has no ONNX export: re-run {made_by} (without --export none), or use --runtime keras")
+    if runtime == "onnx" or (runtime == "auto" and onnx_file and onnxruntime_available()):
+        return OnnxExtractor(manifest, directory / onnx_file, preprocess)
+    import keras
+
+    if before_keras is not None:
+        before_keras()
+    model_path = directory / str(manifest.get("model_file", ""))
+    if not manifest.get("model_file") or not model_path.is_file():
+        raise InputError(f"extractor model file {model_path} is missing: re-run {made_by} --output {directory}")
+    try:
+        model = keras.models.load_model(model_path, compile=False, safe_mode=True)
+    except Exception as error:  # Keras raises many types for a bad file
+        raise InputError(f"cannot load {model_path} ({type(error).__name__}: {error}): re-run {made_by}") from error
+    return KerasExtractor(manifest, model, preprocess)

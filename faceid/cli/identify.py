@@ -21,6 +21,7 @@ import numpy as np
 
 from faceid.apps.live import LiveOptions, run_live
 from faceid.backbones import RUNTIMES, load_extractor
+from faceid.backbones.siamese import EXTRACTOR_HEAD_DIR
 from faceid.cli import add_detection_options, add_verbosity, run_reporting_errors, setup_logging
 from faceid.detect.faces import FaceOptions, live_upsample
 from faceid.errors import InputError, ManifestMismatchError
@@ -42,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", "--model_path", dest="model", type=Path, default=Path(DEFAULTS.extractor_path),
                         help="extractor directory from network.py (the one the cache and head were made with)")
     parser.add_argument("--classification", type=Path,
-                        help="similarity model from train.py (trained on this extractor's features); default "
+                        help="similarity model from train.py (trained on this extractor's features); default: the "
+                             "extractor's own head/ (train_siamese.py --loss bce), else "
                              f"{DEFAULTS.similarity_path} when it exists, else the backbone alone with its metric calibration")
     parser.add_argument("--scorer", choices=SCORERS,
                         help="how faces are compared: head (the trained similarity head), euclidean or cosine (the "
@@ -116,8 +118,12 @@ def build_gallery(args: argparse.Namespace, extractor, cache: FeatureCache):
     calibration, the threshold derived for the people enrolled, and what the user overrode."""
     classification = args.classification
     # A metric scorer asked for without a model means the backbone alone, even if a default model exists.
-    if classification is None and Path(DEFAULTS.similarity_path, "head.json").is_file() and args.scorer not in METRIC_SCORERS:
-        classification = Path(DEFAULTS.similarity_path)
+    # An extractor trained by train_siamese.py --loss bce carries its own head (its distance layer) in head/.
+    if classification is None and args.scorer not in METRIC_SCORERS:
+        for default in (Path(args.model, EXTRACTOR_HEAD_DIR), Path(DEFAULTS.similarity_path)):
+            if (default / "head.json").is_file():
+                classification = default
+                break
     if classification is None and args.scorer == "head":
         raise InputError(f"--scorer head needs a similarity model: train one with train.py and pass --classification DIR "
                          f"(none at {DEFAULTS.similarity_path}), or choose --scorer euclidean or cosine")

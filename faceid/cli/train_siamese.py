@@ -1,0 +1,139 @@
+"""Train a siamese network end to end and write it as an extractor directory.
+
+Usage:
+    python train_siamese.py --faces_path faces/ --init dlib --loss triplet --output models/siamese
+    python train_siamese.py --faces_path faces/ --init koch --loss bce --output models/koch
+    python train_siamese.py --anchor data/anchor --positive data/positive --negative data/negative \\
+        --init dlib --loss bce --output models/me
+    python train_siamese.py --pairs_path cuhk_train --domains sketches photos --init dlib --loss triplet --output models/sketch
+
+The output works as --model_path / --model for extract_features.py, train.py, test.py and
+evaluate.py. report.json beside it compares the trained network with the starting one on the
+validation people; training/ holds the prepared chips and the checkpoint (--resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from faceid.cli import add_detection_options, add_verbosity, run_main
+from faceid.detect.faces import FaceOptions
+from faceid.errors import InputError
+from faceid.settings import DEFAULTS
+from faceid.train.siamese import (
+    AUGMENT,
+    COLORS,
+    DEFAULT_LEARNING_RATE,
+    DEFAULT_MARGIN,
+    FINE_TUNE,
+    LOSSES,
+    MINING,
+    TOWERS,
+    DataOptions,
+    SiameseOptions,
+    train_siamese,
+)
+from faceid.train.siamese_data import load_anchor_layout, load_domain_pairs, load_faces
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    data = parser.add_argument_group("data (one layout)")
+    data.add_argument("--faces_path", type=Path, help="one sub-folder per person (LFW, ORL, capture.py's folders)")
+    data.add_argument("--anchor", type=Path, help="webcam-app layout: your own captures (with --positive, --negative)")
+    data.add_argument("--positive", type=Path, help="more captures of the anchor person")
+    data.add_argument("--negative", type=Path, help="other people: flat images or one sub-folder per person (e.g. LFW)")
+    data.add_argument("--pairs_path", type=Path, help="cross-domain layout: a folder with the two --domains folders")
+    data.add_argument("--domains", nargs=2, metavar=("A", "B"), help="A/NN.png and B/NN.png show the same person")
+    data.add_argument("--no_detect", action="store_true", help="images are already face crops: resize them, find no face")
+    add_detection_options(parser)
+    data.add_argument("--workers", type=int, default=DEFAULTS.workers, help="processes detecting faces (0: this one)")
+    net = parser.add_argument_group("network")
+    net.add_argument("--init", choices=TOWERS, default="dlib",
+                     help="dlib: dlib's face-trained ResNet, fine-tuned; koch: Koch et al.'s CNN from scratch; "
+                          "resnet50: ImageNet ResNet50 (needs its weights, see --weights)")
+    net.add_argument("--loss", choices=LOSSES, default="bce",
+                     help="bce: Koch's L1 distance + sigmoid (saved as the head); contrastive or triplet: an embedding")
+    net.add_argument("--margin", type=float, help="contrastive/triplet margin on unit-length embeddings "
+                     f"(default {DEFAULT_MARGIN['triplet']} triplet, {DEFAULT_MARGIN['contrastive']} contrastive)")
+    net.add_argument("--mining", choices=MINING, default="semi-hard",
+                     help="triplet negatives: semi-hard (FaceNet) or batch-hard (hardest per anchor)")
+    net.add_argument("--fine_tune", choices=FINE_TUNE, default="top",
+                     help="dlib/resnet50 layers that train: top (last stage + output), fc (output only), all")
+    net.add_argument("--input_size", type=int, help="koch: chip side (default 105); resnet50: default "
+                     f"{DEFAULTS.input_size}; dlib is fixed at 150")
+    net.add_argument("--color", choices=COLORS, default="grey", help="koch: grey (the paper) or rgb (the webcam apps)")
+    net.add_argument("--weights", default=DEFAULTS.weights,
+                     help="resnet50: imagenet (downloaded by Keras) or a local ..._notop.h5 file")
+    fit = parser.add_argument_group("training")
+    fit.add_argument("--epochs", type=int, default=SiameseOptions.epochs, help="most passes over the training images")
+    fit.add_argument("--patience", type=int, default=SiameseOptions.patience,
+                     help="stop after this many epochs without a better validation AUC")
+    fit.add_argument("--batch_size", type=int, default=SiameseOptions.batch_size, help="faces per batch (all pairs scored)")
+    fit.add_argument("--per_person", type=int, default=SiameseOptions.per_person,
+                     help="images per person in a batch (the rest of the batch: other people)")
+    fit.add_argument("--learning_rate", type=float,
+                     help="Adam step size (default " + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LEARNING_RATE.items()) + ")")
+    fit.add_argument("--augment", choices=AUGMENT, default="auto",
+                     help="brightness/contrast/saturation/flip/rotation/scale/shift/JPEG on the fly; auto: on below "
+                          "20,000 training images")
+    fit.add_argument("--save_augmented", type=int, default=0, metavar="N",
+                     help="also write N augmented training chips to OUTPUT/augmented/ to look at")
+    fit.add_argument("--val_people", type=float, default=DEFAULTS.val_people, help="share of people held out for validation")
+    fit.add_argument("--target_fpir", type=float, default=DEFAULTS.target_fpir,
+                     help="share of strangers the calibrated threshold may name (test.py's default)")
+    fit.add_argument("--seed", type=int, default=DEFAULTS.seed, help="fixes the split, the batches, augmentation and init")
+    fit.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
+    fit.add_argument("--export", choices=("onnx", "none"), default="onnx", help="also export the tower to ONNX")
+    parser.add_argument("--output", type=Path, required=True, help="extractor directory to write")
+    add_verbosity(parser)
+    return parser
+
+
+def load_layout(args: argparse.Namespace):
+    chosen = [name for name, given in (("--faces_path", args.faces_path), ("--anchor", args.anchor),
+                                       ("--pairs_path", args.pairs_path)) if given is not None]
+    if len(chosen) != 1:
+        raise InputError("give one data layout: --faces_path DIR, or --anchor/--positive/--negative, or "
+                         f"--pairs_path DIR --domains A B (got {', '.join(chosen) or 'none'})")
+    if args.anchor is not None:
+        if args.positive is None or args.negative is None:
+            raise InputError("--anchor needs --positive and --negative too")
+        return load_anchor_layout(args.anchor, args.positive, args.negative)
+    if args.pairs_path is not None:
+        if not args.domains:
+            raise InputError("--pairs_path needs --domains A B: the two sub-folders whose files pair by name")
+        return load_domain_pairs(args.pairs_path, tuple(args.domains))
+    return load_faces(args.faces_path)
+
+
+def run(args: argparse.Namespace) -> int:
+    faces = load_layout(args)
+    options = SiameseOptions(
+        init=args.init, loss=args.loss, margin=args.margin, mining=args.mining, fine_tune=args.fine_tune,
+        input_size=args.input_size, color=args.color, weights=args.weights, epochs=args.epochs,
+        batch_size=args.batch_size, per_person=args.per_person, learning_rate=args.learning_rate,
+        patience=args.patience, val_people=args.val_people, augment=args.augment, target_fpir=args.target_fpir,
+        seed=args.seed, export=args.export,
+    )
+    data = DataOptions(face_options=FaceOptions(detect=not args.no_detect, upsample=args.upsample, detector=args.detector),
+                       workers=args.workers)
+    report = train_siamese(faces, args.output, options, data, resume=args.resume, progress=not args.quiet,
+                           save_augmented=args.save_augmented)
+    summary = {key: report[key] for key in ("val_auc", "val_accuracy", "start", "best_epoch", "stopped", "seconds")}
+    summary["threshold_one_person"] = report["calibration"].get("threshold_one_person")
+    summary["default_scorer"] = report["calibration"].get("default_scorer")
+    print(json.dumps(summary))
+    print(f"saved: {args.output}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main(build_parser(), run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,260 @@
+"""train_siamese.py: layouts, losses, checkpoints and the extractor it writes, on real faces."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import DATA, LFW, ORL, copy_people, lfw_people
+
+from faceid.cli import train_siamese as cli
+from faceid.detect.faces import FaceCropper, FaceOptions
+from faceid.train.siamese_data import (
+    BatchSampler,
+    load_anchor_layout,
+    load_domain_pairs,
+    load_faces,
+    prepare_chips,
+    split_faceset,
+)
+
+CUHK = DATA / "cuhk_train"
+
+
+def _orl(tmp_path: Path, people: int = 12) -> Path:
+    return copy_people(ORL, tmp_path / "orl", [f"s{index}" for index in range(1, people + 1)])
+
+
+def _anchor_layout(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """ORL s1 as the user (anchor: images 1-5, positive: 6-10); negatives flat (one image of each of
+    s2..s9) and as LFW person folders."""
+    anchor, positive, negative = (tmp_path / name for name in ("anchor", "positive", "negative"))
+    for folder in (anchor, positive, negative):
+        folder.mkdir()
+    for index in range(1, 11):
+        shutil.copy2(ORL / "s1" / f"{index}.pgm", (anchor if index <= 5 else positive) / f"{index}.pgm")
+    for person in range(2, 10):
+        shutil.copy2(ORL / f"s{person}" / "1.pgm", negative / f"s{person}_1.pgm")
+    copy_people(LFW, negative, lfw_people(min_images=3, count=4), max_images=3)
+    return anchor, positive, negative
+
+
+def test_anchor_layout_is_one_person_against_everyone_else_and_splits_by_person(tmp_path):
+    faces = load_anchor_layout(*_anchor_layout(tmp_path))
+    assert faces.names[0] == "anchor" and int(np.sum(faces.labels == 0)) == 10
+    assert len(faces.names) == 1 + 8 + 4  # the user, 8 flat negatives (one person each), 4 LFW people
+    train, val = split_faceset(faces, 0.25, seed=0)
+    assert not set(train) & set(val) and len(train) + len(val) == len(faces)
+    # The user's images are on both sides; every other person is on one side only.
+    assert np.sum(faces.labels[train] == 0) >= 2 and np.sum(faces.labels[val] == 0) >= 2
+    others_train = set(faces.labels[train]) - {0}
+    others_val = set(faces.labels[val]) - {0}
+    assert others_val and not others_train & others_val
+
+
+def test_paired_domains_pair_by_name_cross_domains_and_split_by_person(tmp_path, caplog):
+    root = tmp_path / "cuhk"
+    for domain in ("sketches", "photos"):
+        (root / domain).mkdir(parents=True)
+        for path in sorted((CUHK / domain).iterdir())[:20]:
+            shutil.copy2(path, root / domain / path.name)
+    extra = sorted((CUHK / "photos").iterdir())[30]
+    shutil.copy2(extra, root / "photos" / extra.name)  # a photo without its sketch
+    faces = load_domain_pairs(root, ("sketches", "photos"))
+    assert len(faces) == 40 and len(faces.names) == 20 and "no partner" in caplog.text
+    for label in range(20):
+        rows = np.flatnonzero(faces.labels == label)
+        assert sorted(faces.domains[rows]) == [0, 1]
+        assert faces.paths[rows[0]].name == faces.paths[rows[1]].name
+    train, val = split_faceset(faces, 0.2, seed=3)
+    assert not set(faces.labels[train]) & set(faces.labels[val])
+    assert len(set(faces.labels[val])) == 4
+
+
+def test_sampler_batches_hold_positives_and_are_reproducible():
+    labels = np.repeat(np.arange(30), 5)
+    sampler = BatchSampler(labels, batch_size=32, per_person=4, seed=1)
+    first = list(sampler.epoch(1))
+    assert len(first) == sampler.steps == 5
+    assert all(np.array_equal(a, b) for a, b in zip(first, BatchSampler(labels, 32, 4, 1).epoch(1)))
+    for rows in first:
+        counts = np.bincount(labels[rows])
+        assert len(rows) == 32 and np.sum(counts >= 2) >= 4 and len(set(rows)) == 32
+    assert not all(np.array_equal(a, b) for a, b in zip(first, sampler.epoch(2)))
+
+
+@pytest.fixture(scope="module")
+def orl_chips(tmp_path_factory):
+    """ORL crops (no detection: they are crops already), at Koch's smallest size and at dlib's."""
+    root = _orl(tmp_path_factory.mktemp("orl"), people=12)
+    faces = load_faces(root)
+    return {size: prepare_chips(faces, FaceCropper(FaceOptions(detect=False), size, 0.25),
+                                tmp_path_factory.mktemp(f"chips{size}"), workers=0, progress=False)
+            for size in (68, 150)}
+
+
+@pytest.mark.parametrize("init,loss,mining", [("koch", "bce", "semi-hard"), ("dlib", "contrastive", "semi-hard"),
+                                              ("dlib", "triplet", "semi-hard"), ("dlib", "triplet", "batch-hard")])
+def test_a_few_steps_of_each_loss_lower_it_on_a_fixed_batch(orl_chips, tmp_path, init, loss, mining):
+    from faceid.train.siamese import SiameseOptions, SiameseTrainer, build_tower
+
+    options = SiameseOptions(init=init, loss=loss, mining=mining, input_size=68 if init == "koch" else None,
+                             learning_rate=1e-3 if init == "koch" else 1e-4, batch_size=24, seed=0)
+    tower = build_tower(options)
+    chipset = orl_chips[tower.chip_size]
+    rows = np.arange(len(chipset.faces))
+    trainer = SiameseTrainer(chipset, rows, rows, options, tmp_path, tower, augment=False)
+    batch = next(trainer.sampler.epoch(0))
+    before = trainer.loss_on(batch)
+    for _ in range(6):
+        trainer.train_on(batch)
+    after = trainer.loss_on(batch)
+    assert np.isfinite(before) and after < 0.9 * before, (before, after)
+
+
+def test_training_is_reproducible_with_a_seed(orl_chips, tmp_path):
+    """Same seed: the same initial weights, batches and augmentation, so the same losses."""
+    from faceid.train.siamese import SiameseOptions, SiameseTrainer, build_tower
+
+    options = SiameseOptions(init="koch", loss="contrastive", input_size=68, batch_size=24, epochs=1, seed=5)
+    chipset = orl_chips[68]
+    train, val = split_faceset(chipset.faces, 0.25, options.seed)
+    runs = []
+    for index in range(2):
+        trainer = SiameseTrainer(chipset, train, val, options, tmp_path / str(index), build_tower(options), augment=True)
+        runs.append(trainer.fit(None, progress=False)["history"])
+    assert [row["loss"] for row in runs[0]] == [row["loss"] for row in runs[1]]
+    assert runs[0][1]["val_auc"] == runs[1][1]["val_auc"]
+
+
+def _train(argv: list[str], capsys) -> tuple[int, str, str]:
+    code = cli.main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_saved_tower_reloads_embeds_identically_and_resume_continues(tmp_path, capsys):
+    from faceid.backbones import load_extractor
+    from faceid.backbones.siamese import preprocessing
+    from faceid.io.store import load_npz
+    from faceid.train.siamese import SiameseOptions, build_tower
+
+    output = tmp_path / "koch"
+    argv = ["--faces_path", str(_orl(tmp_path)), "--no_detect", "--workers", "0", "--init", "koch", "--loss", "bce",
+            "--input_size", "68", "--batch_size", "24", "--output", str(output), "-q"]
+    code, out, err = _train([*argv, "--epochs", "1"], capsys)
+    assert code == 0, err
+    summary = json.loads(out.splitlines()[-2])
+    report = json.loads((output / "report.json").read_text())
+    assert [row["epoch"] for row in report["history"]] == [0, 1]
+    assert report["start"]["val_auc"] == report["history"][0]["val_auc"] and summary["val_auc"] == report["val_auc"]
+    assert np.isfinite(report["calibration"]["threshold_one_person"])
+    assert report["calibration"]["default_scorer"] in ("head", "euclidean", "cosine")
+    manifest = json.loads((output / "manifest.json").read_text())
+    assert manifest["backbone"] == "siamese" and manifest["tower"] == "koch" and manifest["output_dim"] == 4096
+
+    # The saved tower (Keras and ONNX) gives the vectors of the best epoch's weights.
+    chips = np.stack([np.asarray(chip) for chip in np.load(output / "training" / "chips.npy", mmap_mode="r")[:6]])
+    tower = build_tower(SiameseOptions(init="koch", loss="bce", input_size=68))
+    arrays = load_npz(output / "training" / "best.npz", "best", "")
+    for index, weight in enumerate(tower.model.weights):
+        weight.assign(arrays[f"tower.{index}"])
+    expected = np.asarray(tower.model(preprocessing(manifest["preprocessing"])(chips), training=False))
+    keras_vectors = load_extractor(output, runtime="keras").embed(chips)
+    onnx_vectors = load_extractor(output, runtime="onnx").embed(chips)
+    np.testing.assert_allclose(keras_vectors, expected, atol=1e-6)
+    np.testing.assert_allclose(onnx_vectors, expected, atol=1e-4)
+
+    # Training into a used output needs --resume; --resume goes on from epoch 1, not from scratch.
+    code, _, err = _train([*argv, "--epochs", "2"], capsys)
+    assert code == 1 and "--resume" in err
+    code, _, err = _train([*argv, "--epochs", "2", "--resume"], capsys)
+    assert code == 0, err
+    resumed = json.loads((output / "report.json").read_text())
+    assert [row["epoch"] for row in resumed["history"]] == [0, 1, 2]
+    assert resumed["history"][:2] == report["history"]
+
+
+def test_bad_input_gets_a_clear_error(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    (empty / "alice").mkdir(parents=True)
+    code, _, err = _train(["--faces_path", str(empty), "--output", str(tmp_path / "o1"), "-q"], capsys)
+    assert code == 1 and "no images" in err
+
+    anchor, positive, negative = _anchor_layout(tmp_path)
+    for path in positive.iterdir():
+        path.unlink()
+    code, _, err = _train(["--anchor", str(anchor), "--positive", str(positive), "--negative", str(negative),
+                           "--output", str(tmp_path / "o2"), "-q"], capsys)
+    assert code == 1 and "--positive" in err and "empty" in err
+
+    pairs = tmp_path / "pairs"
+    for domain, names in (("sketches", ["01.png", "02.png"]), ("photos", ["11.png", "12.png"])):
+        (pairs / domain).mkdir(parents=True)
+        for name, source in zip(names, sorted((CUHK / domain).iterdir())):
+            shutil.copy2(source, pairs / domain / name)
+    code, _, err = _train(["--pairs_path", str(pairs), "--domains", "sketches", "photos",
+                           "--output", str(tmp_path / "o3"), "-q"], capsys)
+    assert code == 1 and "no file names in common" in err
+
+    faces = _orl(tmp_path / "single", people=6)
+    for path in sorted((faces / "s3").iterdir())[1:]:
+        path.unlink()
+    code, _, err = _train(["--faces_path", str(faces), "--no_detect", "--workers", "0", "--loss", "triplet",
+                           "--output", str(tmp_path / "o4"), "-q"], capsys)
+    assert code == 1 and "s3" in err and "two usable faces" in err
+
+    code, _, err = _train(["--faces_path", str(faces), "--anchor", str(anchor), "--output", str(tmp_path / "o5"), "-q"],
+                          capsys)
+    assert code == 1 and "one data layout" in err
+
+
+def test_resnet50_without_weights_says_where_to_get_them(tmp_path, capsys):
+    code, _, err = _train(["--faces_path", str(_orl(tmp_path, people=4)), "--no_detect", "--workers", "0",
+                           "--init", "resnet50", "--weights", str(tmp_path / "missing.h5"),
+                           "--output", str(tmp_path / "o"), "-q"], capsys)
+    assert code == 1 and "missing.h5" in err and "--backbone dlib" in err
+
+
+def test_a_verifier_for_one_person_names_them_and_no_one_else(tmp_path, capsys):
+    """The webcam-app flow on LFW: one person's photos as anchor/positive, other people as negatives,
+    dlib fine-tuned with bce; test.py with that person alone enrolled answers "X" / "not X"."""
+    from faceid.cli import extract_features, identify
+
+    person = lfw_people(min_images=40, count=1)[0]
+    photos = sorted((LFW / person).iterdir())
+    anchor, positive, negative, probes = (tmp_path / name for name in ("anchor", "positive", "negative", "probes"))
+    for folder, files in ((anchor, photos[:12]), (positive, photos[12:24]), (probes, photos[24:34])):
+        folder.mkdir()
+        for path in files:
+            shutil.copy2(path, folder / path.name)
+    copy_people(LFW, negative, lfw_people(min_images=3, count=24, skip=40), max_images=3)
+    strangers = lfw_people(min_images=2, count=10, skip=200)
+    for stranger in strangers:
+        shutil.copy2(sorted((LFW / stranger).iterdir())[0], probes / f"stranger_{stranger}.jpg")
+    model = tmp_path / "me"
+    code, _, err = _train(["--anchor", str(anchor), "--positive", str(positive), "--negative", str(negative),
+                           "--init", "dlib", "--loss", "bce", "--epochs", "1", "--workers", "0", "--output", str(model),
+                           "-q"], capsys)
+    assert code == 0, err
+    assert (model / "head" / "head.json").is_file()
+    enrol = tmp_path / "enrol" / person
+    shutil.copytree(anchor, enrol)
+    assert extract_features.main(["--faces_path", str(enrol.parent), "--model_path", str(model),
+                                  "--features", str(tmp_path / "features"), "-q"]) == 0
+    capsys.readouterr()
+    jsonl = tmp_path / "faces.jsonl"
+    assert identify.main(["--images", str(probes), "--model", str(model), "--features", str(tmp_path / "features"),
+                          "--jsonl", str(jsonl), "--no_display", "-q"]) == 0
+    rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    named: dict[str, list[str]] = {}
+    for row in rows:  # one line per face
+        named.setdefault(row["source"], []).append(row["name"])
+    own = [names for key, names in named.items() if "stranger_" not in str(key)]
+    others = [names for key, names in named.items() if "stranger_" in str(key)]
+    assert len(own) >= 8 and len(others) >= 8
+    assert sum(person in names for names in own) >= 0.7 * len(own)
+    assert sum(person in names for names in others) <= 1
