@@ -65,6 +65,8 @@ DEFAULT_LEARNING_RATE = {"dlib": 1e-5, "koch": 1e-4, "resnet50": 1e-4}
 # On unit-length embeddings (distances 0..2): FaceNet's triplet margin; contrastive pushes
 # different people beyond distance 1 (cosine below 0.5).
 DEFAULT_MARGIN = {"triplet": 0.2, "contrastive": 1.0}
+# The distance layer's warm-up (bce): one pass of Adam on the layer alone, the tower frozen.
+HEAD_WARMUP_LEARNING_RATE = 1e-2
 KOCH_SIZE = 105
 # --augment auto turns augmentation on below this many training images.
 AUGMENT_BELOW = 20000
@@ -328,12 +330,16 @@ class SiameseTrainer:
         self.sampler = BatchSampler(self.labels[train_rows], options.batch_size, options.per_person, options.seed)
         self.head = None
         if options.loss == "bce":
-            self.head = keras.layers.Dense(1, activation="sigmoid", name="distance")
-            self.head.build((None, int(tower.model.output.shape[-1])))
+            # Starts as "farther apart in every dimension = less alike" (the warm-up then fits it).
+            dim = int(tower.model.output.shape[-1])
+            self.head = keras.layers.Dense(1, activation="sigmoid", name="distance",
+                                           kernel_initializer=keras.initializers.Constant(-1.0 / dim))
+            self.head.build((None, dim))
         self.optimizer = keras.optimizers.Adam(learning_rate=options.lr)
         self.variables = list(tower.model.trainable_variables) + (list(self.head.trainable_variables) if self.head else [])
         self.optimizer.build(self.variables)
         self._step = self._make_step()
+        self._head_step = self._make_head_step() if self.head is not None else None
         self.augmentation = Augmentation()
 
     @property
@@ -357,6 +363,44 @@ class SiameseTrainer:
             return loss
 
         return step
+
+    def _make_head_step(self):
+        """A step of the distance layer alone, the tower frozen (the warm-up before epoch 1)."""
+        import keras
+        import tensorflow as tf
+
+        tower, head, options = self.tower.model, self.head, self.options
+        optimizer = keras.optimizers.Adam(learning_rate=HEAD_WARMUP_LEARNING_RATE)
+        variables = list(head.trainable_variables)
+
+        @tf.function(reduce_retracing=True)
+        def step(batch, same, cross):
+            embeddings = tower(batch, training=False)
+            with tf.GradientTape() as tape:
+                loss = siamese_loss("bce", embeddings, same, cross, margin=None, mining=options.mining,
+                                    neg_ratio=options.neg_ratio, head=head)
+            optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+            return loss
+
+        return step
+
+    def warm_up_head(self, progress: bool) -> float:
+        """Fit the new distance layer to the starting tower for one pass before anything else trains.
+
+        A random distance layer would send random gradients into a pretrained tower and undo what
+        it knows before the layer has learnt anything; warmed up, epoch 0 is also a fair measure of
+        the starting network with this head.
+        """
+        from tqdm import tqdm
+
+        losses = []
+        with tqdm(total=self.sampler.steps, desc="distance layer", unit="batch", leave=False,
+                  disable=None if progress else True) as bar:
+            for step, rows in enumerate(self.sampler.epoch(0)):
+                rng = np.random.default_rng([self.options.seed, 0, step]) if self.augment else None
+                losses.append(float(self._head_step(*self.batch(rows, rng))))
+                bar.update(1)
+        return float(np.mean(losses))
 
     def batch(self, rows: np.ndarray, rng: np.random.Generator | None):
         """``(preprocessed chips, same, cross)`` of training rows (``rows`` index ``train_rows``)."""
@@ -468,9 +512,10 @@ class SiameseTrainer:
         options = self.options
         if state is None:
             started = time.perf_counter()
+            warm_up = self.warm_up_head(progress) if self.head is not None else None
             metrics = self.validate()
             state = {"options": self.options.identity(), "epoch": 0, "best_epoch": 0, "best_auc": metrics["val_auc"],
-                     "history": [{"epoch": 0, "loss": None, **metrics, "seconds": round(time.perf_counter() - started, 1)}],
+                     "history": [{"epoch": 0, "loss": warm_up, **metrics, "seconds": round(time.perf_counter() - started, 1)}],
                      "stopped": None}
             self.save_best()
             self.save_checkpoint(state)
@@ -551,10 +596,10 @@ def train_siamese(faces: FaceSet, output: Path, options: SiameseOptions = Siames
     tower = build_tower(options)
     padding = DEFAULTS.align_padding
     cropper = FaceCropper(data.face_options, tower.chip_size, padding)
+    check_for_loss(faces, options.loss, usable=False)
     chipset = prepare_chips(faces, cropper, output / TRAINING_DIR, data.workers, progress)
-    check_for_loss(chipset.faces, options.loss)
+    check_for_loss(chipset.faces, options.loss, usable=True)
     train_rows, val_rows = split_faceset(chipset.faces, options.val_people, options.seed)
-    check_for_loss(chipset.faces.subset(train_rows), options.loss)
     augment = options.augment == "on" or (options.augment == "auto" and len(train_rows) < AUGMENT_BELOW)
     trainer = SiameseTrainer(chipset, train_rows, val_rows, options, output, tower, augment)
     write_json(output / TRAINING_DIR / "split.json", {

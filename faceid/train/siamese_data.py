@@ -164,16 +164,24 @@ def split_faceset(faces: FaceSet, val_share: float, seed: int) -> tuple[np.ndarr
     return train, val
 
 
-def check_for_loss(faces: FaceSet, loss: str) -> None:
-    """Refuse data a loss cannot train on, naming what to change."""
+def check_for_loss(faces: FaceSet, loss: str, usable: bool) -> None:
+    """Refuse data a loss cannot train on, naming what to change.
+
+    Before detection (``usable`` False), a person folder with one image is refused for triplet
+    loss (it can never be an anchor with a positive: the layout is wrong for it). After detection
+    (``usable`` True), people left with one face by faces not found only serve as negatives.
+    """
     counts = np.bincount(faces.labels, minlength=len(faces.names))
     if faces.layout == "faces" and loss == "triplet":
         single = [faces.names[label] for label in np.flatnonzero(counts == 1)]
-        if single:
+        if single and not usable:
             raise InputError(
-                f"triplet loss needs at least two usable faces per person; {len(single)} have one "
+                f"triplet loss needs at least two images per person; {len(single)} have one "
                 f"(e.g. {', '.join(single[:3])}): add photos, remove those folders, or use --loss bce or contrastive"
             )
+        if single:
+            logger.warning("%d people have one usable face (the others had none found): they serve as negatives only "
+                           "(e.g. %s)", len(single), ", ".join(single[:3]))
     if not np.any(counts >= 2):
         raise InputError("no person has two usable faces: same-person pairs are what the network learns from")
     if len(np.unique(faces.labels)) < 2:
