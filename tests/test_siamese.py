@@ -260,3 +260,22 @@ def test_a_verifier_for_one_person_names_them_and_no_one_else(tmp_path, capsys):
     assert len(own) >= 8 and len(others) >= 8
     assert sum(person in names for names in own) >= 0.7 * len(own)
     assert sum(person in names for names in others) <= 1
+
+
+def test_pairs_can_be_drawn_from_the_validation_people_of_a_run(tmp_path):
+    """evaluate.py sample_pairs: an LFW-format list over the people train_siamese.py never trained on."""
+    from faceid.evaluate.pairlist import read_pair_list, read_people, sample_pair_list
+
+    people = lfw_people(min_images=3, count=6)
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": ["someone_else"], "val": people}))
+    assert read_people(split) == people
+    pairs_file = tmp_path / "pairs.txt"
+    pairs_file.write_text(sample_pair_list(LFW, read_people(split), per_kind=12, seed=0))
+    pairs = read_pair_list(pairs_file, folds=3)
+    assert len(pairs) == 24 and int(pairs.is_same.sum()) == 12
+    for (first, name_a), (second, name_b), same in zip(pairs.first, pairs.second, pairs.is_same):
+        assert {first, second} <= set(people)
+        assert (first == second) == bool(same)
+        assert not same or name_a != name_b
+        assert (LFW / first / name_a).is_file() and (LFW / second / name_b).is_file()

@@ -27,10 +27,11 @@ from faceid.detect.faces import FaceOptions
 from faceid.evaluate.identify import evaluate_identify
 from faceid.evaluate.images import FACE_CHOICES, NO_FACE_POLICIES
 from faceid.evaluate.oneshot import evaluate_oneshot
+from faceid.evaluate.pairlist import read_people, sample_pair_list
 from faceid.evaluate.pairs import MISSING_POLICIES, evaluate_pairs
 from faceid.evaluate.report import notes, open_set_table, text_table, write_outputs
 from faceid.features.cache import FeatureCache, check_same_extractor
-from faceid.io.store import read_json, write_json
+from faceid.io.store import read_json, write_bytes, write_json
 from faceid.match.crossval import calibrate_scorers, cross_validate_open_set
 from faceid.match.model import SimilarityModel
 from faceid.match.openset import CALIBRATION_FILE, save_calibrations
@@ -81,6 +82,17 @@ def build_parser() -> argparse.ArgumentParser:
                              help="image without a detected face: skip it (as extraction does), or embed a centre crop")
         command.add_argument("--face", choices=FACE_CHOICES, default="largest",
                              help="the person's face in a photo: the largest (as extraction does) or the centred one")
+        command.add_argument("--people", type=Path,
+                             help="only these people: a JSON list, one name per line, or train_siamese.py's "
+                                  "training/split.json (its validation people, never trained on)")
+    sample = commands.add_parser("sample_pairs", help="write an LFW-format pair list drawn from some people")
+    sample.add_argument("--images_root", type=Path, required=True, help="folder holding <name>/<name>_0001.jpg")
+    sample.add_argument("--people", type=Path, required=True,
+                        help="whose images: a JSON list, one name per line, or train_siamese.py's training/split.json")
+    sample.add_argument("--per_kind", type=int, default=1000, help="same-person pairs, and as many different-person")
+    sample.add_argument("--seed", type=int, default=DEFAULTS.seed, help="fixes the draw")
+    sample.add_argument("--output", type=Path, required=True, help="pair list to write (for evaluate.py pairs)")
+    add_verbosity(sample)
     identify.add_argument("--gallery_per_person", type=int, default=2,
                           help="images enrolled per person (K); the others are probes")
     identify.add_argument("--min_images", type=int, help="people with fewer usable images are left out (default K+1)")
@@ -144,6 +156,12 @@ def _sizes(text: str) -> tuple[int, ...]:
 def run(args: argparse.Namespace, argv: list[str]) -> int:
     if args.command in ("openset", "calibrate"):
         return run_open_set(args)
+    if args.command == "sample_pairs":
+        write_bytes(args.output, sample_pair_list(args.images_root, read_people(args.people), args.per_kind,
+                                                  args.seed).encode())
+        print(json.dumps({"command": "sample_pairs", "output": str(args.output), "per_kind": args.per_kind}))
+        return 0
+    people = read_people(args.people) if getattr(args, "people", None) else None
     common = {
         "model_path": args.model_path, "classification": args.classification, "features": args.features,
         "face_options": FaceOptions(upsample=args.upsample, detector=args.detector), "no_face": args.no_face,
@@ -160,9 +178,9 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
             stranger_share=args.stranger_share, target_fpir=args.target_fpir, scorers=args.scorer,
             gallery_sizes=args.gallery_sizes,
             max_probes_per_person=args.max_probes_per_person, euclidean_threshold=args.euclidean_threshold,
-            cosine_threshold=args.cosine_threshold, **common)
+            cosine_threshold=args.cosine_threshold, people=people, **common)
     else:
-        evaluation = evaluate_oneshot(args.faces_path, way=args.way, trials=args.trials, **common)
+        evaluation = evaluate_oneshot(args.faces_path, way=args.way, trials=args.trials, people=people, **common)
     written = write_outputs(evaluation, args.json, args.plots, args.html)
     print(text_table(evaluation))
     print("\n".join(notes(evaluation)))

@@ -143,9 +143,16 @@ def _operating_point(decision: Decision, scores: np.ndarray, true_class: np.ndar
 
 
 def folder_vectors(
-    faces_path: Path, setup: Setup, no_face: str, face_choice: str, batch_size: int, progress: bool
+    faces_path: Path, setup: Setup, no_face: str, face_choice: str, batch_size: int, progress: bool,
+    only: list[str] | None = None,
 ) -> tuple[dict[str, list[np.ndarray]], EmbeddedImages]:
+    """Every usable vector of each person folder (``only``: of these people alone)."""
     people = list_people(faces_path)
+    if only is not None:
+        missing = sorted(set(only) - set(people))
+        if missing:
+            raise InputError(f"--people names {len(missing)} people with no folder in {faces_path} (e.g. {missing[0]})")
+        people = {name: files for name, files in people.items() if name in set(only)}
     keys = [(name, path.name) for name, files in people.items() for path in files]
     images = embed_images(
         keys,
@@ -184,6 +191,7 @@ def evaluate_identify(
     face_options: FaceOptions | None = None,
     batch_size: int = DEFAULTS.batch_size,
     seed: int = DEFAULTS.seed,
+    people: list[str] | None = None,
     progress: bool = True,
     argv: Sequence[str] | None = None,
 ) -> Evaluation:
@@ -228,7 +236,7 @@ def evaluate_identify(
     model_path = Path(model_path)
     face_options = face_options or FaceOptions()
     setup = set_up(model_path, classification, features, face_options)
-    vectors_by_person, images = folder_vectors(faces_path, setup, no_face, face_choice, batch_size, progress)
+    vectors_by_person, images = folder_vectors(faces_path, setup, no_face, face_choice, batch_size, progress, people)
     split = _split_gallery(
         vectors_by_person,
         gallery_per_person,

@@ -54,6 +54,7 @@ def evaluate_oneshot(
     face_options: FaceOptions | None = None,
     batch_size: int = DEFAULTS.batch_size,
     seed: int = DEFAULTS.seed,
+    people: list[str] | None = None,
     progress: bool = True,
     argv: Sequence[str] | None = None,
 ) -> Evaluation:
@@ -72,7 +73,7 @@ def evaluate_oneshot(
     faces_path = Path(faces_path)
     face_options = face_options or FaceOptions()
     setup = set_up(model_path, classification, features, face_options)
-    vectors_by_person, images = folder_vectors(faces_path, setup, no_face, face_choice, batch_size, progress)
+    vectors_by_person, images = folder_vectors(faces_path, setup, no_face, face_choice, batch_size, progress, people)
     eligible = sorted(name for name, vectors in vectors_by_person.items() if len(vectors) >= 2)
     if len(eligible) < way:
         raise InputError(
@@ -82,12 +83,12 @@ def evaluate_oneshot(
     rng = np.random.default_rng(seed)
     probes, supports = [], []
     for _ in range(trials):
-        people = rng.choice(len(eligible), way, replace=False)
-        own = vectors_by_person[eligible[people[0]]]
+        chosen = rng.choice(len(eligible), way, replace=False)
+        own = vectors_by_person[eligible[chosen[0]]]
         probe_index, support_index = rng.choice(len(own), 2, replace=False)
         probes.append(own[probe_index])
         row = [own[support_index]]
-        for person in people[1:]:
+        for person in chosen[1:]:
             candidates = vectors_by_person[eligible[person]]
             row.append(candidates[rng.integers(len(candidates))])
         supports.append(np.stack(row))
@@ -112,6 +113,7 @@ def evaluate_oneshot(
     summary.update(
         {
             "faces_path": str(faces_path),
+            "only_people": people is not None,
             "way": way,
             "trials": trials,
             "chance": 1.0 / way,

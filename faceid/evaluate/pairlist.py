@@ -142,3 +142,59 @@ def read_pair_list(path: str | Path, folds: int = 10) -> PairList:
         for index, chunk in enumerate(np.array_split(rows, folds)):
             fold[chunk] = index
     return PairList(tuple(first), tuple(second), is_same, fold, folds, False)
+
+
+def read_people(path: str | Path) -> list[str]:
+    """People named in a file: a JSON list, train_siamese.py's ``training/split.json`` (its
+    validation people, never trained on), or plain text with one name per line."""
+    import json
+
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise InputError(f"cannot read the people file {path} ({error})") from error
+    try:
+        payload = json.loads(text)
+    except ValueError:
+        payload = [line.strip() for line in text.splitlines() if line.strip()]
+    if isinstance(payload, dict):
+        payload = payload.get("val")
+    if not isinstance(payload, list) or not payload or not all(isinstance(name, str) for name in payload):
+        raise InputError(f"{path} names no people: give a JSON list, a split.json with \"val\", or one name per line")
+    return payload
+
+
+def sample_pair_list(images_root: str | Path, people: list[str], per_kind: int, seed: int) -> str:
+    """An LFW-format pair list (``per_kind`` same- and different-person pairs, distinct) drawn from
+    ``people``'s LFW-named folders (``name/name_0001.jpg``, ...) under ``images_root``."""
+    images_root = Path(images_root)
+    counts = {}
+    for person in sorted(set(people)):
+        folder = images_root / person
+        if not folder.is_dir():
+            raise InputError(f"{folder} is missing: --people names someone --images_root does not hold")
+        count = 0
+        while (folder / lfw_file_name(person, count + 1)).is_file():
+            count += 1
+        counts[person] = count
+    multi = [person for person, count in counts.items() if count >= 2]
+    if len(counts) < 2 or not multi:
+        raise InputError("sampling pairs needs two people and someone with two LFW-named images (name_0001.jpg, ...)")
+    same_possible = sum(count * (count - 1) // 2 for count in counts.values())
+    if per_kind > same_possible:
+        raise InputError(f"--per_kind {per_kind}: these people have only {same_possible} same-person pairs")
+    rng = np.random.default_rng(seed)
+    names = sorted(counts)
+    same: set[str] = set()
+    while len(same) < per_kind:
+        person = multi[rng.integers(len(multi))]
+        first, second = sorted(rng.choice(counts[person], 2, replace=False) + 1)
+        same.add(f"{person}\t{first}\t{second}")
+    different: set[str] = set()
+    with_images = [name for name in names if counts[name] >= 1]
+    while len(different) < per_kind:
+        first, second = rng.choice(len(with_images), 2, replace=False)
+        a, b = with_images[first], with_images[second]
+        different.add(f"{a}\t{rng.integers(counts[a]) + 1}\t{b}\t{rng.integers(counts[b]) + 1}")
+    return "\n".join([str(per_kind), *sorted(same), *sorted(different)]) + "\n"
