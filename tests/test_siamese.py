@@ -279,3 +279,29 @@ def test_pairs_can_be_drawn_from_the_validation_people_of_a_run(tmp_path):
         assert (first == second) == bool(same)
         assert not same or name_a != name_b
         assert (LFW / first / name_a).is_file() and (LFW / second / name_b).is_file()
+
+
+def test_ctrl_c_keeps_the_best_epoch_as_the_model(tmp_path, capsys, monkeypatch):
+    from faceid.train.augment import Augmentation
+
+    calls = {"count": 0}
+    original = Augmentation.apply
+
+    def interrupting(self, chips, rng):
+        calls["count"] += 1
+        if calls["count"] > 5:  # epoch 1 has 5 batches (100 training faces, 24 a batch): stop in epoch 2
+            raise KeyboardInterrupt
+        return original(self, chips, rng)
+
+    monkeypatch.setattr(Augmentation, "apply", interrupting)
+    output = tmp_path / "koch"
+    code, _, err = _train(["--faces_path", str(_orl(tmp_path)), "--no_detect", "--workers", "0", "--init", "koch",
+                           "--loss", "contrastive", "--input_size", "68", "--batch_size", "24", "--augment", "on",
+                           "--export", "none", "--output", str(output), "-q"], capsys)
+    assert code == 130 and "interrupted" in err
+    report = json.loads((output / "report.json").read_text())
+    assert "interrupted" in report["stopped"] and [row["epoch"] for row in report["history"]] == [0, 1]
+    assert (output / "manifest.json").is_file() and (output / "tower.keras").is_file()
+    from faceid.backbones import load_extractor
+
+    assert load_extractor(output).embed(np.zeros((1, 68, 68, 3), np.uint8)).shape == (1, 4096)

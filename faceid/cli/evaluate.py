@@ -7,6 +7,7 @@ Usage:
     python evaluate.py oneshot --faces_path faces/ --model_path models/extractor --way 20 --trials 1000
     python evaluate.py openset --features features/ --folds 5 --gallery_sizes 100,1000
     python evaluate.py calibrate --features features/ --output models/extractor/calibration.npz
+    python evaluate.py sample_pairs --images_root lfw/ --people models/siamese/training/split.json --output pairs.txt
 
 Euclidean distance, cosine similarity and the similarity head side by side. Each command
 prints a table, then the results as one JSON object on the last line of stdout; --json,
