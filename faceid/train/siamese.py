@@ -36,7 +36,7 @@ from faceid.backbones.siamese import EXTRACTOR_HEAD_DIR, preprocessing, siamese_
 from faceid.detect.faces import FaceCropper, FaceOptions
 from faceid.errors import InputError
 from faceid.io.manifest import library_versions
-from faceid.io.store import load_npz, read_json, save_npz, write_json
+from faceid.io.store import StagedFiles, json_bytes, load_npz, read_json, save_npz, write_json
 from faceid.match.metrics import accuracy_at, best_accuracy_threshold, roc_auc
 from faceid.settings import DEFAULTS
 from faceid.train.augment import Augmentation
@@ -462,19 +462,22 @@ class SiameseTrainer:
 
     # ------------------------------------------------------------ state on disk
 
-    def save_checkpoint(self, state: dict[str, Any]) -> None:
+    def _network_arrays(self) -> dict[str, np.ndarray]:
         arrays = {f"tower.{index}": value for index, value in enumerate(_weights(self.tower.model))}
         if self.head is not None:
             arrays.update({f"head.{index}": value for index, value in enumerate(_weights(self.head))})
+        return arrays
+
+    def save_checkpoint(self, state: dict[str, Any]) -> None:
+        """The network, the optimiser and the state, committed together (a kill leaves the previous epoch's)."""
+        arrays = self._network_arrays()
         arrays.update({f"optimizer.{index}": np.asarray(value) for index, value in enumerate(self.optimizer.variables)})
-        save_npz(self.folder / "checkpoint.npz", **arrays)
-        write_json(self.folder / "state.json", state)
+        with StagedFiles(self.folder) as staged:
+            staged.write_with("checkpoint.npz", lambda path: np.savez(path, **arrays))
+            staged.write_bytes("state.json", json_bytes(state))
 
     def save_best(self) -> None:
-        arrays = {f"tower.{index}": value for index, value in enumerate(_weights(self.tower.model))}
-        if self.head is not None:
-            arrays.update({f"head.{index}": value for index, value in enumerate(_weights(self.head))})
-        save_npz(self.folder / "best.npz", **arrays)
+        save_npz(self.folder / "best.npz", **self._network_arrays())
 
     def _load_arrays(self, name: str, optimizer: bool) -> None:
         arrays = load_npz(self.folder / name, "training checkpoint", "train again without --resume")
