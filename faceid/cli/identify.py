@@ -126,7 +126,8 @@ def build_gallery(args: argparse.Namespace, extractor, cache: FeatureCache):
                 break
     if classification is None and args.scorer == "head":
         raise InputError(f"--scorer head needs a similarity model: train one with train.py and pass --classification DIR "
-                         f"(none at {DEFAULTS.similarity_path}), or choose --scorer euclidean or cosine")
+                         f"(none at {Path(args.model, EXTRACTOR_HEAD_DIR)} or {DEFAULTS.similarity_path}), or choose --scorer "
+                         "euclidean or cosine")
     backbone = backbone_calibrations(extractor.manifest, args.model)
     vectors, labels, names = cache.matrix(min_images=1)
     if classification is None:

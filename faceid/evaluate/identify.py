@@ -149,10 +149,11 @@ def folder_vectors(
     """Every usable vector of each person folder (``only``: of these people alone)."""
     people = list_people(faces_path)
     if only is not None:
-        missing = sorted(set(only) - set(people))
+        wanted = set(only)
+        missing = sorted(wanted - set(people))
         if missing:
             raise InputError(f"--people names {len(missing)} people with no folder in {faces_path} (e.g. {missing[0]})")
-        people = {name: files for name, files in people.items() if name in set(only)}
+        people = {name: files for name, files in people.items() if name in wanted}
     keys = [(name, path.name) for name, files in people.items() for path in files]
     images = embed_images(
         keys,

@@ -404,9 +404,7 @@ class SiameseTrainer:
 
     def batch(self, rows: np.ndarray, rng: np.random.Generator | None):
         """``(preprocessed chips, same, cross)`` of training rows (``rows`` index ``train_rows``)."""
-        picked = self.train_rows[rows]
-        order = np.argsort(picked)  # memory-mapped reads in file order
-        picked = picked[order]
+        picked = np.sort(self.train_rows[rows])  # memory-mapped reads in file order
         chips = np.asarray(self.chipset.chips[picked])
         if rng is not None:
             chips = self.augmentation.apply(chips, rng)
