@@ -3,7 +3,7 @@
 Importing the package registers every backbone; none loads a model until asked.
 """
 
-from faceid.backbones import dlib_resnet, resnet50, siamese  # noqa: F401  (registers the backbones)
+from faceid.backbones import dlib_resnet, hog, resnet50, siamese  # noqa: F401  (registers the backbones)
 from faceid.backbones.registry import (
     BACKBONES,
     MANIFEST_NAME,

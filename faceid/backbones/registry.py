@@ -15,6 +15,7 @@ similarity heads record it and refuse to mix with another.
 
 from __future__ import annotations
 
+import copy
 import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ MANIFEST_FORMAT = "faceid-extractor/1"
 RUNTIMES = ("auto", "onnx", "keras", "dlib")
 TTA_MODES = ("none", "flip")
 PRECISIONS = ("fp32", "int8")
+# Luminance of RGB (ITU-R 601): how a colour chip becomes a greyscale one.
+GREY_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,44 @@ class Extractor(ABC):
     def precision(self) -> str:
         return str(self.manifest.get("precision", "fp32"))
 
+    @property
+    def domains(self) -> tuple[str, ...]:
+        """A cross-domain extractor's two image domains, query side first (e.g. sketches, photos); else ``()``."""
+        return tuple(self.manifest.get("domains", ()))
+
+    @property
+    def domain(self) -> str | None:
+        """The domain :meth:`embed` treats its chips as (the gallery side by default)."""
+        return self.manifest.get("domain")
+
+    def for_domain(self, name: str | None) -> Extractor:
+        """This extractor embedding images of domain ``name`` (its preprocessing, its projection).
+
+        ``None``, or an extractor with one domain, returns it unchanged. The gallery side keeps the
+        extractor's fingerprint (feature caches of gallery photos are ordinary caches); the query
+        side gets its own, so its vectors never pass for gallery vectors.
+        """
+        if name is None or not self.domains:
+            return self
+        if name not in self.domains:
+            raise InputError(f"this extractor was trained on domains {', '.join(self.domains)}, not {name!r}")
+        if name == self.domain:
+            return self
+        view = copy.copy(self)
+        view.manifest = {**self.manifest, "domain": name}
+        if name != self.domains[-1]:
+            view.manifest["fingerprint"] = sha256_json([self.manifest["fingerprint"], name])[:32]
+        return view
+
+    def _domain_chips(self, chips: np.ndarray) -> np.ndarray:
+        """Chips as this domain's preprocessing takes them: greyscale (three equal channels) where
+        the manifest's ``domain_color`` says ``grey`` (sketches, and photos matched to sketches)."""
+        color = self.manifest.get("domain_color", {}).get(self.domain or "", "rgb")
+        if color != "grey":
+            return chips
+        grey = np.rint(chips.astype(np.float32) @ GREY_WEIGHTS).clip(0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=-1)
+
     def check_chips(self, chips: np.ndarray) -> np.ndarray:
         """``chips`` as an array, or an error naming the shape this backbone takes."""
         chips = np.asarray(chips)
@@ -109,6 +150,7 @@ class Extractor(ABC):
         chips = self.check_chips(chips)
         if len(chips) == 0:
             return np.zeros((0, self.output_dim), dtype=np.float32)
+        chips = self._domain_chips(chips)
         if self.tta == "flip":
             # The chip and its mirror in one pass (batches stay full), then the mean of the two.
             count = len(chips)

@@ -19,14 +19,20 @@ from typing import Any
 
 import numpy as np
 
-from faceid.backbones.registry import Backbone, BackboneOptions, Extractor, finish_manifest, register_backbone
+from faceid.backbones.registry import (
+    GREY_WEIGHTS,
+    Backbone,
+    BackboneOptions,
+    Extractor,
+    finish_manifest,
+    register_backbone,
+)
 from faceid.backbones.runtime import load_saved_extractor
 from faceid.errors import InputError
 
 NAME = "siamese"
 # Where a bce-trained tower keeps its distance layer, as a similarity model test.py uses by default.
 EXTRACTOR_HEAD_DIR = "head"
-GREY_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
 def preprocess_unit_grey(chips: np.ndarray) -> np.ndarray:

@@ -5,7 +5,10 @@ Usage:
     python train_siamese.py --faces_path faces/ --init koch --loss bce --output models/koch
     python train_siamese.py --anchor data/anchor --positive data/positive --negative data/negative \\
         --init dlib --loss bce --output models/me
-    python train_siamese.py --pairs_path cuhk_train --domains sketches photos --init dlib --loss triplet --output models/sketch
+    python train_siamese.py --pairs_path cuhk_train --domains sketches photos --output models/sketch
+    python train_siamese.py --pairs_path cuhk_train --domains sketches photos --cross_validate 5 --output runs/cv-hog
+    python train_siamese.py --pairs_path cuhk_train --domains sketches photos --init dlib --loss triplet \\
+        --cross_validate 5 --output runs/cv-dlib
 
 The output works as --model_path / --model for extract_features.py, train.py, test.py and
 evaluate.py. report.json beside it compares the trained network with the starting one on the
@@ -36,6 +39,7 @@ from faceid.train.siamese import (
     SiameseOptions,
     train_siamese,
 )
+from faceid.train.cross_domain import HogOptions, cross_validate, train_hog
 from faceid.train.siamese_data import load_anchor_layout, load_domain_pairs, load_faces
 
 
@@ -52,9 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_detection_options(parser)
     data.add_argument("--workers", type=int, default=DEFAULTS.workers, help="processes detecting faces (0: this one)")
     net = parser.add_argument_group("network")
-    net.add_argument("--init", choices=TOWERS, default="dlib",
+    net.add_argument("--init", choices=(*TOWERS, "hog"),
                      help="dlib: dlib's face-trained ResNet, fine-tuned; koch: Koch et al.'s CNN from scratch; "
-                          "resnet50: ImageNet ResNet50 (needs its weights, see --weights)")
+                          "resnet50: ImageNet ResNet50 (needs its weights, see --weights); hog: dense HOG with a "
+                          "per-domain projection, no network (--pairs_path only). Default: hog with --pairs_path "
+                          "(what cross-validation chose for sketches), dlib otherwise")
     net.add_argument("--loss", choices=LOSSES, default="bce",
                      help="bce: Koch's L1 distance + sigmoid (saved as the head); contrastive or triplet: an embedding")
     net.add_argument("--margin", type=float, help="contrastive/triplet margin on unit-length embeddings "
@@ -68,6 +74,15 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument("--color", choices=COLORS, default="grey", help="koch: grey (the paper) or rgb (the webcam apps)")
     net.add_argument("--weights", default=DEFAULTS.weights,
                      help="resnet50: imagenet (downloaded by Keras) or a local ..._notop.h5 file")
+    hog = parser.add_argument_group("hog (sketch -> photo)")
+    hog.add_argument("--cell", type=int, default=HogOptions.cell, help="HOG cell side in pixels of the 150-px chip")
+    hog.add_argument("--dims", type=int, default=HogOptions.dims,
+                     help="PCA components kept (0: the whole 4,356-d descriptor, the most accurate)")
+    hog.add_argument("--synthetic", type=Path,
+                     help="photos (flat or per person, e.g. LFW) turned into synthetic sketch-photo pairs that "
+                          "enlarge the PCA's data (with --dims)")
+    hog.add_argument("--synthetic_limit", type=int, default=HogOptions.synthetic_limit,
+                     help="most --synthetic photos used (a seeded random sample)")
     fit = parser.add_argument_group("training")
     fit.add_argument("--epochs", type=int, default=SiameseOptions.epochs, help="most passes over the training images")
     fit.add_argument("--patience", type=int, default=SiameseOptions.patience,
@@ -88,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--seed", type=int, default=DEFAULTS.seed, help="fixes the split, the batches, augmentation and init")
     fit.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
     fit.add_argument("--export", choices=("onnx", "none"), default="onnx", help="also export the tower to ONNX")
+    fit.add_argument("--cross_validate", type=int, default=0, metavar="K",
+                     help="--pairs_path: instead of one model, train K models, each on all people but one fold, and "
+                          "score sketch -> photo retrieval on the held-out fold (OUTPUT/crossval.json; frozen dlib "
+                          "beside it)")
     parser.add_argument("--output", type=Path, required=True, help="extractor directory to write")
     add_verbosity(parser)
     return parser
@@ -112,23 +131,67 @@ def load_layout(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     faces = load_layout(args)
-    options = SiameseOptions(
-        init=args.init, loss=args.loss, margin=args.margin, mining=args.mining, fine_tune=args.fine_tune,
-        input_size=args.input_size, color=args.color, weights=args.weights, epochs=args.epochs,
-        batch_size=args.batch_size, per_person=args.per_person, learning_rate=args.learning_rate,
-        patience=args.patience, val_people=args.val_people, augment=args.augment, target_fpir=args.target_fpir,
-        seed=args.seed, export=args.export,
-    )
-    data = DataOptions(face_options=FaceOptions(detect=not args.no_detect, upsample=args.upsample, detector=args.detector),
-                       workers=args.workers)
-    report = train_siamese(faces, args.output, options, data, resume=args.resume, progress=not args.quiet,
-                           save_augmented=args.save_augmented)
-    summary = {key: report[key] for key in ("val_auc", "val_accuracy", "start", "best_epoch", "stopped", "seconds")}
-    summary["threshold_one_person"] = report["calibration"].get("threshold_one_person")
-    summary["default_scorer"] = report["calibration"].get("default_scorer")
+    init = args.init or ("hog" if faces.layout == "pairs" else "dlib")
+    face_options = FaceOptions(detect=not args.no_detect, upsample=args.upsample, detector=args.detector)
+    progress = not args.quiet
+    if init == "hog":
+        hog_options = HogOptions(cell=args.cell, dims=args.dims, synthetic=args.synthetic,
+                                 synthetic_limit=args.synthetic_limit, val_people=args.val_people, seed=args.seed)
+
+        def train(subset, output: Path) -> dict:
+            return train_hog(subset, output, hog_options, face_options, args.workers, progress and not args.cross_validate)
+    else:
+        if args.synthetic is not None:
+            raise InputError("--synthetic enlarges the HOG projection's data (--init hog); networks are not trained "
+                             "on synthetic pairs yet")
+        options = SiameseOptions(
+            init=init, loss=args.loss, margin=args.margin, mining=args.mining, fine_tune=args.fine_tune,
+            input_size=args.input_size, color=args.color, weights=args.weights, epochs=args.epochs,
+            batch_size=args.batch_size, per_person=args.per_person, learning_rate=args.learning_rate,
+            patience=args.patience, val_people=args.val_people, augment=args.augment, target_fpir=args.target_fpir,
+            seed=args.seed, export=args.export,
+        )
+        data = DataOptions(face_options=face_options, workers=args.workers)
+
+        def train(subset, output: Path) -> dict:
+            resume = args.resume or (args.cross_validate > 0 and (output / "training" / "state.json").is_file())
+            return train_siamese(subset, output, options, data, resume=resume,
+                                 progress=progress and not args.cross_validate, save_augmented=args.save_augmented)
+    if args.cross_validate:
+        summary = cross_validate(faces, args.output, args.cross_validate, args.seed, train, face_options, args.workers,
+                                 progress)
+        print(crossval_table(summary))
+        print(f"wrote {args.output / 'crossval.json'}")
+        print(json.dumps({key: summary[key] for key in ("method", "method_all_photos", "frozen_dlib",
+                                                         "frozen_dlib_all_photos", "folds", "people", "seconds")}))
+        return 0
+    report = train(faces, args.output)
+    if init == "hog":
+        summary = {"method": "hog", "val_rank1": report["val"]["rank1"], "val_map": report["val"]["map"],
+                   "start_rank1": report["start"]["rank1"], "people": report["people"]["fitted_on"],
+                   "seconds": report["seconds"]}
+    else:
+        summary = {key: report[key] for key in ("val_auc", "val_accuracy", "start", "best_epoch", "stopped", "seconds")}
+        summary["threshold_one_person"] = report["calibration"].get("threshold_one_person")
+        summary["default_scorer"] = report["calibration"].get("default_scorer")
     print(json.dumps(summary))
     print(f"saved: {args.output}")
     return 0
+
+
+def crossval_table(summary: dict) -> str:
+    rows = [("method", "rank-1", "rank-5", "rank-10", "mAP", "gallery")]
+    for name, label in (("method", "trained, held-out fold's photos"), ("method_all_photos", "trained, every photo"),
+                        ("frozen_dlib", "frozen dlib, held-out fold's photos"),
+                        ("frozen_dlib_all_photos", "frozen dlib, every photo")):
+        part = summary[name]
+        sizes = part["gallery_sizes"]
+        rows.append((label, f"{part['rank1']:.1%}", f"{part['rank5']:.1%}", f"{part['rank10']:.1%}",
+                     f"{part['map']:.3f}", f"{min(sizes)}-{max(sizes)}"))
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) for row in rows]
+    return (f"{summary['folds']}-fold person-disjoint cross-validation, {summary['people']} people, "
+            f"{summary['seconds']:.0f} s\n" + "\n".join(lines))
 
 
 def main(argv: list[str] | None = None) -> int:
