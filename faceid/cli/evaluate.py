@@ -7,6 +7,8 @@ Usage:
     python evaluate.py oneshot --faces_path faces/ --model_path models/extractor --way 20 --trials 1000
     python evaluate.py openset --features features/ --folds 5 --gallery_sizes 100,1000
     python evaluate.py calibrate --features features/ --output models/extractor/calibration.npz
+    python evaluate.py retrieve --queries cuhk/sketches --gallery cuhk/photos --model_path models/sketch \\
+        [--distractors lfw/] [--html report.html]
     python evaluate.py sample_pairs --images_root lfw/ --people models/siamese/training/split.json --output pairs.txt
 
 Euclidean distance, cosine similarity and the similarity head side by side. Each command
@@ -86,6 +88,25 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--people", type=Path,
                              help="only these people: a JSON list, one name per line, or train_siamese.py's "
                                   "training/split.json (its validation people, never trained on)")
+    retrieve = commands.add_parser("retrieve", help="sketch -> photo retrieval: rank-1/5/10, CMC, mAP")
+    retrieve.add_argument("--queries", type=Path, required=True,
+                          help="query images (sketches): flat, matched by file-name stem, or one folder per person")
+    retrieve.add_argument("--gallery", type=Path, required=True, help="photos, laid out like --queries")
+    retrieve.add_argument("--model_path", type=Path, default=Path(DEFAULTS.extractor_path),
+                          help="extractor directory (train_siamese.py --pairs_path ... --output DIR)")
+    retrieve.add_argument("--distractors", type=Path,
+                          help="photos of other people added to the gallery (flat or one folder per person, e.g. LFW)")
+    retrieve.add_argument("--features", "--features_path", dest="features", type=Path,
+                          help="the gallery's feature cache (default features/galleries/<name>-<hash>)")
+    retrieve.add_argument("--distractor_features", type=Path, help="the distractors' feature cache (default likewise)")
+    retrieve.add_argument("--no_detect", action="store_true", help="images are already face crops: resize, find no face")
+    add_detection_options(retrieve)
+    retrieve.add_argument("--workers", type=int, default=DEFAULTS.workers, help="processes detecting gallery faces")
+    retrieve.add_argument("--seed", type=int, default=DEFAULTS.seed, help="fixes the distractor subsets")
+    retrieve.add_argument("--json", type=Path, help="also write the JSON result to this file")
+    retrieve.add_argument("--plots", type=Path, help="write PNG plots (CMC, rank-1 by gallery size) into this folder")
+    retrieve.add_argument("--html", type=Path, help="write an HTML report: numbers, plots, a contact sheet of queries")
+    add_verbosity(retrieve)
     sample = commands.add_parser("sample_pairs", help="write an LFW-format pair list drawn from some people")
     sample.add_argument("--images_root", type=Path, required=True, help="folder holding <name>/<name>_0001.jpg")
     sample.add_argument("--people", type=Path, required=True,
@@ -157,6 +178,8 @@ def _sizes(text: str) -> tuple[int, ...]:
 def run(args: argparse.Namespace, argv: list[str]) -> int:
     if args.command in ("openset", "calibrate"):
         return run_open_set(args)
+    if args.command == "retrieve":
+        return run_retrieve(args, argv)
     if args.command == "sample_pairs":
         write_bytes(args.output, sample_pair_list(args.images_root, read_people(args.people), args.per_kind,
                                                   args.seed).encode())
@@ -185,6 +208,22 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     written = write_outputs(evaluation, args.json, args.plots, args.html)
     print(text_table(evaluation))
     print("\n".join(notes(evaluation)))
+    for path in written:
+        print(f"wrote {path}")
+    print(json.dumps(evaluation.summary))
+    return 0
+
+
+def run_retrieve(args: argparse.Namespace, argv: list[str]) -> int:
+    from faceid.evaluate import retrieve
+
+    evaluation = retrieve.evaluate_retrieve(
+        args.queries, args.gallery, args.model_path, distractors=args.distractors, features=args.features,
+        distractor_features=args.distractor_features,
+        face_options=FaceOptions(detect=not args.no_detect, upsample=args.upsample, detector=args.detector),
+        workers=args.workers, seed=args.seed, progress=not args.quiet, argv=argv)
+    written = retrieve.write_outputs(evaluation, args.json, args.plots, args.html)
+    print(retrieve.text_table(evaluation.summary))
     for path in written:
         print(f"wrote {path}")
     print(json.dumps(evaluation.summary))

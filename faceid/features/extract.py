@@ -114,6 +114,7 @@ def extract_features(
     workers: int = DEFAULTS.workers,
     engine: ExtractionEngine | None = None,
     progress: bool = True,
+    people_files: dict[str, list[Path]] | None = None,
 ) -> ExtractionSummary:
     """Embed every person's images into the cache, re-using what is already there.
 
@@ -127,6 +128,7 @@ def extract_features(
     people here; at most a few batches of chips are in flight, so memory stays
     flat whatever the folder size. Results do not depend on ``workers``.
     ``engine`` replaces that local engine (:mod:`faceid.features.engine`).
+    ``people_files`` replaces the listing of ``faces_root`` (a retrieval gallery's layout).
 
     Raises:
         InputError: ``faces_root`` missing or without person folders.
@@ -136,7 +138,7 @@ def extract_features(
     from tqdm import tqdm
 
     faces_root, features_dir = Path(faces_root), Path(features_dir)
-    people_files = list_people(faces_root)
+    people_files = list_people(faces_root) if people_files is None else people_files
     previous = _open_or_start_cache(features_dir, extractor, rebuild)
     people_dir = features_dir / PEOPLE_DIR
     people_dir.mkdir(parents=True, exist_ok=True)

@@ -660,6 +660,10 @@ def finish(trainer: SiameseTrainer, state: dict[str, Any], chipset: ChipSet, dat
         "versions": library_versions(["keras", "tensorflow-cpu", "numpy", "onnxruntime", "tf2onnx"]),
         **tower.fields,
     }
+    if faces.domain_names is not None:
+        # Cross-domain pairs: both sides went through the tower as they are (sketches are grey already).
+        fields.update({"domains": list(faces.domain_names), "domain": faces.domain_names[1],
+                       "domain_color": {name: "rgb" for name in faces.domain_names}})
     manifest = siamese_manifest(fields)
     extractor = KerasExtractor(manifest, tower.model, trainer.preprocess)
     try:

@@ -1,0 +1,176 @@
+"""A photo gallery searched by a query image (a sketch): its layout, its cached vectors, the ranking.
+
+A gallery folder holds photos flat (``photos/NN.png``: each photo is its own identity, named by
+its file-name stem) or one sub-folder per person (``photos/<person>/<photo>``), or both. Its
+vectors live in an ordinary feature cache (:func:`faceid.features.extract.extract_features`):
+embedded once, then only new or changed photos are embedded again, removed ones dropped; photos
+without a face or unreadable are recorded and reported, not retried. Flat photos are cached
+under the pseudo-person :data:`FLAT`.
+
+A cross-domain extractor embeds the gallery on its gallery side and the query on its query side
+(:meth:`faceid.backbones.registry.Extractor.for_domain`); any other extractor embeds both alike.
+Ranking is exact cosine similarity over every cached vector (:func:`faceid.match.retrieval.top_matches`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from faceid.backbones import Extractor
+from faceid.detect.faces import FaceCropper, FaceOptions
+from faceid.errors import ImageReadError, InputError
+from faceid.features.cache import FeatureCache
+from faceid.features.extract import ExtractionSummary, extract_features
+from faceid.io.images import list_image_files, read_image
+from faceid.match.retrieval import top_matches
+from faceid.match.scoring import unit_vectors
+from faceid.settings import DEFAULTS
+
+logger = logging.getLogger(__name__)
+
+# The cache's person name for photos lying directly in the gallery folder.
+FLAT = "_flat"
+
+
+def gallery_layout(folder: Path, flag: str = "--gallery") -> dict[str, list[Path]]:
+    """``{person: files}`` of a gallery folder: flat photos under :data:`FLAT`, each sub-folder a person."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{flag} {folder} is not a folder: pass a folder of photos (flat, or one sub-folder per person)")
+    people: dict[str, list[Path]] = {}
+    flat = list_image_files(folder)
+    if flat:
+        people[FLAT] = flat
+    for child in sorted(folder.iterdir()):
+        if child.is_dir() and not child.name.startswith("."):
+            if child.name == FLAT:
+                raise InputError(f"{flag} {folder}: a sub-folder may not be named {FLAT!r} (the name of its flat photos)")
+            files = list_image_files(child)
+            if files:
+                people[child.name] = files
+    if not people:
+        raise InputError(f"{flag} {folder} holds no photos")
+    return people
+
+
+def identity(person: str, file_name: str) -> str:
+    """Who a gallery photo shows: its person folder, or for a flat photo its file-name stem."""
+    return Path(file_name).stem if person == FLAT else person
+
+
+def default_cache(gallery: Path) -> Path:
+    """Where a gallery's vectors are cached unless ``--features`` says: one folder per gallery path."""
+    resolved = Path(gallery).resolve()
+    digest = hashlib.sha256(str(resolved).encode()).hexdigest()[:10]
+    return Path(DEFAULTS.features_path) / "galleries" / f"{resolved.name}-{digest}"
+
+
+def gallery_side(extractor: Extractor) -> Extractor:
+    return extractor.for_domain(extractor.domains[-1]) if extractor.domains else extractor
+
+
+def query_side(extractor: Extractor) -> Extractor:
+    return extractor.for_domain(extractor.domains[0]) if extractor.domains else extractor
+
+
+@dataclass
+class Gallery:
+    """Every usable gallery photo: unit vectors, where each came from, who it shows."""
+
+    vectors: np.ndarray  # (n, dim) float32, unit length
+    paths: list[Path]
+    identities: list[str]
+    summary: ExtractionSummary | None = None
+    skipped: dict[str, str] = field(default_factory=dict)  # "person/file" -> reason
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def rank(self, queries: np.ndarray, top: int) -> list[list[tuple[int, float]]]:
+        """Per query, the ``top`` best identities as ``(row, score)``: each identity once, at its best photo."""
+        most_photos = max(self.identities.count(name) for name in set(self.identities)) if self.identities else 1
+        rows, scores = top_matches(queries, self.vectors, min(len(self), top * most_photos))
+        ranked = []
+        for query_rows, query_scores in zip(rows, scores):
+            seen: set[str] = set()
+            best: list[tuple[int, float]] = []
+            for row, score in zip(query_rows, query_scores):
+                if self.identities[row] not in seen:
+                    seen.add(self.identities[row])
+                    best.append((int(row), float(score)))
+                if len(best) == top:
+                    break
+            ranked.append(best)
+        return ranked
+
+
+def embed_gallery(folder: Path, extractor: Extractor, features: Path | None = None,
+                  face_options: FaceOptions = FaceOptions(), workers: int = DEFAULTS.workers, rebuild: bool = False,
+                  progress: bool = True, flag: str = "--gallery") -> Gallery:
+    """The gallery's vectors through its feature cache (incremental); raises when no photo gave a face."""
+    folder = Path(folder)
+    people = gallery_layout(folder, flag)
+    features = Path(features) if features is not None else default_cache(folder)
+    side = gallery_side(extractor)
+    summary = extract_features(folder, side, features, face_options=face_options, rebuild=rebuild, workers=workers,
+                               progress=progress, people_files=people)
+    cache = FeatureCache.load(features, side.manifest)
+    vectors, paths, identities, skipped = [], [], [], {}
+    for person in people:
+        cached = cache.people.get(person)
+        if cached is None:
+            continue
+        base = folder if person == FLAT else folder / person
+        vectors.append(cached.vectors)
+        paths += [base / name for name in cached.files]
+        identities += [identity(person, name) for name in cached.files]
+        skipped.update({f"{person}/{name}": reason for name, (_, reason) in cached.skipped.items()})
+    if not paths:
+        raise InputError(f"{flag} {folder}: no photo gave a face ({len(skipped)} tried: {summary.report()})")
+    return Gallery(unit_vectors(np.concatenate(vectors)), paths, identities, summary, skipped)
+
+
+def query_chip(path: Path, cropper: FaceCropper) -> tuple[np.ndarray, int]:
+    """The aligned chip of the largest face in a query image and how many faces it holds.
+
+    Raises:
+        InputError: unreadable file, or no face found.
+    """
+    try:
+        image = read_image(path)
+    except ImageReadError as error:
+        raise InputError(f"query {path}: {error}") from error
+    faces = cropper.find_faces(image)
+    if not faces:
+        raise InputError(f"no face found in query {path}: crop it closer to the face, try --upsample 2 or "
+                         "--detector cnn, or pass --no_detect if it already is a face crop")
+    return cropper.chips(image, faces[:1])[0], len(faces)
+
+
+def embed_queries(paths: list[Path], extractor: Extractor, face_options: FaceOptions,
+                  strict: bool = True) -> tuple[np.ndarray, list[int], dict[int, str]]:
+    """Query-side vectors of ``paths``: ``(vectors, rows embedded, {row: why not})``. ``strict``
+    raises on the first query without a face; otherwise such queries are reported and left out."""
+    side = query_side(extractor)
+    cropper = FaceCropper(face_options, side.chip_size, side.align_padding)
+    chips, kept, failed = [], [], {}
+    for row, path in enumerate(paths):
+        try:
+            chip, count = query_chip(Path(path), cropper)
+        except InputError as error:
+            if strict:
+                raise
+            failed[row] = str(error)
+            continue
+        if count > 1:
+            logger.warning("query %s holds %d faces: using the largest", path, count)
+        chips.append(chip)
+        kept.append(row)
+    if not chips:
+        return np.zeros((0, side.output_dim), dtype=np.float32), kept, failed
+    return unit_vectors(side.embed(np.stack(chips))), kept, failed
