@@ -111,7 +111,7 @@ def test_average_precision_with_two_relevant_photos_and_constant_scores():
 
 
 def test_top_matches_is_exact_across_blocks(monkeypatch):
-    import faceid.match.retrieval as retrieval
+    from faceid.match import retrieval
 
     rng = np.random.default_rng(0)
     gallery = rng.standard_normal((1000, 16)).astype(np.float32)
@@ -158,7 +158,7 @@ def test_a_tampered_projection_is_refused(hog_model, tmp_path):
 
 def test_hog_needs_two_domains_and_synthetic_needs_dims(tmp_path, capsys, cuhk12):
     faces = tmp_path / "faces"
-    shutil.copytree(LFW / sorted(path.name for path in LFW.iterdir())[0], faces / "a")
+    shutil.copytree(LFW / min(path.name for path in LFW.iterdir()), faces / "a")
     assert train_cli.main(["--faces_path", str(faces), "--init", "hog", "--output", str(tmp_path / "m"), "-q"]) == 1
     assert "--pairs_path DIR --domains A B" in capsys.readouterr().err
     assert train_cli.main(["--pairs_path", str(cuhk12), "--domains", "sketches", "photos", "--synthetic", str(LFW),

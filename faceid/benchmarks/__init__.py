@@ -11,4 +11,5 @@ SUBCOMMANDS = {
     "extract": "faceid.benchmarks.extract",
     "match": "faceid.benchmarks.match",
     "detect": "faceid.benchmarks.detect",
+    "retrieve": "faceid.benchmarks.retrieve",
 }

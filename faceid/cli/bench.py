@@ -5,6 +5,7 @@ Usage:
     python bench.py extract                 images/s of feature extraction
     python bench.py match                   per-face gallery search latency at 1k-100k vectors
     python bench.py detect                  per-frame detection time and faces per shot, per detector
+    python bench.py retrieve                per-sketch search latency at 1k-100k gallery photos
 
 Each sub-command's --help lists its options. Run on an otherwise idle machine.
 """

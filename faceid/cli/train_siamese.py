@@ -26,6 +26,7 @@ from faceid.cli import add_detection_options, add_verbosity, run_main
 from faceid.detect.faces import FaceOptions
 from faceid.errors import InputError
 from faceid.settings import DEFAULTS
+from faceid.train.cross_domain import HogOptions, cross_validate, train_hog
 from faceid.train.siamese import (
     AUGMENT,
     COLORS,
@@ -39,7 +40,6 @@ from faceid.train.siamese import (
     SiameseOptions,
     train_siamese,
 )
-from faceid.train.cross_domain import HogOptions, cross_validate, train_hog
 from faceid.train.siamese_data import load_anchor_layout, load_domain_pairs, load_faces
 
 

@@ -139,11 +139,11 @@ def _sheet(matched, kept, failed, scores, relevant, photos: Gallery, extra: Gall
 
 
 def text_table(summary: dict[str, Any]) -> str:
-    lines = [f"sketch -> photo retrieval: {summary['queries']['scored']} queries scored "
+    lines = [(f"sketch -> photo retrieval: {summary['queries']['scored']} queries scored "
              f"({summary['queries']['no_face']} without a face count as misses), gallery of {summary['gallery']['size']} "
-             f"photos ({summary['gallery']['distractors']} distractors)",
-             f"rank-1 {summary['rank1']:.1%}   rank-5 {summary['rank5']:.1%}   rank-10 {summary['rank10']:.1%}   "
-             f"mAP {summary['map']:.3f}   median rank {summary['median_rank']}"]
+             f"photos ({summary['gallery']['distractors']} distractors)"),
+             (f"rank-1 {summary['rank1']:.1%}   rank-5 {summary['rank5']:.1%}   rank-10 {summary['rank10']:.1%}   "
+             f"mAP {summary['map']:.3f}   median rank {summary['median_rank']}")]
     if summary["by_gallery_size"]:
         lines.append("gallery   rank-1   rank-10  mAP")
         lines += [f"{row['gallery']:<9} {row['rank1']:<8.1%} {row['rank10']:<8.1%} {row['map']:.3f}"

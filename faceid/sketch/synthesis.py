@@ -16,7 +16,6 @@ import numpy as np
 from faceid.backbones.registry import GREY_WEIGHTS
 
 
-
 @dataclass(frozen=True)
 class SketchStyle:
     """How a photo becomes a sketch."""
