@@ -139,7 +139,9 @@ def run(args: argparse.Namespace) -> int:
                                  synthetic_limit=args.synthetic_limit, val_people=args.val_people, seed=args.seed)
 
         def train(subset, output: Path) -> dict:
-            return train_hog(subset, output, hog_options, face_options, args.workers, progress and not args.cross_validate)
+            shared = args.output / "crossval" / "synthetic" if args.cross_validate else None
+            return train_hog(subset, output, hog_options, face_options, args.workers,
+                             progress and not args.cross_validate, synthetic_chips=shared)
     else:
         if args.synthetic is not None:
             raise InputError("--synthetic enlarges the HOG projection's data (--init hog); networks are not trained "

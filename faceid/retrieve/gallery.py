@@ -14,8 +14,10 @@ Ranking is exact cosine similarity over every cached vector (:func:`faceid.match
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -93,7 +95,7 @@ class Gallery:
 
     def rank(self, queries: np.ndarray, top: int) -> list[list[tuple[int, float]]]:
         """Per query, the ``top`` best identities as ``(row, score)``: each identity once, at its best photo."""
-        most_photos = max(self.identities.count(name) for name in set(self.identities)) if self.identities else 1
+        most_photos = max(Counter(self.identities).values(), default=1)
         rows, scores = top_matches(queries, self.vectors, min(len(self), top * most_photos))
         ranked = []
         for query_rows, query_scores in zip(rows, scores):
@@ -136,7 +138,8 @@ def embed_gallery(folder: Path, extractor: Extractor, features: Path | None = No
 
 
 def query_chip(path: Path, cropper: FaceCropper) -> tuple[np.ndarray, int]:
-    """The aligned chip of the largest face in a query image and how many faces it holds.
+    """The aligned chip of the largest face in a query image and how many faces it holds
+    (searched again one upsampling step finer when none is found).
 
     Raises:
         InputError: unreadable file, or no face found.
@@ -146,6 +149,10 @@ def query_chip(path: Path, cropper: FaceCropper) -> tuple[np.ndarray, int]:
     except ImageReadError as error:
         raise InputError(f"query {path}: {error}") from error
     faces = cropper.find_faces(image)
+    if not faces and cropper.options.detect:
+        # A search has few queries and each matters: look once more for a smaller face.
+        retry = dataclasses.replace(cropper.options, upsample=cropper.options.upsample + 1)
+        faces = dataclasses.replace(cropper, options=retry).find_faces(image)
     if not faces:
         raise InputError(f"no face found in query {path}: crop it closer to the face, try --upsample 2 or "
                          "--detector cnn, or pass --no_detect if it already is a face crop")

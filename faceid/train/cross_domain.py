@@ -93,7 +93,7 @@ def paired_rows(faces: FaceSet) -> np.ndarray:
     return rows
 
 
-def synthetic_descriptors(folder: Path, cropper: FaceCropper, output: Path, options: HogOptions, workers: int,
+def synthetic_descriptors(folder: Path, cropper: FaceCropper, chips_dir: Path, options: HogOptions, workers: int,
                           progress: bool) -> tuple[np.ndarray, np.ndarray]:
     """Descriptors of up to ``synthetic_limit`` photos of ``folder`` (flat or one sub-folder per person) and of
     their synthetic sketches (:func:`faceid.sketch.synthesis.photo_to_sketch` on the aligned chip);
@@ -108,7 +108,7 @@ def synthetic_descriptors(folder: Path, cropper: FaceCropper, output: Path, opti
         keep = np.sort(np.random.default_rng(options.seed).choice(len(paths), options.synthetic_limit, replace=False))
         paths = [paths[index] for index in keep]
     photos = FaceSet(paths=paths, labels=np.arange(len(paths)), names=[str(path) for path in paths], layout="synthetic")
-    chipset = prepare_chips(photos, cropper, output / TRAINING_DIR / "synthetic", workers, progress)
+    chipset = prepare_chips(photos, cropper, chips_dir, workers, progress)
     photo_chips = np.asarray(chipset.chips)
     sketch_chips = np.stack([photo_to_sketch(chip) for chip in photo_chips])
     descriptors = np.concatenate([descriptors_of(sketch_chips, options), descriptors_of(photo_chips, options)])
@@ -161,12 +161,14 @@ def hog_extractor(projection: dict[str, np.ndarray], faces: FaceSet, options: Ho
 
 
 def train_hog(faces: FaceSet, output: Path, options: HogOptions, face_options, workers: int,
-              progress: bool) -> dict[str, Any]:
+              progress: bool, synthetic_chips: Path | None = None) -> dict[str, Any]:
     """Fit the HOG extractor on ``faces`` (a pairs layout) and write it to ``output``; returns the report.
 
     The projection is fitted on the training people and checked on the held-out ones (``report.json``:
     ``val``, against ``start``, the same descriptors with no learned centring), then fitted again on
     every person, which is the extractor written (nothing else is chosen on the held-out people).
+    ``synthetic_chips``: where the synthetic photos' chips are kept (default ``output/training/synthetic``;
+    cross-validation shares one folder between its folds).
     """
     options.check()
     started = time.perf_counter()
@@ -177,7 +179,8 @@ def train_hog(faces: FaceSet, output: Path, options: HogOptions, face_options, w
     usable = chipset.faces.subset(rows)
     descriptors = descriptors_of(np.asarray(chipset.chips)[rows], options)
     domains, labels = usable.domains, usable.labels
-    synthetic = (synthetic_descriptors(options.synthetic, cropper, output, options, workers, progress)
+    chips_dir = synthetic_chips or output / TRAINING_DIR / "synthetic"
+    synthetic = (synthetic_descriptors(options.synthetic, cropper, chips_dir, options, workers, progress)
                  if options.synthetic is not None else None)
 
     train_rows, val_rows = split_faceset(usable, options.val_people, options.seed)
