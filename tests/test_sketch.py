@@ -330,3 +330,19 @@ def test_cross_validation_trains_per_fold_and_reports_frozen_dlib_beside_it(cuhk
     assert 0 <= result["frozen_dlib"]["rank1"] <= 1
     folds = json.loads((tmp_path / "cv" / "crossval.json").read_text())["per_fold"]["method"]
     assert [part["gallery"] for part in folds] == [4, 4, 4]
+
+
+def test_synthetic_pairs_join_a_network_s_training_people_but_never_its_validation(cuhk12, tmp_path, capsys):
+    synthetic = tmp_path / "lfw"
+    for person in sorted(path.name for path in LFW.iterdir())[:3]:
+        shutil.copytree(LFW / person, synthetic / person)
+    output = tmp_path / "dlib"
+    assert train_cli.main(["--pairs_path", str(cuhk12), "--domains", "sketches", "photos", "--init", "dlib",
+                           "--loss", "triplet", "--epochs", "1", "--synthetic", str(synthetic), "--synthetic_limit", "5",
+                           "--export", "none", "--workers", "0", "--output", str(output), "-q"]) == 0
+    report = json.loads((output / "report.json").read_text())
+    split = json.loads((output / "training" / "split.json").read_text())
+    assert report["images"]["train"] == 2 * (12 - len(split["val"])) + 2 * 5
+    assert report["images"]["val"] == 2 * len(split["val"]) and not any("synthetic" in name for name in split["val"])
+    manifest = json.loads((output / "manifest.json").read_text())
+    assert manifest["domains"] == ["sketches", "photos"] and manifest["trained"]["images"] == 24 + 10

@@ -74,13 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument("--color", choices=COLORS, default="grey", help="koch: grey (the paper) or rgb (the webcam apps)")
     net.add_argument("--weights", default=DEFAULTS.weights,
                      help="resnet50: imagenet (downloaded by Keras) or a local ..._notop.h5 file")
-    hog = parser.add_argument_group("hog (sketch -> photo)")
+    hog = parser.add_argument_group("sketch -> photo (--pairs_path)")
     hog.add_argument("--cell", type=int, default=HogOptions.cell, help="HOG cell side in pixels of the 150-px chip")
     hog.add_argument("--dims", type=int, default=HogOptions.dims,
                      help="PCA components kept (0: the whole 4,356-d descriptor, the most accurate)")
     hog.add_argument("--synthetic", type=Path,
-                     help="photos (flat or per person, e.g. LFW) turned into synthetic sketch-photo pairs that "
-                          "enlarge the PCA's data (with --dims)")
+                     help="--pairs_path: photos (flat or per person, e.g. LFW) turned into synthetic sketch-photo "
+                          "pairs: extra training people for a network, extra PCA data for hog (with --dims)")
     hog.add_argument("--synthetic_limit", type=int, default=HogOptions.synthetic_limit,
                      help="most --synthetic photos used (a seeded random sample)")
     fit = parser.add_argument_group("training")
@@ -143,22 +143,21 @@ def run(args: argparse.Namespace) -> int:
             return train_hog(subset, output, hog_options, face_options, args.workers,
                              progress and not args.cross_validate, synthetic_chips=shared)
     else:
-        if args.synthetic is not None:
-            raise InputError("--synthetic enlarges the HOG projection's data (--init hog); networks are not trained "
-                             "on synthetic pairs yet")
         options = SiameseOptions(
             init=init, loss=args.loss, margin=args.margin, mining=args.mining, fine_tune=args.fine_tune,
             input_size=args.input_size, color=args.color, weights=args.weights, epochs=args.epochs,
             batch_size=args.batch_size, per_person=args.per_person, learning_rate=args.learning_rate,
             patience=args.patience, val_people=args.val_people, augment=args.augment, target_fpir=args.target_fpir,
             seed=args.seed, export=args.export,
+            synthetic=None if args.synthetic is None else str(args.synthetic), synthetic_limit=args.synthetic_limit,
         )
         data = DataOptions(face_options=face_options, workers=args.workers)
 
         def train(subset, output: Path) -> dict:
             resume = args.resume or (args.cross_validate > 0 and (output / "training" / "state.json").is_file())
             return train_siamese(subset, output, options, data, resume=resume,
-                                 progress=progress and not args.cross_validate, save_augmented=args.save_augmented)
+                                 progress=progress and not args.cross_validate, save_augmented=args.save_augmented,
+                                 synthetic_chips=args.output / "crossval" / "synthetic" if args.cross_validate else None)
     if args.cross_validate:
         summary = cross_validate(faces, args.output, args.cross_validate, args.seed, train, face_options, args.workers,
                                  progress)

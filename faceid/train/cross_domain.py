@@ -31,13 +31,11 @@ from faceid.backbones.hog import (
 )
 from faceid.detect.faces import FaceCropper
 from faceid.errors import InputError
-from faceid.io.images import list_image_files
 from faceid.io.manifest import library_versions
 from faceid.io.store import write_json
 from faceid.match.retrieval import retrieval_metrics
 from faceid.match.scoring import pairwise_scores
-from faceid.sketch.synthesis import photo_to_sketch
-from faceid.train.siamese_data import ChipSet, FaceSet, prepare_chips, split_faceset
+from faceid.train.siamese_data import ChipSet, FaceSet, prepare_chips, split_faceset, synthetic_pairs
 
 logger = logging.getLogger(__name__)
 
@@ -95,22 +93,10 @@ def paired_rows(faces: FaceSet) -> np.ndarray:
 
 def synthetic_descriptors(folder: Path, cropper: FaceCropper, chips_dir: Path, options: HogOptions, workers: int,
                           progress: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Descriptors of up to ``synthetic_limit`` photos of ``folder`` (flat or one sub-folder per person) and of
-    their synthetic sketches (:func:`faceid.sketch.synthesis.photo_to_sketch` on the aligned chip);
-    ``(descriptors, domains)`` with domain 0 the sketches."""
-    if not folder.is_dir():
-        raise InputError(f"--synthetic {folder} is not a folder of photos")
-    paths = list_image_files(folder) + [path for child in sorted(folder.iterdir()) if child.is_dir()
-                                        for path in list_image_files(child)]
-    if not paths:
-        raise InputError(f"--synthetic {folder} holds no images")
-    if len(paths) > options.synthetic_limit:
-        keep = np.sort(np.random.default_rng(options.seed).choice(len(paths), options.synthetic_limit, replace=False))
-        paths = [paths[index] for index in keep]
-    photos = FaceSet(paths=paths, labels=np.arange(len(paths)), names=[str(path) for path in paths], layout="synthetic")
-    chipset = prepare_chips(photos, cropper, chips_dir, workers, progress)
-    photo_chips = np.asarray(chipset.chips)
-    sketch_chips = np.stack([photo_to_sketch(chip) for chip in photo_chips])
+    """Descriptors of synthetic sketch-photo pairs (:func:`faceid.train.siamese_data.synthetic_pairs`):
+    ``(descriptors, domains)``, domain 0 the sketches."""
+    sketch_chips, photo_chips = synthetic_pairs(folder, cropper, chips_dir, options.synthetic_limit, options.seed,
+                                                workers, progress)
     descriptors = np.concatenate([descriptors_of(sketch_chips, options), descriptors_of(photo_chips, options)])
     return descriptors, np.repeat([0, 1], len(photo_chips))
 

@@ -48,7 +48,9 @@ from faceid.train.siamese_data import (
     pair_masks,
     prepare_chips,
     split_faceset,
+    synthetic_pairs,
     validation_pairs,
+    with_synthetic,
 )
 
 logger = logging.getLogger(__name__)
@@ -95,6 +97,8 @@ class SiameseOptions:
     target_fpir: float = DEFAULTS.target_fpir
     seed: int = DEFAULTS.seed
     export: str = "onnx"
+    synthetic: str | None = None  # --pairs_path: photos whose synthetic sketches add training pairs
+    synthetic_limit: int = 2000
 
     def check(self) -> None:
         for value, choices, flag in ((self.init, TOWERS, "--init"), (self.loss, LOSSES, "--loss"),
@@ -582,10 +586,12 @@ class DataOptions:
 
 def train_siamese(faces: FaceSet, output: Path, options: SiameseOptions = SiameseOptions(),
                   data: DataOptions = DataOptions(), resume: bool = False, progress: bool = True,
-                  save_augmented: int = 0) -> dict[str, Any]:
+                  save_augmented: int = 0, synthetic_chips: Path | None = None) -> dict[str, Any]:
     """Train, keep the best epoch, write the extractor directory and ``report.json``; returns the report.
 
     ``save_augmented``: also write that many augmented training chips to ``output/augmented/``.
+    ``synthetic_chips``: where ``options.synthetic``'s photo chips are kept (default
+    ``output/training/synthetic``; cross-validation shares one folder between folds).
     """
     options.check()
     started = time.perf_counter()
@@ -601,6 +607,11 @@ def train_siamese(faces: FaceSet, output: Path, options: SiameseOptions = Siames
     chipset = prepare_chips(faces, cropper, output / TRAINING_DIR, data.workers, progress)
     check_for_loss(chipset.faces, options.loss, usable=True)
     train_rows, val_rows = split_faceset(chipset.faces, options.val_people, options.seed)
+    if options.synthetic is not None:
+        sketches, photos = synthetic_pairs(Path(options.synthetic), cropper,
+                                           synthetic_chips or output / TRAINING_DIR / "synthetic",
+                                           options.synthetic_limit, options.seed, data.workers, progress)
+        chipset, train_rows = with_synthetic(chipset, train_rows, sketches, photos)
     augment = options.augment == "on" or (options.augment == "auto" and len(train_rows) < AUGMENT_BELOW)
     trainer = SiameseTrainer(chipset, train_rows, val_rows, options, output, tower, augment)
     write_json(output / TRAINING_DIR / "split.json", {

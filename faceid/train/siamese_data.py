@@ -249,6 +249,44 @@ def prepare_chips(faces: FaceSet, cropper: FaceCropper, folder: Path, workers: i
     return ChipSet(np.load(chips_path, mmap_mode="r"), faces.subset(np.array(kept)), skipped)
 
 
+def synthetic_pairs(folder: Path, cropper: FaceCropper, chips_dir: Path, limit: int, seed: int, workers: int,
+                    progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Synthetic sketch-photo pairs from up to ``limit`` photos of ``folder`` (flat or one sub-folder per
+    person; a seeded sample): each photo's aligned chip and its rendering by
+    :func:`faceid.sketch.synthesis.photo_to_sketch`. Returns ``(sketch_chips, photo_chips)``, row i one pair."""
+    from faceid.sketch.synthesis import photo_to_sketch
+
+    if not Path(folder).is_dir():
+        raise InputError(f"--synthetic {folder} is not a folder of photos")
+    paths = list_image_files(folder) + [path for child in sorted(Path(folder).iterdir()) if child.is_dir()
+                                        for path in list_image_files(child)]
+    if not paths:
+        raise InputError(f"--synthetic {folder} holds no images")
+    if len(paths) > limit:
+        keep = np.sort(np.random.default_rng(seed).choice(len(paths), limit, replace=False))
+        paths = [paths[index] for index in keep]
+    photos = FaceSet(paths=paths, labels=np.arange(len(paths)), names=[str(path) for path in paths], layout="synthetic")
+    photo_chips = np.asarray(prepare_chips(photos, cropper, chips_dir, workers, progress).chips)
+    return np.stack([photo_to_sketch(chip) for chip in photo_chips]), photo_chips
+
+
+def with_synthetic(chipset: ChipSet, train_rows: np.ndarray, sketches: np.ndarray,
+                   photos: np.ndarray) -> tuple[ChipSet, np.ndarray]:
+    """``chipset`` with the synthetic pairs appended as extra people (training rows only: validation
+    stays on real pairs)."""
+    faces, count, pairs = chipset.faces, len(chipset.faces), len(photos)
+    if faces.domains is None:
+        raise InputError("--synthetic adds sketch-photo pairs: use it with --pairs_path DIR --domains A B")
+    labels = len(faces.names) + np.arange(pairs)
+    extended = FaceSet(
+        paths=faces.paths + [Path(f"synthetic/{index}") for index in range(2 * pairs)],
+        labels=np.concatenate([faces.labels, labels, labels]), names=faces.names + [f"synthetic/{i}" for i in range(pairs)],
+        layout=faces.layout, domains=np.concatenate([faces.domains, np.zeros(pairs), np.ones(pairs)]),
+        domain_names=faces.domain_names)
+    chips = np.concatenate([np.asarray(chipset.chips), sketches, photos])
+    return ChipSet(chips, extended, chipset.skipped), np.concatenate([train_rows, count + np.arange(2 * pairs)])
+
+
 # ---------------------------------------------------------------- batches
 
 
