@@ -82,6 +82,12 @@ def hog_descriptors(chips: np.ndarray, cell: int, bins: int) -> np.ndarray:
     return blocks.reshape(n, -1)
 
 
+def descriptors(chips: np.ndarray, cell: int, bins: int, batch_size: int = 256) -> np.ndarray:
+    """:func:`hog_descriptors` of any number of chips, ``batch_size`` at a time (bounds the gradients' memory)."""
+    return np.concatenate([hog_descriptors(np.asarray(chips[start:start + batch_size]), cell, bins)
+                           for start in range(0, len(chips), batch_size)])
+
+
 def descriptor_dim(chip_size: int, cell: int, bins: int) -> int:
     cells = chip_size // cell
     return (cells - 1) ** 2 * 4 * bins
@@ -129,10 +135,8 @@ class HogExtractor(Extractor):
 
     def _embed(self, chips: np.ndarray, batch_size: int) -> np.ndarray:
         side = self.domains.index(self.domain) if self.domain in self.domains else len(self.domains) - 1
-        cell, bins = int(self.manifest["cell"]), int(self.manifest["bins"])
-        parts = [project(hog_descriptors(chips[start:start + batch_size], cell, bins), self.projection, side)
-                 for start in range(0, len(chips), batch_size)]
-        return np.concatenate(parts)
+        features = descriptors(chips, int(self.manifest["cell"]), int(self.manifest["bins"]), batch_size)
+        return project(features, self.projection, side)
 
     def save(self, directory: Path, model_name: str, export_onnx: bool = True) -> Path:
         """``projection.npz`` and ``manifest.json``, committed together (the manifest hashes the projection)."""

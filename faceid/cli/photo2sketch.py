@@ -18,9 +18,8 @@ from pathlib import Path
 
 from faceid.cli import add_verbosity, run_main
 from faceid.errors import ImageReadError, InputError
-from faceid.io.images import encode_png, read_image
+from faceid.io.images import FLAT, encode_png, list_photos, read_image
 from faceid.io.store import write_new_file
-from faceid.retrieve.gallery import FLAT, gallery_layout
 from faceid.sketch.synthesis import SketchStyle, photo_to_sketch
 
 
@@ -45,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     if args.output.resolve() == args.photos.resolve():
         raise InputError("--output must differ from --photos (the photos are never touched)")
     style = SketchStyle(blur=args.blur, shading=args.shading, gamma=args.gamma)
-    people = gallery_layout(args.photos, "--photos")
+    people = list_photos(args.photos, "--photos")
     tasks = [(path, args.output / ("" if person == FLAT else person) / f"{path.stem}.png")
              for person, paths in people.items() for path in paths]
     written, existing, unreadable = 0, 0, []

@@ -86,3 +86,33 @@ def list_people(faces_root: str | Path) -> dict[str, list[Path]]:
             "e.g. built with capture.py or selfies2face.py"
         )
     return people
+
+
+# The person name of photos lying directly in a photo folder (not in a person sub-folder).
+FLAT = "_flat"
+
+
+def list_photos(folder: str | Path, flag: str) -> dict[str, list[Path]]:
+    """``{person: files}`` of a folder of photos that is flat, one sub-folder per person, or both:
+    flat files under :data:`FLAT` (retrieval galleries and queries, photo2sketch.py, synthetic pairs).
+
+    Raises:
+        InputError: not a folder, no photo in it, or a sub-folder named :data:`FLAT`.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{flag} {folder} is not a folder: pass a folder of photos (flat, or one sub-folder per person)")
+    people: dict[str, list[Path]] = {}
+    flat = list_image_files(folder)
+    if flat:
+        people[FLAT] = flat
+    for child in sorted(folder.iterdir()):
+        if child.is_dir() and not child.name.startswith("."):
+            if child.name == FLAT:
+                raise InputError(f"{flag} {folder}: a sub-folder may not be named {FLAT!r} (the name of its flat photos)")
+            files = list_image_files(child)
+            if files:
+                people[child.name] = files
+    if not people:
+        raise InputError(f"{flag} {folder} holds no photos")
+    return people

@@ -28,36 +28,16 @@ from faceid.detect.faces import FaceCropper, FaceOptions
 from faceid.errors import ImageReadError, InputError
 from faceid.features.cache import FeatureCache
 from faceid.features.extract import ExtractionSummary, extract_features
-from faceid.io.images import list_image_files, read_image
+from faceid.io.images import FLAT, list_photos, read_image
 from faceid.match.retrieval import top_matches
 from faceid.match.scoring import unit_vectors
 from faceid.settings import DEFAULTS
 
 logger = logging.getLogger(__name__)
 
-# The cache's person name for photos lying directly in the gallery folder.
-FLAT = "_flat"
-
-
 def gallery_layout(folder: Path, flag: str = "--gallery") -> dict[str, list[Path]]:
     """``{person: files}`` of a gallery folder: flat photos under :data:`FLAT`, each sub-folder a person."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise InputError(f"{flag} {folder} is not a folder: pass a folder of photos (flat, or one sub-folder per person)")
-    people: dict[str, list[Path]] = {}
-    flat = list_image_files(folder)
-    if flat:
-        people[FLAT] = flat
-    for child in sorted(folder.iterdir()):
-        if child.is_dir() and not child.name.startswith("."):
-            if child.name == FLAT:
-                raise InputError(f"{flag} {folder}: a sub-folder may not be named {FLAT!r} (the name of its flat photos)")
-            files = list_image_files(child)
-            if files:
-                people[child.name] = files
-    if not people:
-        raise InputError(f"{flag} {folder} holds no photos")
-    return people
+    return list_photos(folder, flag)
 
 
 def identity(person: str, file_name: str) -> str:

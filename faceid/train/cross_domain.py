@@ -23,8 +23,8 @@ import numpy as np
 from faceid.backbones.hog import (
     HogExtractor,
     descriptor_dim,
+    descriptors,
     domain_means,
-    hog_descriptors,
     hog_manifest,
     project,
     projection_digest,
@@ -49,8 +49,6 @@ HOG_BINS = 9
 TRAINING_DIR = "training"
 CROSSVAL_DIR = "crossval"
 CROSSVAL_FILE = "crossval.json"
-# Descriptors computed per call (bounds memory: 256 x 150 x 150 float32 gradients).
-_BATCH = 256
 
 
 @dataclass(frozen=True)
@@ -74,8 +72,7 @@ class HogOptions:
 
 
 def descriptors_of(chips: np.ndarray, options: HogOptions) -> np.ndarray:
-    return np.concatenate([hog_descriptors(np.asarray(chips[start:start + _BATCH]), options.cell, options.bins)
-                           for start in range(0, len(chips), _BATCH)])
+    return descriptors(chips, options.cell, options.bins)
 
 
 def paired_rows(faces: FaceSet) -> np.ndarray:

@@ -26,7 +26,7 @@ import numpy as np
 from faceid.detect.faces import FaceCropper
 from faceid.errors import InputError
 from faceid.features.engine import LocalEngine
-from faceid.io.images import list_image_files, list_people
+from faceid.io.images import list_image_files, list_people, list_photos
 from faceid.io.store import atomic_path, read_json, write_json
 from faceid.train.trainer import split_people
 
@@ -256,12 +256,7 @@ def synthetic_pairs(folder: Path, cropper: FaceCropper, chips_dir: Path, limit: 
     :func:`faceid.sketch.synthesis.photo_to_sketch`. Returns ``(sketch_chips, photo_chips)``, row i one pair."""
     from faceid.sketch.synthesis import photo_to_sketch
 
-    if not Path(folder).is_dir():
-        raise InputError(f"--synthetic {folder} is not a folder of photos")
-    paths = list_image_files(folder) + [path for child in sorted(Path(folder).iterdir()) if child.is_dir()
-                                        for path in list_image_files(child)]
-    if not paths:
-        raise InputError(f"--synthetic {folder} holds no images")
+    paths = [path for files in list_photos(folder, "--synthetic").values() for path in files]
     if len(paths) > limit:
         keep = np.sort(np.random.default_rng(seed).choice(len(paths), limit, replace=False))
         paths = [paths[index] for index in keep]
