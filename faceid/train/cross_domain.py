@@ -220,7 +220,8 @@ def cross_validate(faces: FaceSet, output: Path, folds: int, seed: int, train_fo
     ``train_fold(faces, directory)`` trains one model (the method under test) into ``directory``.
     Each fold reports retrieval against the held-out people's photos, and against every photo (the
     held-out people's plus the training people's, which makes a gallery as large as the data);
-    frozen dlib is measured on the same held-out images. Folds already trained are reused.
+    frozen dlib is measured on the same held-out images. Every image is found and aligned once (per chip
+    shape), each fold's model embeds it once. Folds already trained are reused.
     """
     from faceid.backbones.registry import create_extractor, load_extractor
 
@@ -230,35 +231,37 @@ def cross_validate(faces: FaceSet, output: Path, folds: int, seed: int, train_fo
     output = Path(output) / CROSSVAL_DIR
     results: dict[str, list[dict[str, Any]]] = {"method": [], "method_all_photos": [], "frozen_dlib": [],
                                                 "frozen_dlib_all_photos": []}
+    names = faces.domain_names or ("A", "B")
+    # Every image is found and aligned once per chip shape; frozen dlib embeds them once.
+    chip_sets: dict[tuple[int, float], tuple[np.ndarray, FaceSet]] = {}
+
+    def chips_for(extractor) -> tuple[np.ndarray, FaceSet]:
+        key = (extractor.chip_size, extractor.align_padding)
+        if key not in chip_sets:
+            chip_sets[key] = _chips(faces, extractor, output / f"chips_{key[0]}_{key[1]}", face_options, workers)
+        return chip_sets[key]
+
     dlib = create_extractor("dlib")
+    dlib_chips, dlib_kept = chips_for(dlib)
+    dlib_vectors = dlib.embed(dlib_chips)
     seconds = []
     for index, held_people in enumerate(person_folds(faces.labels, folds, seed)):
-        held = np.isin(faces.labels, held_people)
         folder = output / f"fold{index}"
         fold_started = time.perf_counter()
         if not (folder / "report.json").is_file():
-            train_fold(faces.subset(np.flatnonzero(~held)), folder)
+            train_fold(faces.subset(np.flatnonzero(~np.isin(faces.labels, held_people))), folder)
         seconds.append(round(time.perf_counter() - fold_started, 1))
         extractor = load_extractor(folder)
-        chips, kept = _chips(faces.subset(np.flatnonzero(held)), extractor, folder / "held_out", face_options, workers)
-        all_chips, all_kept = _chips(faces.subset(np.flatnonzero(faces.domains == 1)), extractor, output / "photos",
-                                     face_options, workers)
-        query, gallery = kept.domains == 0, kept.domains == 1
-        names = faces.domain_names or ("A", "B")
+        chips, kept = chips_for(extractor)
+        query = np.isin(kept.labels, held_people) & (kept.domains == 0)
+        photos = kept.domains == 1
         q = extractor.for_domain(names[0]).embed(chips[query])
-        g = extractor.for_domain(names[1]).embed(chips[gallery])
-        results["method"].append(pair_retrieval(q, kept.labels[query], g, kept.labels[gallery]))
-        every = extractor.for_domain(names[1]).embed(all_chips)
-        results["method_all_photos"].append(pair_retrieval(q, kept.labels[query], every, all_kept.labels))
-        dchips, dkept = _chips(faces.subset(np.flatnonzero(held)), dlib, folder / "held_out_dlib", face_options, workers)
-        dq, dg = dkept.domains == 0, dkept.domains == 1
-        dlib_query = dlib.embed(dchips[dq])
-        results["frozen_dlib"].append(pair_retrieval(dlib_query, dkept.labels[dq], dlib.embed(dchips[dg]),
-                                                     dkept.labels[dg]))
-        dall, dall_kept = _chips(faces.subset(np.flatnonzero(faces.domains == 1)), dlib, output / "photos_dlib",
-                                 face_options, workers)
-        results["frozen_dlib_all_photos"].append(pair_retrieval(dlib_query, dkept.labels[dq], dlib.embed(dall),
-                                                                dall_kept.labels))
+        every = extractor.for_domain(names[1]).embed(chips[photos])
+        _score_fold(results, "method", q, kept.labels[query], every, kept.labels[photos], held_people)
+        dquery = np.isin(dlib_kept.labels, held_people) & (dlib_kept.domains == 0)
+        dphotos = dlib_kept.domains == 1
+        _score_fold(results, "frozen_dlib", dlib_vectors[dquery], dlib_kept.labels[dquery], dlib_vectors[dphotos],
+                    dlib_kept.labels[dphotos], held_people)
         if progress:
             print(f"fold {index + 1}/{folds}: rank-1 {results['method'][-1]['rank1']:.3f} "
                   f"(frozen dlib {results['frozen_dlib'][-1]['rank1']:.3f})", file=sys.stderr, flush=True)
@@ -268,6 +271,14 @@ def cross_validate(faces: FaceSet, output: Path, folds: int, seed: int, train_fo
                     "seconds": round(time.perf_counter() - started, 1)})
     write_json(output.parent / CROSSVAL_FILE, summary)
     return summary
+
+
+def _score_fold(results: dict[str, list[dict[str, Any]]], name: str, query: np.ndarray, query_labels: np.ndarray,
+                photos: np.ndarray, photo_labels: np.ndarray, held_people: np.ndarray) -> None:
+    """One fold's retrieval against the held-out people's photos (``name``) and every photo (``name_all_photos``)."""
+    held = np.isin(photo_labels, held_people)
+    results[name].append(pair_retrieval(query, query_labels, photos[held], photo_labels[held]))
+    results[f"{name}_all_photos"].append(pair_retrieval(query, query_labels, photos, photo_labels))
 
 
 def _chips(faces: FaceSet, extractor, folder: Path, face_options, workers: int) -> tuple[np.ndarray, FaceSet]:
