@@ -117,6 +117,15 @@ def restore_logging():
     root.handlers[:] = _ROOT_LOGGING[1]
 
 
+@pytest.fixture(autouse=True)
+def no_key_in_use():
+    """A script run with --key_file leaves its key in use in this process: none after each test."""
+    yield
+    from faceid.io.sealed import configure_key
+
+    configure_key(None)
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)

@@ -42,8 +42,7 @@ from faceid.apps.enrol import DEFAULT_CROP, CropOptions, crop_face, find_faces
 from faceid.detect.quality import DEFAULT_THRESHOLDS, QualityThresholds, measure_face, near_duplicate_pairs, thumbnail
 from faceid.errors import ImageReadError, InputError
 from faceid.features.embedding import ChipBatcher
-from faceid.io.images import list_people, read_image
-from faceid.io.manifest import sha256_file
+from faceid.io.images import image_sha256, list_people, read_image
 from faceid.io.store import check_output_folder
 from faceid.settings import DEFAULTS
 
@@ -196,7 +195,7 @@ def _inspect_images(
         for person, files in people.items():
             for path in files:
                 bar.update(1)
-                image = _Image(person=person, file=path.name, sha256=sha256_file(path))
+                image = _Image(person=person, file=path.name, sha256=image_sha256(path))
                 images.append(image)
                 try:
                     pixels = read_image(path)

@@ -21,7 +21,7 @@ from faceid.detect.quality import DEFAULT_THRESHOLDS, NearDuplicateIndex, Qualit
 from faceid.errors import ImageReadError, InputError
 from faceid.io.display import Window
 from faceid.io.images import encode_png, list_image_files, read_image
-from faceid.io.store import write_new_file
+from faceid.io.store import write_new_private
 
 logger = logging.getLogger(__name__)
 
@@ -223,7 +223,7 @@ def capture_faces(
         path = save_new_image(folder, person, chip)
         if options.save_frames:
             try:
-                write_new_file(folder / FRAMES_DIR / f"{path.stem}{CROP_SUFFIX}", encode_png(frame_rgb))
+                write_new_private(folder / FRAMES_DIR / f"{path.stem}{CROP_SUFFIX}", encode_png(frame_rgb))
             except FileExistsError:
                 logger.warning("frame for %s not saved: %s/%s exists", path.name, FRAMES_DIR, path.name)
         summary.saved.append(str(path))

@@ -32,7 +32,7 @@ import numpy as np
 
 from faceid.detect.faces import DetectedFace, FaceCropper, FaceOptions
 from faceid.io.images import encode_png
-from faceid.io.store import write_new_file
+from faceid.io.store import write_new_private
 from faceid.settings import DEFAULTS
 
 logger = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ def save_new_image(folder: Path, prefix: str, image_rgb: np.ndarray) -> Path:
     while True:
         path = folder / f"{prefix}_{number:04d}{CROP_SUFFIX}"
         try:
-            write_new_file(path, data)
+            write_new_private(path, data)
             return path
         except FileExistsError:
             number += 1  # taken since we looked (another capture into the same folder)

@@ -11,7 +11,7 @@ from typing import Any
 from faceid.apps.enrol import CROP_SUFFIX, DEFAULT_CROP, CropOptions, crop_face, find_faces
 from faceid.errors import ImageReadError, InputError
 from faceid.io.images import encode_png, list_people, read_image
-from faceid.io.store import check_output_folder, write_new_file
+from faceid.io.store import check_output_folder, write_new_private
 
 logger = logging.getLogger(__name__)
 
@@ -167,7 +167,7 @@ def selfies_to_faces(
                     summary.add(person, SEVERAL_FACES_OUTCOME, f"{entry} ({len(faces)} faces)")
                     continue
                 try:
-                    write_new_file(destination, encode_png(crop_face(image, faces[0], crop)))
+                    write_new_private(destination, encode_png(crop_face(image, faces[0], crop)))
                 except FileExistsError:
                     summary.add(person, ALREADY_DONE)
                     continue

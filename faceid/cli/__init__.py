@@ -11,10 +11,16 @@ from collections.abc import Callable
 from faceid.errors import FaceIdError
 
 
-def add_verbosity(parser: argparse.ArgumentParser) -> None:
+def add_verbosity(parser: argparse.ArgumentParser, key_file: bool = True) -> None:
+    """``-v``/``-q`` and, for every script that reads or writes faces or their vectors, ``--key_file``."""
     group = parser.add_mutually_exclusive_group()
     group.add_argument("-v", "--verbose", action="store_true", help="log each step (debugging)")
     group.add_argument("-q", "--quiet", action="store_true", help="only errors; no progress bar")
+    if key_file:
+        parser.add_argument("--key_file", default=None, metavar="FILE",
+                            help="encryption key (keys.py new --output FILE): feature caches and face crops "
+                                 "this writes are encrypted with it (AES-256-GCM), encrypted ones are read with it; "
+                                 "default: $FACEID_KEY if set, else no encryption")
 
 
 def add_detection_options(parser, live: bool = False) -> None:
@@ -37,8 +43,15 @@ def add_detection_options(parser, live: bool = False) -> None:
                              "dlib (the reference, ~25x slower)")
 
 
-def setup_logging(args: argparse.Namespace) -> None:
-    """Configure logging once, in the script (the package never does)."""
+def setup_script(args: argparse.Namespace) -> None:
+    """Configure logging and the key once, in the script (the package never does).
+
+    The key (``--key_file``, else ``$FACEID_KEY``) is read when first needed, so a bad key file is
+    reported like any other error, by :func:`run_reporting_errors`.
+    """
+    from faceid.io.sealed import configure_key
+
+    configure_key(getattr(args, "key_file", None))
     level = logging.DEBUG if args.verbose else logging.ERROR if args.quiet else logging.WARNING
     # TensorFlow's C++ banners (oneDNN, CPU features) go to stderr before any of our
     # messages; keep them for -v only. Must be set before TensorFlow is imported.
@@ -49,7 +62,7 @@ def setup_logging(args: argparse.Namespace) -> None:
 def run_main(parser: argparse.ArgumentParser, body: Callable[[argparse.Namespace], int], argv: list[str] | None) -> int:
     """A script's ``main``: parse ``argv`` (usage errors exit 2), set up logging, run ``body(args)``."""
     args = parser.parse_args(argv)
-    setup_logging(args)
+    setup_script(args)
     return run_reporting_errors(lambda: body(args))
 
 

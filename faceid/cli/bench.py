@@ -17,7 +17,7 @@ import importlib
 import sys
 
 from faceid.benchmarks import SUBCOMMANDS
-from faceid.cli import add_verbosity, run_reporting_errors, setup_logging
+from faceid.cli import add_verbosity, run_reporting_errors, setup_script
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,14 +28,14 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=module.__doc__.splitlines()[0], description=module.__doc__,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(sub)
-        add_verbosity(sub)
+        add_verbosity(sub, key_file=False)
         sub.set_defaults(run=module.run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging(args)
+    setup_script(args)
     return run_reporting_errors(lambda: args.run(args))
 
 

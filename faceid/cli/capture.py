@@ -18,7 +18,7 @@ from pathlib import Path
 
 from faceid.apps.capture import CaptureOptions, capture_faces
 from faceid.apps.enrol import CropOptions
-from faceid.cli import add_detection_options, add_verbosity, run_reporting_errors, setup_logging
+from faceid.cli import add_detection_options, add_verbosity, run_reporting_errors, setup_script
 from faceid.detect.quality import DEFAULT_THRESHOLDS, QualityThresholds
 
 CAPTURE, CROP, QUALITY = CaptureOptions(), CropOptions(), DEFAULT_THRESHOLDS
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.every < 1 or args.max_crops < 1 or args.max_frames < 0 or args.size < 32:
         parser.error("--every and --max must be at least 1, --max_frames 0 or more, --size at least 32")
-    setup_logging(args)
+    setup_script(args)
 
     def body() -> int:
         from faceid.io.display import display_available

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from faceid.apps.audit import KINDS, audit_faces, quarantine
 from faceid.apps.enrol import CropOptions
-from faceid.cli import add_detection_options, add_verbosity, run_reporting_errors, setup_logging
+from faceid.cli import add_detection_options, add_verbosity, run_reporting_errors, setup_script
 from faceid.detect.quality import DEFAULT_THRESHOLDS, QualityThresholds
 
 CROP, QUALITY = CropOptions(), DEFAULT_THRESHOLDS
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.features is not None and args.model_path is None:
         parser.error("--features needs --model_path (the extractor that made the cache)")
-    setup_logging(args)
+    setup_script(args)
 
     def body() -> int:
         from faceid.backbones import load_extractor

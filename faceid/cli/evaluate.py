@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--per_kind", type=int, default=1000, help="same-person pairs, and as many different-person")
     sample.add_argument("--seed", type=int, default=DEFAULTS.seed, help="fixes the draw")
     sample.add_argument("--output", type=Path, required=True, help="pair list to write (for evaluate.py pairs)")
-    add_verbosity(sample)
+    add_verbosity(sample, key_file=False)
     identify.add_argument("--gallery_per_person", type=int, default=2,
                           help="images enrolled per person (K); the others are probes")
     identify.add_argument("--min_images", type=int, help="people with fewer usable images are left out (default K+1)")

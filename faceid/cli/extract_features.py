@@ -15,8 +15,11 @@ from pathlib import Path
 
 from faceid.backbones import RUNTIMES, load_extractor
 from faceid.cli import add_detection_options, add_verbosity, run_main
+from faceid.cli.keys import convert
 from faceid.detect.faces import FaceOptions
+from faceid.features.cache import MANIFEST_NAME
 from faceid.features.extract import extract_features
+from faceid.io.sealed import KEY_ENV, KeyRequiredError, active_key
 from faceid.settings import DEFAULTS
 
 
@@ -42,12 +45,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--runtime", choices=RUNTIMES, default="auto",
                         help="what runs the backbone: onnx (ONNX Runtime, batched, all cores), keras, dlib (dlib's "
                              "own code; dlib backbone only), or auto (onnx when installed); same vectors")
+    parser.add_argument("--encrypt", action="store_true",
+                        help="with --key_file: first convert an existing plaintext cache to encrypted, in place "
+                             "(file by file; run again to resume an interrupted conversion), then extract")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON line")
     add_verbosity(parser)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.encrypt:
+        key = active_key()
+        if key is None:
+            raise KeyRequiredError(f"--encrypt needs a key: pass --key_file FILE (keys.py new --output FILE) or set {KEY_ENV}")
+        if (args.features / MANIFEST_NAME).is_file():
+            for place, counts in convert(args.features, None, None, key).items():
+                print(f"encrypted {place}: {counts['rewritten']} files ({counts['already']} already)", file=sys.stderr)
     extractor = load_extractor(args.model_path, args.runtime)
     summary = extract_features(
         args.faces_path, extractor, args.features,

@@ -22,7 +22,7 @@ import numpy as np
 from faceid.apps.live import LiveOptions, run_live
 from faceid.backbones import RUNTIMES, load_extractor
 from faceid.backbones.siamese import EXTRACTOR_HEAD_DIR
-from faceid.cli import add_detection_options, add_verbosity, run_reporting_errors, setup_logging
+from faceid.cli import add_detection_options, add_verbosity, run_reporting_errors, setup_script
 from faceid.detect.faces import FaceOptions, live_upsample
 from faceid.errors import InputError, ManifestMismatchError
 from faceid.features.cache import FeatureCache, describe_extractor
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.max_frames < 0:
         parser.error("--max_frames must be 0 (all frames) or more")
-    setup_logging(args)
+    setup_script(args)
 
     def body() -> int:
         source = frame_source(camera=args.camera, video_path=args.video_path, images=args.images)

@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"int8: folder of face photos (or of person folders) to calibrate on; up to "
                              f"{DEFAULTS.calibration_images} are read, one face each")
     parser.add_argument("--print_model", type=int, choices=(0, 1), default=0, help="1: print the model summary")
-    add_verbosity(parser)
+    add_verbosity(parser, key_file=False)
     return parser
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from faceid.cli import add_verbosity, run_main
 from faceid.errors import ImageReadError, InputError
 from faceid.io.images import FLAT, encode_png, list_photos, read_image
-from faceid.io.store import write_new_file
+from faceid.io.store import write_new_private
 from faceid.sketch.synthesis import SketchStyle, photo_to_sketch
 
 
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
             unreadable.append(str(error))
             continue
         try:
-            write_new_file(target, encode_png(photo_to_sketch(image, style)))
+            write_new_private(target, encode_png(photo_to_sketch(image, style)))
             written += 1
         except FileExistsError:
             existing += 1

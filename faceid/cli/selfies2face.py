@@ -18,7 +18,7 @@ from pathlib import Path
 
 from faceid.apps.enrol import CropOptions
 from faceid.apps.selfies import MULTI_CHOICES, selfies_to_faces
-from faceid.cli import add_detection_options, add_verbosity, run_reporting_errors, setup_logging
+from faceid.cli import add_detection_options, add_verbosity, run_reporting_errors, setup_script
 
 CROP = CropOptions()
 
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.size < 32 or args.upsample < 0 or args.max_width < 0:
         parser.error("--size must be at least 32, --upsample and --max_width 0 or more")
-    setup_logging(args)
+    setup_script(args)
 
     def body() -> int:
         summary = selfies_to_faces(

@@ -17,8 +17,7 @@ from faceid.errors import ImageReadError, InputError
 from faceid.evaluate.pairlist import ImageKey
 from faceid.features.cache import FeatureCache, describe_extractor
 from faceid.features.embedding import ChipBatcher, FaceEmbedder
-from faceid.io.images import UNREADABLE, read_image
-from faceid.io.manifest import sha256_file
+from faceid.io.images import UNREADABLE, image_sha256, read_image
 from faceid.settings import DEFAULTS
 
 logger = logging.getLogger(__name__)
@@ -165,7 +164,7 @@ def embed_images(
             if not path.is_file():
                 result.status[key] = MISSING
                 continue
-            cached = None if cache is None else cache.lookup(key[0], key[1], sha256_file(path))
+            cached = None if cache is None else cache.lookup(key[0], key[1], image_sha256(path))
             cached_vector, known_reason = None, None
             if isinstance(cached, np.ndarray):
                 cached_vector = cached

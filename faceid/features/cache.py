@@ -13,12 +13,24 @@ Every file is NumPy ``.npz`` of plain arrays or JSON, read with
 Each person file is written atomically (:mod:`faceid.io.store`) and carries the
 extractor fingerprint, so an interrupted or mixed run never passes a stale file off
 as valid. This module only stores and reads; :mod:`faceid.features.extract` fills it.
+
+**Hashes.** The manifest lists the SHA-256 of every person file (``files``); a cache is
+checked against it when opened, so a file changed, added or removed since the manifest
+was written is named instead of used (caches written before the table are read unchecked).
+
+**Encryption** (:mod:`faceid.io.sealed`). A cache created with a key is encrypted: its
+manifest records ``encryption`` (cipher, key id, ``complete``, and ``seal``: an AES-GCM tag
+over the manifest's digest, so the manifest, its hash table included, cannot be edited
+without the key); every person file and ``stats.npz`` is sealed, bound to its own name.
+The manifest itself stays readable (extractor, names, counts: no vector), so a wrong
+or missing key is named before anything is read.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,13 +39,25 @@ from typing import Any
 import numpy as np
 
 from faceid.errors import InputError, ManifestMismatchError
-from faceid.io.store import CORRUPT_FILE_ERRORS, TEMPORARY_GLOB, read_json, save_npz
+from faceid.io import sealed
+from faceid.io.manifest import sha256_file, sha256_json
+from faceid.io.store import (
+    CORRUPT_FILE_ERRORS,
+    TEMPORARY_GLOB,
+    open_private,
+    read_file_bytes,
+    read_json,
+    reseal_file,
+    save_npz,
+    write_json,
+)
 
 logger = logging.getLogger(__name__)
 
 CACHE_FORMAT = "faceid-features/1"
 MANIFEST_NAME = "manifest.json"
 PEOPLE_DIR = "people"
+STATS_FILE = "stats.npz"  # written by faceid.features.stats; sealed like the person files
 
 
 @dataclass
@@ -47,9 +71,11 @@ class PersonFeatures:
     skipped: dict[str, tuple[str, str]] = field(default_factory=dict)  # file -> (sha256, reason)
 
     def save(self, path: Path, fingerprint: str) -> None:
+        """Write the person file (sealed, bound to its name, when a key is in use)."""
         skipped_files = sorted(self.skipped)
         save_npz(
             path,
+            person_context(path.stem),
             vectors=self.vectors.astype(np.float32),
             files=np.array(self.files, dtype=str),
             hashes=np.array(self.hashes, dtype=str),
@@ -74,10 +100,21 @@ class PersonFeatures:
         return {name: row for row, name in enumerate(self.files)}
 
     @classmethod
-    def load(cls, path: Path) -> tuple["PersonFeatures", str]:
-        """Read a person file; returns it and the fingerprint it was made with."""
+    def load(cls, path: Path, encrypted: bool | None = False,
+             sha256: str | None = None) -> tuple["PersonFeatures", str]:
+        """Read a person file; returns it and the fingerprint it was made with.
+
+        ``encrypted``: whether the cache is (a plaintext file in an encrypted cache, or the
+        reverse, is refused: :func:`faceid.io.store.open_private`). ``sha256``: what the
+        manifest's table says the file's bytes hash to.
+        """
+        fix = "re-run extract_features.py to rebuild it"
+        raw = read_file_bytes(path, "feature file", fix)
+        # Authentication first (its errors say what happened: tampered, truncated, moved,
+        # plaintext among encrypted), the manifest's hash next (an older or foreign copy).
+        plain = open_private(raw, path, "this feature cache", person_context(path.stem), encrypted)
         try:
-            with np.load(path, allow_pickle=False) as data:
+            with np.load(io.BytesIO(plain), allow_pickle=False) as data:
                 vectors = data["vectors"].astype(np.float32)
                 files = [str(name) for name in data["files"]]
                 hashes = [str(digest) for digest in data["hashes"]]
@@ -87,9 +124,11 @@ class PersonFeatures:
                 }
                 fingerprint = str(data["fingerprint"])
         except CORRUPT_FILE_ERRORS as error:
-            raise InputError(
-                f"feature file {path} is unreadable or corrupt ({error}): re-run extract_features.py to rebuild it"
-            ) from error
+            raise InputError(f"feature file {path} is unreadable or corrupt ({error}): {fix}") from error
+        if sha256 is not None and hashlib.sha256(raw).hexdigest() != sha256:
+            raise InputError(f"{path} does not match the hash in its cache's manifest (changed, or replaced by "
+                             f"another copy, after the manifest was written): restore it, or re-run "
+                             f"extract_features.py --features {path.parent.parent}")
         if vectors.ndim != 2 or len(vectors) != len(files) or len(files) != len(hashes):
             raise InputError(f"feature file {path} is inconsistent: re-run extract_features.py --rebuild")
         return cls(path.stem, vectors, files, hashes, skipped), fingerprint
@@ -147,11 +186,12 @@ class FeatureCache:
                 manifest["extractor"], extractor_manifest, f"feature cache {directory}",
                 f"pass the extractor that made it, or rebuild the cache with extract_features.py --features {directory} --rebuild",
             )
+        encrypted = check_encryption(directory, manifest)
+        paths = person_paths(directory)
+        table = {} if for_update else check_file_table(directory, manifest, paths)
         people = {}
-        for path in sorted((directory / PEOPLE_DIR).glob("*.npz")):
-            if path.match(TEMPORARY_GLOB) or path.name.startswith("."):
-                continue  # a temporary file from an interrupted write
-            person, fingerprint = PersonFeatures.load(path)
+        for path in paths:
+            person, fingerprint = PersonFeatures.load(path, encrypted, table.get(path.name))
             if fingerprint != manifest["extractor"]["fingerprint"]:
                 if for_update:
                     logger.info("%s comes from another extractor: re-embedding it", path)
@@ -218,3 +258,182 @@ def cache_manifest(extractor_manifest: dict[str, Any], counts: dict[str, int]) -
         "people": counts,
         "n_vectors": int(sum(counts.values())),
     }
+
+
+def person_context(name: str) -> str:
+    """The place a person file is sealed for: a file moved to another person's name fails to open."""
+    return f"{PEOPLE_DIR}/{name}.npz"
+
+
+def person_paths(directory: Path) -> list[Path]:
+    """The person files of a cache (not the temporary files of an interrupted write)."""
+    return sorted(
+        path for path in (Path(directory) / PEOPLE_DIR).glob("*.npz")
+        if not (path.match(TEMPORARY_GLOB) or path.name.startswith("."))
+    )
+
+
+def file_table(directory: Path) -> dict[str, str]:
+    """``{people/<person>.npz: sha256}`` of the person files as they are on disk."""
+    return {f"{PEOPLE_DIR}/{path.name}": sha256_file(path) for path in person_paths(directory)}
+
+
+def _manifest_digest(manifest: dict[str, Any]) -> str:
+    unsealed = dict(manifest)
+    encryption = dict(unsealed.get("encryption") or {})
+    encryption.pop("seal", None)
+    unsealed["encryption"] = encryption or None
+    return sha256_json(unsealed)
+
+
+def write_manifest(directory: Path, manifest: dict[str, Any], key: sealed.Key | None, complete: bool = True,
+                   table: bool = True, **encryption: Any) -> None:
+    """Write ``manifest.json`` with the person files' hash table (``table``) and, with ``key``, the
+    encryption record (``complete``: every file sealed) and its seal over the whole manifest."""
+    import base64
+
+    manifest = dict(manifest)
+    manifest.pop("files", None)
+    if table:
+        manifest["files"] = file_table(directory)
+    record = sealed.encryption_record(key, complete)
+    if record is not None:
+        record.update(encryption)
+        manifest["encryption"] = record
+        tag = sealed.seal(b"", key, "manifest " + _manifest_digest(manifest))
+        manifest["encryption"]["seal"] = base64.b64encode(tag).decode()
+    else:
+        manifest["encryption"] = None
+    write_json(Path(directory) / MANIFEST_NAME, manifest)
+
+
+def check_encryption(directory: Path, manifest: dict[str, Any]) -> bool:
+    """Whether the cache at ``directory`` is encrypted, after checking the key in use opens it.
+
+    Raises:
+        KeyRequiredError / WrongKeyError: encrypted, and no key / another key is in use.
+        TamperedFileError: the manifest was edited after it was sealed.
+        SealError: a conversion was interrupted (re-run it to finish).
+    """
+    import base64
+    import binascii
+
+    record = manifest.get("encryption")
+    manifest_path = Path(directory) / MANIFEST_NAME
+    if not record:
+        return False
+    if not record.get("complete", True):
+        raise sealed.SealError(
+            f"feature cache {directory}: an encryption or key change was interrupted half way; run the same "
+            "keys.py (or extract_features.py --encrypt) command again to finish it")
+    key = sealed.active_key()
+    if key is None:
+        raise sealed.KeyRequiredError(
+            f"feature cache {directory} is encrypted (key {record.get('key_id')}): pass --key_file FILE "
+            f"or set {sealed.KEY_ENV}")
+    if key.id != record.get("key_id"):
+        raise sealed.WrongKeyError(
+            f"feature cache {directory} is encrypted with key {record.get('key_id')}, not with {key.describe()}: "
+            "pass the key it was encrypted with")
+    try:
+        tag = base64.b64decode(str(record.get("seal", "")), validate=True)
+        sealed.unseal(tag, manifest_path, key, "manifest " + _manifest_digest(manifest))
+    except (binascii.Error, sealed.TamperedFileError, sealed.PlaintextFileError) as error:
+        raise sealed.TamperedFileError(
+            f"{manifest_path} was changed after it was written (its seal does not match): restore it from a copy, "
+            "or rebuild the cache with extract_features.py") from error
+    return True
+
+
+def check_key_matches(directory: Path, manifest: dict[str, Any]) -> None:
+    """Before writing to an existing cache: the key in use must be the one it is encrypted with,
+    and a plaintext cache takes no key (mixing would leave half of it readable without one)."""
+    if check_encryption(directory, manifest):
+        return
+    key = sealed.active_key()
+    if key is not None:
+        raise sealed.PlaintextFileError(
+            f"feature cache {directory} is not encrypted, and {key.describe()} was given: add --encrypt to "
+            "convert it in place first, or leave out the key (nothing was changed)")
+
+
+def check_file_table(directory: Path, manifest: dict[str, Any], paths: list[Path]) -> dict[str, str]:
+    """Stop when person files were added or removed since the manifest's hash table was written;
+    returns ``{file name: sha256}`` for :meth:`PersonFeatures.load` to check each file's bytes."""
+    table = manifest.get("files")
+    if table is None:
+        return {}  # written before the table existed, or by an extraction still running
+    fix = f"restore the file, or re-run extract_features.py --features {directory} (it re-checks every image)"
+    found = {f"{PEOPLE_DIR}/{path.name}": path for path in paths}
+    for name in sorted(set(table) - set(found)):
+        raise InputError(f"feature cache {directory}: {name} is in the manifest but missing: {fix}")
+    for name in sorted(set(found) - set(table)):
+        raise InputError(f"feature cache {directory}: {name} is not in the manifest (added from elsewhere?): {fix}")
+    return {Path(name).name: digest for name, digest in table.items()}
+
+
+def nested_caches(directory: Path) -> list[Path]:
+    """``directory`` (if a cache) and every feature cache below it (e.g. retrieval galleries under
+    ``features/galleries/``), parents first."""
+    directory = Path(directory)
+    found = []
+    for manifest_path in sorted(directory.rglob(MANIFEST_NAME), key=lambda path: len(path.parts)):
+        try:
+            manifest = read_json(manifest_path, "manifest", "")
+        except InputError:
+            continue
+        if manifest.get("format") == CACHE_FORMAT:
+            found.append(manifest_path.parent)
+    return found
+
+
+def reseal_cache(directory: Path, old: sealed.Key | None, new: sealed.Key | None) -> dict[str, int]:
+    """Convert one cache in place from ``old`` to ``new`` (either ``None``: plaintext): encrypt a
+    plaintext cache, rotate its key, or decrypt it.
+
+    File by file, each atomically; the manifest says ``complete: false`` (and both key ids) until
+    every file is done, so readers refuse a half-converted cache and the same call resumes an
+    interrupted one. Returns ``{"rewritten": n, "already": m}``.
+
+    Raises:
+        KeyRequiredError / WrongKeyError: ``old`` is not the key the cache is encrypted with (or
+            the interrupted conversion was to another key); nothing is changed then.
+    """
+    directory = Path(directory)
+    manifest = read_json(directory / MANIFEST_NAME, "feature cache manifest", "pass a feature cache folder")
+    if manifest.get("format") != CACHE_FORMAT:
+        raise InputError(f"{directory} is not a faceid feature cache")
+    record = manifest.get("encryption") or None
+    old_id, new_id = (old.id if old else None), (new.id if new else None)
+    if record and not record.get("complete", True):
+        if (record.get("from_key_id"), record.get("key_id")) != (old_id, new_id):
+            raise sealed.WrongKeyError(
+                f"feature cache {directory}: an interrupted conversion from key {record.get('from_key_id')} to "
+                f"{record.get('key_id')} (None: plaintext) must be finished with those keys, not {old_id} -> {new_id}")
+    else:
+        found_id = record.get("key_id") if record else None
+        if found_id == new_id:
+            return {"rewritten": 0, "already": len(person_paths(directory)) + (directory / STATS_FILE).is_file()}
+        if found_id != old_id:
+            what = f"encrypted with key {found_id}" if found_id else "not encrypted"
+            error = sealed.KeyRequiredError if old is None and found_id else sealed.WrongKeyError
+            raise error(f"feature cache {directory} is {what}: pass "
+                        + (f"the key it is encrypted with (from {old_id})" if found_id else "no old key"))
+        if old is not None:
+            previous = sealed.use_key(old)
+            try:
+                check_encryption(directory, manifest)
+            finally:
+                sealed.use_key(previous)
+        progress = dict(manifest)
+        progress["encryption"] = {"cipher": sealed.CIPHER, "key_id": new_id, "from_key_id": old_id, "complete": False}
+        write_json(directory / MANIFEST_NAME, progress)
+    counts = {"rewritten": 0, "already": 0}
+    files = [(path, person_context(path.stem)) for path in person_paths(directory)]
+    if (directory / STATS_FILE).is_file():
+        files.append((directory / STATS_FILE, STATS_FILE))
+    for path, context in files:
+        counts["rewritten" if reseal_file(path, old, new, context) else "already"] += 1
+    manifest.pop("encryption", None)
+    write_manifest(directory, manifest, new)
+    return counts

@@ -20,6 +20,7 @@ import numpy as np
 from faceid.detect.faces import NO_FACE, FaceCropper
 from faceid.errors import ImageReadError
 from faceid.io.images import UNREADABLE, read_image
+from faceid.io.sealed import active_key, use_key
 from faceid.settings import DEFAULTS
 
 logger = logging.getLogger(__name__)
@@ -91,7 +92,9 @@ class LocalEngine(ExtractionEngine):
         context = multiprocessing.get_context("spawn")
         in_flight: deque = deque()
         limit = max(4 * batch_size, 8 * workers)
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        # Workers open encrypted crops with the parent's key (sent over the pool's pipe, never to disk).
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=use_key,
+                                 initargs=(active_key(),)) as pool:
             try:
                 for path in paths:
                     in_flight.append(pool.submit(prepare_image, path, cropper))

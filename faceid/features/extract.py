@@ -25,13 +25,15 @@ from faceid.features.cache import (
     FeatureCache,
     PersonFeatures,
     cache_manifest,
+    check_key_matches,
     check_same_extractor,
+    write_manifest,
 )
 from faceid.features.embedding import ChipBatcher
 from faceid.features.engine import ExtractionEngine, LocalEngine
-from faceid.io.images import list_people
-from faceid.io.manifest import sha256_file
-from faceid.io.store import remove_leftovers, write_json
+from faceid.io.images import image_sha256, list_people
+from faceid.io.sealed import active_key
+from faceid.io.store import read_json, remove_leftovers
 from faceid.settings import DEFAULTS
 
 logger = logging.getLogger(__name__)
@@ -93,7 +95,11 @@ class ExtractionSummary:
 def _open_or_start_cache(features_dir: Path, extractor: Extractor, rebuild: bool) -> dict[str, PersonFeatures]:
     """Previous per-person entries that can be reused, after checking the extractor."""
     manifest_path = features_dir / MANIFEST_NAME
-    if rebuild or not manifest_path.exists():
+    if not manifest_path.exists():
+        return {}
+    check_key_matches(features_dir, read_json(manifest_path, "feature cache manifest", "pass --rebuild, or another "
+                                              "--features folder"))
+    if rebuild:
         return {}
     cache = FeatureCache.load(features_dir, for_update=True)
     check_same_extractor(
@@ -140,15 +146,16 @@ def extract_features(
     faces_root, features_dir = Path(faces_root), Path(features_dir)
     people_files = list_people(faces_root) if people_files is None else people_files
     previous = _open_or_start_cache(features_dir, extractor, rebuild)
+    # Hashing every image first: an encrypted crop without its key stops the run before anything is written.
+    summary = ExtractionSummary(people=len(people_files))
+    plans = {name: _plan_person(name, files, previous.get(name), summary) for name, files in people_files.items()}
     people_dir = features_dir / PEOPLE_DIR
     people_dir.mkdir(parents=True, exist_ok=True)
     remove_leftovers(people_dir)  # temporary files of an interrupted run: never valid data
     # The manifest goes first, so person files written below are always checked
     # against the extractor that wrote them, even if this run stops half-way.
-    write_json(features_dir / MANIFEST_NAME, cache_manifest(extractor.manifest, {}))
-
-    summary = ExtractionSummary(people=len(people_files))
-    plans = {name: _plan_person(name, files, previous.get(name), summary) for name, files in people_files.items()}
+    key = active_key()
+    write_manifest(features_dir, cache_manifest(extractor.manifest, {}), key, table=False)
     cropper = FaceCropper(face_options, extractor.chip_size, extractor.align_padding)
     counts: dict[str, int] = {}
 
@@ -198,7 +205,7 @@ def extract_features(
     for stale in sorted(set(previous) - set(people_files)):
         (people_dir / f"{stale}.npz").unlink(missing_ok=True)
         summary.removed_people.append(stale)
-    write_json(features_dir / MANIFEST_NAME, cache_manifest(extractor.manifest, counts))
+    write_manifest(features_dir, cache_manifest(extractor.manifest, counts), key)
     return summary
 
 
@@ -232,7 +239,7 @@ def _plan_person(name: str, files: list[Path], previous: PersonFeatures | None, 
     plan = _PersonPlan(name=name, files=[path.name for path in files], hashes={}, vectors={}, skipped={}, pending=[])
     for path in files:
         summary.images += 1
-        digest = sha256_file(path)
+        digest = image_sha256(path)
         plan.hashes[path.name] = digest
         known = None if previous is None else previous.lookup(path.name, digest)
         if isinstance(known, np.ndarray):

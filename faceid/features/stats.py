@@ -15,10 +15,9 @@ from typing import Any
 import numpy as np
 
 from faceid.errors import InputError, ManifestMismatchError
-from faceid.features.cache import FeatureCache
-from faceid.io.store import atomic_path, load_npz, read_json, write_json
+from faceid.features.cache import MANIFEST_NAME, STATS_FILE, FeatureCache, check_encryption, check_key_matches
+from faceid.io.store import load_npz, read_json, save_npz, write_json
 
-STATS_FILE = "stats.npz"
 STATS_MANIFEST = "stats.json"
 # Dimensions that never vary (ReLU outputs that are always 0) would divide by
 # zero; below this std a dimension is left unscaled.
@@ -54,9 +53,10 @@ class Normalizer:
         np.savez(path, **self.as_arrays())
 
     @classmethod
-    def read(cls, path: Path, fix: str) -> "Normalizer":
-        """Read what :meth:`write` wrote; missing or corrupt: an error naming ``fix``."""
-        arrays = load_npz(path, "normalisation statistics", fix)
+    def read(cls, path: Path, fix: str, context: str | None = None, encrypted: bool | None = None) -> "Normalizer":
+        """Read what :meth:`write` (or :func:`save_stats`, ``context``: a private file) wrote; missing or
+        corrupt: an error naming ``fix``."""
+        arrays = load_npz(path, "normalisation statistics", fix, context, encrypted)
         try:
             return cls.from_arrays(arrays["mean"], arrays["std"])
         except KeyError as error:
@@ -88,9 +88,12 @@ def compute_stats(cache: FeatureCache) -> FeatureStats:
 
 
 def save_stats(stats: FeatureStats, features_dir: str | Path) -> Path:
+    """Write ``stats.npz`` (sealed in an encrypted cache: with a handful of people enrolled, the mean
+    is close to one person's vector) and ``stats.json`` (two numbers, counts, digests: plain)."""
     features_dir = Path(features_dir)
-    with atomic_path(features_dir / STATS_FILE) as temporary:
-        stats.normalizer.write(temporary)
+    check_key_matches(features_dir, read_json(features_dir / MANIFEST_NAME, "feature cache manifest",
+                                              "run extract_features.py first"))
+    save_npz(features_dir / STATS_FILE, STATS_FILE, **stats.normalizer.as_arrays())
     write_json(
         features_dir / STATS_MANIFEST,
         {
@@ -110,7 +113,8 @@ def load_stats(features_dir: str | Path, cache: FeatureCache | None = None) -> F
     features_dir = Path(features_dir)
     fix = f"run compute_mean.py --features_path {features_dir}"
     manifest: dict[str, Any] = read_json(features_dir / STATS_MANIFEST, "normalisation statistics", fix)
-    normalizer = Normalizer.read(features_dir / STATS_FILE, fix)
+    encrypted = check_encryption(features_dir, read_json(features_dir / MANIFEST_NAME, "feature cache manifest", fix))
+    normalizer = Normalizer.read(features_dir / STATS_FILE, fix, STATS_FILE, encrypted)
     stats = FeatureStats(
         normalizer=normalizer,
         global_mean=float(manifest["global_mean"]),

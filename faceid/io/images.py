@@ -7,11 +7,14 @@ package; OpenCV's BGR frames are converted once, where they are read
 
 from __future__ import annotations
 
+import hashlib
+import io
 from pathlib import Path
 
 import numpy as np
 
 from faceid.errors import ImageReadError, InputError
+from faceid.io.store import open_private
 
 # Why a file gave no image: the reason every report (extraction, evaluation, audit) uses.
 UNREADABLE = "unreadable or not an image"
@@ -28,7 +31,7 @@ def read_image(path: str | Path) -> np.ndarray:
 
     path = Path(path)
     try:
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(image_bytes(path))) as image:
             # load() forces a full decode: a truncated JPEG fails here, not later.
             image.load()
             image = ImageOps.exif_transpose(image)
@@ -40,6 +43,30 @@ def read_image(path: str | Path) -> np.ndarray:
     if rgb.ndim != 3 or rgb.shape[0] < 2 or rgb.shape[1] < 2:
         raise ImageReadError(f"{path}: image has no usable pixels (shape {rgb.shape})")
     return rgb
+
+
+def image_bytes(path: str | Path) -> bytes:
+    """An image file's content: decrypted when it is an encrypted crop (:mod:`faceid.io.sealed`).
+
+    Raises:
+        ImageReadError: no such file, or unreadable.
+        SealError: encrypted, and no key / the wrong key / changed since it was written (fatal:
+            never passed off as "not an image", which the cache would remember).
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError as error:
+        raise ImageReadError(f"{path}: no such file") from error
+    except OSError as error:
+        raise ImageReadError(f"{path}: not a readable image ({error})") from error
+    return open_private(data, path, "an enrolment folder")
+
+
+def image_sha256(path: str | Path) -> str:
+    """SHA-256 of an image's content (of the plaintext, for an encrypted crop: re-encrypting it with
+    a new key, which changes every byte on disk, does not make it new to the feature cache)."""
+    return hashlib.sha256(image_bytes(path)).hexdigest()
 
 
 def encode_png(image_rgb: np.ndarray) -> bytes:
@@ -116,3 +143,24 @@ def list_photos(folder: str | Path, flag: str) -> dict[str, list[Path]]:
     if not people:
         raise InputError(f"{flag} {folder} holds no photos")
     return people
+
+
+# What keys.py encrypts in an enrolment folder (other files are left as they are).
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".pgm", ".ppm"})
+
+
+def reseal_images(folder: str | Path, old, new) -> dict[str, int]:
+    """Encrypt (``old`` ``None``), re-key or decrypt (``new`` ``None``) every image under ``folder``
+    (person folders, capture.py's ``frames/``), each file atomically; files already in the new
+    state are skipped, so an interrupted run resumes. Returns ``{"rewritten": n, "already": m}``."""
+    from faceid.io.store import TEMPORARY_GLOB, reseal_file
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"--faces_path {folder} is not a folder")
+    counts = {"rewritten": 0, "already": 0}
+    for path in sorted(folder.rglob("*")):
+        if (path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.match(TEMPORARY_GLOB)
+                and not any(part.startswith(".") for part in path.relative_to(folder).parts)):
+            counts["rewritten" if reseal_file(path, old, new, "") else "already"] += 1
+    return counts

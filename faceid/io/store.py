@@ -17,11 +17,19 @@ One permission policy for both: the files get what a plain ``open()`` would give
 Readers: :func:`read_json` and :func:`load_npz` turn a missing or corrupt file into an
 :class:`~faceid.errors.InputError` that names the fix; ``.npz`` files are read with
 ``allow_pickle=False``, so a file received from someone else cannot run code.
+
+**Private files** (anything holding a face or a vector of one) are written with
+:func:`write_private`, :func:`write_new_private` or ``save_npz(..., context=...)`` and read with
+:func:`read_private` / ``load_npz(..., context=...)``: with a key in use
+(:func:`faceid.io.sealed.use_key`) their bytes are sealed with AES-256-GCM *before* the
+temporary file is written, so nothing decrypted ever reaches the disk, and opened (checked
+for the right key, tampering, truncation, place) when read. Without a key they are plain.
 """
 
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import secrets
@@ -34,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from faceid.errors import InputError
+from faceid.io import sealed
 
 # What reading a truncated or foreign .npz/.json can raise; caught to say "corrupt, rebuild it".
 CORRUPT_FILE_ERRORS = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
@@ -114,20 +123,137 @@ def read_json(path: str | Path, what: str, fix: str) -> dict[str, Any]:
     return payload
 
 
-def save_npz(path: str | Path, **arrays: np.ndarray) -> None:
-    """Write plain arrays as ``.npz``, atomically (nothing that needs pickle: load with :func:`load_npz`)."""
+def npz_bytes(**arrays: np.ndarray) -> bytes:
+    """Plain arrays as the bytes of an ``.npz`` file (built in memory)."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def save_npz(path: str | Path, context: str | None = None, **arrays: np.ndarray) -> None:
+    """Write plain arrays as ``.npz``, atomically (nothing that needs pickle: load with :func:`load_npz`).
+
+    ``context`` (e.g. ``people/alice.npz``) makes it a private file: sealed when a key is in use.
+    """
+    if context is not None:
+        write_private(path, npz_bytes(**arrays), context)
+        return
     with atomic_path(path) as temporary:
         np.savez(temporary, **arrays)
 
 
-def load_npz(path: str | Path, what: str, fix: str) -> dict[str, np.ndarray]:
-    """Every array of an ``.npz`` file (read without pickle); missing or corrupt: :class:`InputError`."""
+def load_npz(
+    path: str | Path, what: str, fix: str, context: str | None = None, encrypted: bool | None = None
+) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` file (read without pickle); missing or corrupt: :class:`InputError`.
+
+    ``context``: a private file, opened by :func:`read_private` (``encrypted`` as there).
+    """
     path = Path(path)
     try:
-        with np.load(path, allow_pickle=False) as data:
+        if context is None:
+            source: Any = path
+        else:
+            source = io.BytesIO(read_private(path, what, fix, context, encrypted))
+        with np.load(source, allow_pickle=False) as data:
             return {name: data[name] for name in data.files}
     except CORRUPT_FILE_ERRORS as error:
         raise InputError(f"{what} {path} is missing, unreadable or corrupt ({error}): {fix}") from error
+
+
+def private_bytes(data: bytes, context: str = "") -> bytes:
+    """What a private file holds on disk: ``data`` sealed with the key in use, or ``data`` without one."""
+    key = sealed.active_key()
+    return data if key is None else sealed.seal(data, key, context)
+
+
+def write_private(path: str | Path, data: bytes, context: str = "") -> None:
+    """Replace ``path`` with ``data``, atomically, sealed first when a key is in use."""
+    write_bytes(path, private_bytes(data, context))
+
+
+def write_new_private(path: Path, data: bytes, context: str = "") -> None:
+    """:func:`write_new_file` for a private file (enrolment crops and frames)."""
+    write_new_file(path, private_bytes(data, context))
+
+
+def open_private(data: bytes, path: str | Path, what: str, context: str | None = None,
+                 encrypted: bool | None = None) -> bytes:
+    """The plaintext of a private file's bytes.
+
+    ``encrypted``: ``True`` the file must be sealed (a plaintext file among encrypted ones is an
+    error), ``False`` it must be plain (an encrypted file in a plaintext cache is an error),
+    ``None`` either (enrolment folders may mix the user's photos and encrypted crops).
+    ``context``: the place it must have been sealed for (``None``: any).
+    """
+    if sealed.is_sealed(data):
+        if encrypted is False:
+            raise sealed.PlaintextFileError(
+                f"{path} is encrypted (key {sealed.sealed_key_id(data)}) but {what} is not: a file from another, "
+                "encrypted cache; remove it or rebuild")
+        return sealed.unseal(data, path, sealed.active_key(), context)
+    if encrypted:
+        raise sealed.PlaintextFileError(
+            f"{path} is not encrypted, but {what} is: a plaintext file put among encrypted ones is never read; "
+            "remove it, or convert the cache again with keys.py encrypt")
+    return data
+
+
+def read_private(path: str | Path, what: str, fix: str, context: str | None = None,
+                 encrypted: bool | None = None) -> bytes:
+    """Read a private file and open it (:func:`open_private`); missing: :class:`InputError` naming ``fix``."""
+    return open_private(read_file_bytes(path, what, fix), path, what, context, encrypted)
+
+
+def reseal_file(path: Path, old: sealed.Key | None, new: sealed.Key | None, context: str | None = "") -> bool:
+    """Re-write one private file from ``old`` (``None``: plaintext) to ``new`` (``None``: plaintext),
+    atomically; a file already in the ``new`` state is left as it is (an interrupted conversion
+    resumes). Returns whether the file was re-written.
+
+    ``context``: the place the file is sealed for (``None``: keep the one it has).
+
+    Raises:
+        WrongKeyError: sealed with a third key; PlaintextFileError: plaintext where ``old`` says
+        sealed; TamperedFileError: it does not open.
+    """
+    data = read_file_bytes(path, "file", "restore it")
+    if sealed.is_sealed(data):
+        found = sealed.sealed_key_id(data)
+        if new is not None and found == new.id:
+            return False
+        if old is None or found != old.id:
+            keys = " or ".join(key.describe() for key in (old, new) if key is not None) or "no key"
+            raise sealed.WrongKeyError(f"{path} is encrypted with key {found}, not with {keys}: pass the key it was "
+                                       "encrypted with as --key_file")
+        if context is None:
+            context = sealed.sealed_context(data)
+        plain = sealed.unseal(data, path, old, context)
+    else:
+        if new is None:
+            return False
+        if old is not None:
+            raise sealed.PlaintextFileError(f"{path} is not encrypted, but should be with {old.describe()}: a plaintext "
+                                            "file put among encrypted ones; remove it, or restore it from a copy")
+        plain = data
+    write_bytes(path, plain if new is None else sealed.seal(plain, new, context or ""))
+    return True
+
+
+def is_sealed_file(path: str | Path) -> bool:
+    """Whether ``path`` is an encrypted file (reads its first bytes only)."""
+    with open(path, "rb") as stream:
+        return sealed.is_sealed(stream.read(len(sealed.MAGIC)))
+
+
+def read_file_bytes(path: str | Path, what: str, fix: str) -> bytes:
+    """A file's bytes as they are on disk; missing or unreadable: :class:`InputError` naming ``fix``."""
+    path = Path(path)
+    try:
+        return path.read_bytes()
+    except FileNotFoundError as error:
+        raise InputError(f"{what} {path} not found: {fix}") from error
+    except OSError as error:
+        raise InputError(f"{what} {path} is unreadable ({error}): {fix}") from error
 
 
 class StagedFiles:

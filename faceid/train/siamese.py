@@ -638,12 +638,12 @@ def train_siamese(faces: FaceSet, output: Path, options: SiameseOptions = Siames
 def write_augmented(trainer: SiameseTrainer, folder: Path, count: int) -> None:
     """``count`` augmented training chips as PNG files (to see what the network is shown)."""
     from faceid.io.images import encode_png
-    from faceid.io.store import write_bytes
+    from faceid.io.store import write_private
 
     rng = np.random.default_rng([trainer.options.seed, 0])
     rows = np.sort(rng.choice(trainer.train_rows, min(count, len(trainer.train_rows)), replace=False))
     for row, chip in zip(rows, trainer.augmentation.apply(np.asarray(trainer.chipset.chips[rows]), rng)):
-        write_bytes(folder / f"{row:06d}.png", encode_png(chip))
+        write_private(folder / f"{row:06d}.png", encode_png(chip))
 
 
 def finish(trainer: SiameseTrainer, state: dict[str, Any], chipset: ChipSet, data: DataOptions, padding: float,

@@ -16,6 +16,7 @@ negatives in it. Batches are drawn from ``(seed, epoch)``: a resumed run sees th
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 from dataclasses import dataclass, field
@@ -27,7 +28,8 @@ from faceid.detect.faces import FaceCropper
 from faceid.errors import InputError
 from faceid.features.engine import LocalEngine
 from faceid.io.images import list_image_files, list_people, list_photos
-from faceid.io.store import atomic_path, read_json, write_json
+from faceid.io.sealed import active_key
+from faceid.io.store import atomic_path, is_sealed_file, private_bytes, read_json, read_private, write_json
 from faceid.train.trainer import split_people
 
 logger = logging.getLogger(__name__)
@@ -213,23 +215,32 @@ def _chip_key(faces: FaceSet, cropper: FaceCropper) -> str:
 
 def prepare_chips(faces: FaceSet, cropper: FaceCropper, folder: Path, workers: int, progress: bool = True) -> ChipSet:
     """Detect and align every image once; chips go to ``folder/chips.npy`` (reused while the
-    images and detection settings are unchanged, e.g. by ``--resume``)."""
+    images and detection settings are unchanged, e.g. by ``--resume``).
+
+    Without a key the file is memory-mapped; with one (:mod:`faceid.io.sealed`) the chips are
+    faces, so the file is sealed and held decrypted in memory only.
+    """
     from tqdm import tqdm
 
     folder.mkdir(parents=True, exist_ok=True)
     key = _chip_key(faces, cropper)
     index_path, chips_path = folder / "chips.json", folder / "chips.npy"
+    encrypt = active_key() is not None
     if index_path.is_file() and chips_path.is_file():
         index = read_json(index_path, "chip index", "delete the chips folder")
-        if index.get("key") == key:
+        if index.get("key") == key and (encrypt or not is_sealed_file(chips_path)):
             kept = np.asarray(index["kept"], dtype=np.int64)
             logger.info("reusing %d prepared chips from %s", len(kept), chips_path)
-            return ChipSet(np.load(chips_path, mmap_mode="r"), faces.subset(kept), dict(index["skipped"]))
+            return ChipSet(_read_chips(chips_path), faces.subset(kept), dict(index["skipped"]))
+        if encrypt and not is_sealed_file(chips_path):
+            logger.info("%s is not encrypted: preparing the chips again, encrypted", chips_path)
     size = cropper.chip_size
     kept: list[int] = []
     skipped: dict[str, int] = {}
+    shape = (len(faces), size, size, 3)
     with atomic_path(chips_path) as temporary:
-        store = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.uint8, shape=(len(faces), size, size, 3))
+        store = np.empty(shape, np.uint8) if encrypt else np.lib.format.open_memmap(
+            temporary, mode="w+", dtype=np.uint8, shape=shape)
         prepared = LocalEngine(workers).prepare(faces.paths, cropper)
         for row, result in enumerate(tqdm(prepared, total=len(faces), desc="faces", unit="img",
                                           disable=None if progress else True)):
@@ -238,7 +249,12 @@ def prepare_chips(faces: FaceSet, cropper: FaceCropper, folder: Path, workers: i
                 continue
             store[len(kept)] = result.chip
             kept.append(row)
-        store.flush()
+        if encrypt:
+            buffer = io.BytesIO()
+            np.save(buffer, store)
+            temporary.write_bytes(private_bytes(buffer.getvalue(), CHIPS_CONTEXT))  # sealed before the write
+        else:
+            store.flush()
         del store
     write_json(index_path, {"key": key, "kept": kept, "skipped": skipped, "size": size})
     if skipped:
@@ -246,7 +262,18 @@ def prepare_chips(faces: FaceSet, cropper: FaceCropper, folder: Path, workers: i
                        ", ".join(f"{count} {reason}" for reason, count in skipped.items()))
     if not kept:
         raise InputError(f"none of the {len(faces)} images gave a face: check the folders, or pass --no_detect for crops")
-    return ChipSet(np.load(chips_path, mmap_mode="r"), faces.subset(np.array(kept)), skipped)
+    return ChipSet(_read_chips(chips_path), faces.subset(np.array(kept)), skipped)
+
+
+CHIPS_CONTEXT = "chips.npy"
+
+
+def _read_chips(path: Path) -> np.ndarray:
+    """The chips file: memory-mapped when plain, decrypted into memory when sealed."""
+    if not is_sealed_file(path):
+        return np.load(path, mmap_mode="r")
+    data = read_private(path, "training chips", "delete the chips folder to prepare them again", CHIPS_CONTEXT, True)
+    return np.load(io.BytesIO(data), allow_pickle=False)
 
 
 def synthetic_pairs(folder: Path, cropper: FaceCropper, chips_dir: Path, limit: int, seed: int, workers: int,
