@@ -13,7 +13,7 @@ from faceid.match.model import SimilarityModel
 
 SCRIPTS = ["network.py", "extract_features.py", "compute_mean.py", "train.py", "test.py", "capture.py",
            "selfies2face.py", "check_faces.py", "evaluate.py", "bench.py", "train_siamese.py", "retrieve.py",
-           "photo2sketch.py"]
+           "photo2sketch.py", "keys.py", "forget.py"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -24,7 +24,7 @@ def test_each_root_script_runs_its_faceid_cli_module(script):
 
 
 def test_identification_needs_no_tensorflow_import():
-    code = ("import sys; from faceid.cli import identify, extract_features, evaluate, check_faces, retrieve, photo2sketch; "
+    code = ("import sys; from faceid.cli import identify, extract_features, evaluate, check_faces, retrieve, photo2sketch, keys, forget; "
             "print('tensorflow' in sys.modules or 'keras' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

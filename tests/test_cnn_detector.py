@@ -6,8 +6,8 @@ import itertools
 
 import numpy as np
 import pytest
-
 from conftest import LFW, VIDEO
+
 from faceid.backbones.dlib_format import DlibModelError
 from faceid.backbones.dlib_graph import read_mmod_detector
 from faceid.detect.faces import CNN_DETECTOR_MODEL, RECOGNITION_MODEL, detect_faces, dlib_model_path

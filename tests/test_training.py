@@ -18,8 +18,8 @@ from faceid.features.stats import Normalizer
 from faceid.match.decision import Decision
 from faceid.match.head import HeadArchitecture, SimilarityHead
 from faceid.match.model import SimilarityModel
-from faceid.settings import DEFAULTS
 from faceid.match.scoring import Rule
+from faceid.settings import DEFAULTS
 from faceid.train.trainer import calibrate, split_people
 
 

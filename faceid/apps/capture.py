@@ -14,7 +14,13 @@ from typing import Any
 import numpy as np
 
 from faceid.apps.enrol import (
-    CROP_SUFFIX, DEFAULT_CROP, FRAMES_DIR, CropOptions, crop_face, find_faces, save_new_image,
+    CROP_SUFFIX,
+    DEFAULT_CROP,
+    FRAMES_DIR,
+    CropOptions,
+    crop_face,
+    find_faces,
+    save_new_image,
 )
 from faceid.detect.faces import DetectedFace
 from faceid.detect.quality import DEFAULT_THRESHOLDS, NearDuplicateIndex, QualityThresholds, measure_face, thumbnail

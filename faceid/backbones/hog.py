@@ -37,7 +37,7 @@ from faceid.backbones.registry import (
     register_backbone,
 )
 from faceid.errors import InputError
-from faceid.io.store import StagedFiles, json_bytes
+from faceid.io.store import CORRUPT_FILE_ERRORS, StagedFiles, json_bytes
 
 NAME = "hog"
 PROJECTION_FILE = "projection.npz"
@@ -164,11 +164,12 @@ class HogBackbone(Backbone):
                 projection = {key: data[key].astype(np.float32) for key in data.files}
         except FileNotFoundError:
             raise InputError(f"{path} is missing: the extractor directory is incomplete; re-run train_siamese.py") from None
-        except (OSError, ValueError, KeyError) as error:
-            raise InputError(f"{path} is unreadable ({error}): re-run train_siamese.py") from error
+        except CORRUPT_FILE_ERRORS as error:
+            raise InputError(f"{path} is unreadable or corrupt ({error}): re-run train_siamese.py") from error
+        # The projection is the whole model: its digest (in the fingerprint) is checked before any use.
         if projection_digest(projection) != manifest.get("weights_sha256"):
-            raise InputError(f"{path} does not match {directory / 'manifest.json'} (edited or half-copied?): "
-                             "re-run train_siamese.py")
+            raise InputError(f"{path} does not match the weights_sha256 of {directory / MANIFEST_NAME}: the file was "
+                             "changed after it was saved (edited or half-copied?); re-run train_siamese.py")
         if "means" not in projection or projection["means"].shape[0] != len(manifest.get("domains", ())):
             raise InputError(f"{path} holds no per-domain means for {manifest.get('domains')}: re-run train_siamese.py")
         return HogExtractor(manifest, projection)

@@ -6,6 +6,9 @@ CPUs that have them (AVX-512 VNNI, AVX-VNNI), and with plain AVX2 integer arithm
 The chips come from real face photos through the same detection and alignment as extraction
 (:class:`faceid.detect.faces.FaceCropper`); calibrate on faces like the ones the extractor
 will see, and not on the faces an accuracy figure is then measured on.
+
+The quantised graph cannot be rebuilt, so it is saved as ``<name>.int8.onnx`` with its SHA-256 in the
+manifest (``onnx_sha256``, :meth:`OnnxExtractor.save`), checked before ONNX Runtime reads it.
 """
 
 from __future__ import annotations

@@ -11,6 +11,12 @@ for Keras backbones, the model file named in the manifest. The manifest's
 ``fingerprint`` hashes everything that changes the vectors (backbone, layer,
 input size, pooling, alignment, preprocessing, weights); feature caches and
 similarity heads record it and refuse to mix with another.
+
+A directory may come from someone else, so every file in it that changes the vectors is
+checked against the SHA-256 its manifest recorded when it was saved (``model_sha256``,
+``onnx_sha256``; ``calibration_sha256`` for ``calibration.npz``, checked by
+:func:`faceid.match.openset.backbone_calibrations`) before it is read: :func:`check_file_sha256`.
+These hashes are not part of the fingerprint (caches stay valid when a file is re-saved).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from faceid.errors import InputError
+from faceid.io.manifest import check_file_sha256 as check_manifest_sha256
 from faceid.io.manifest import sha256_json, source_hashes
 from faceid.io.store import read_json, write_json
 from faceid.settings import DEFAULTS
@@ -172,6 +179,11 @@ class Extractor(ABC):
     def describe(self) -> str:
         """A human-readable summary (network.py --print_model 1)."""
         return "\n".join(f"{key}: {value}" for key, value in sorted(self.manifest.items()) if key != "sources")
+
+
+def check_file_sha256(path: Path, manifest: dict[str, Any], key: str, fix: str) -> None:
+    """:func:`faceid.io.manifest.check_file_sha256` for a file of an extractor directory."""
+    check_manifest_sha256(path, manifest, key, path.parent / MANIFEST_NAME, fix)
 
 
 def check_variant(options: BackboneOptions) -> None:

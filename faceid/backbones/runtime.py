@@ -11,6 +11,7 @@ preprocessing function in.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Callable
@@ -19,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from faceid.backbones.registry import Extractor
+from faceid.backbones.registry import Extractor, check_file_sha256
 from faceid.errors import InputError
+from faceid.io.manifest import sha256_file
 from faceid.io.store import atomic_path, write_bytes
 
 logger = logging.getLogger(__name__)
@@ -36,8 +38,6 @@ def onnxruntime_available() -> bool:
 
 def weights_digest(model) -> str:
     """SHA-256 (32 hex digits) of a Keras model's weights: what a manifest fingerprints."""
-    import hashlib
-
     digest = hashlib.sha256()
     for weight in model.weights:
         digest.update(np.ascontiguousarray(np.asarray(weight)).tobytes())
@@ -152,13 +152,17 @@ class KerasExtractor(ChipModelExtractor):
         model_file = f"{model_name}.keras"
         with atomic_path(directory / model_file) as temporary:
             self.model.save(temporary)
+        # Each file's hash goes in the manifest (written last), checked before the file is read.
         self.manifest["model_file"] = model_file
+        self.manifest["model_sha256"] = sha256_file(directory / model_file)
         self.manifest.pop("onnx_file", None)
+        self.manifest.pop("onnx_sha256", None)
         if export_onnx:
             onnx_file = f"{model_name}.onnx"
             example = self.preprocess(np.zeros((1, self.chip_size, self.chip_size, 3), dtype=np.uint8))
             write_onnx(self.model, directory / onnx_file, example)
             self.manifest["onnx_file"] = onnx_file
+            self.manifest["onnx_sha256"] = sha256_file(directory / onnx_file)
         return super().save(directory, model_name)
 
     def describe(self) -> str:
@@ -188,11 +192,21 @@ class OnnxExtractor(ChipModelExtractor):
             onnx_file = f"{model_name}.{self.precision}.onnx"
             write_bytes(directory / onnx_file, self._model_bytes)
             self.manifest["onnx_file"] = onnx_file
+            self.manifest["onnx_sha256"] = hashlib.sha256(self._model_bytes).hexdigest()
             self.manifest.pop("model_file", None)
+            self.manifest.pop("model_sha256", None)
         return super().save(directory, model_name)
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         return self.model.run(batch)
+
+
+def saved_onnx_file(directory: Path, manifest: dict[str, Any], fix: str) -> Path:
+    """The manifest's ``onnx_file`` in ``directory``, checked against its ``onnx_sha256`` (before
+    ONNX Runtime reads it)."""
+    path = directory / str(manifest["onnx_file"])
+    check_file_sha256(path, manifest, "onnx_sha256", fix)
+    return path
 
 
 def load_saved_extractor(
@@ -202,24 +216,27 @@ def load_saved_extractor(
     """Reopen a Keras-built extractor saved by :meth:`KerasExtractor.save`: its ONNX export on ONNX
     Runtime (``runtime`` onnx, or auto when exported), else the ``.keras`` file (``safe_mode``: loading
     runs no code from the file; custom layers must be registered, as ``dlib_keras``'s are on import).
+    Either file is first checked against the hash the manifest recorded (``onnx_sha256``, ``model_sha256``).
 
     ``made_by``: the script that writes such a directory, named in the messages; ``before_keras``:
     called before the ``.keras`` file is read (to register custom layers).
     """
     onnx_file = manifest.get("onnx_file")
+    fix = f"re-export it with {made_by} --output {directory}"
     if runtime == "dlib":
         raise InputError(f"--runtime dlib runs the dlib backbone only: use auto, onnx or keras for {manifest.get('backbone')}")
     if runtime == "onnx" and not onnx_file:
         raise InputError(f"{directory} has no ONNX export: re-run {made_by} (without --export none), or use --runtime keras")
     if runtime == "onnx" or (runtime == "auto" and onnx_file and onnxruntime_available()):
-        return OnnxExtractor(manifest, directory / onnx_file, preprocess)
+        return OnnxExtractor(manifest, saved_onnx_file(directory, manifest, fix), preprocess)
+    model_path = directory / str(manifest.get("model_file", ""))
+    if not manifest.get("model_file") or not model_path.is_file():
+        raise InputError(f"extractor model file {model_path} is missing: re-run {made_by} --output {directory}")
+    check_file_sha256(model_path, manifest, "model_sha256", fix)
     import keras
 
     if before_keras is not None:
         before_keras()
-    model_path = directory / str(manifest.get("model_file", ""))
-    if not manifest.get("model_file") or not model_path.is_file():
-        raise InputError(f"extractor model file {model_path} is missing: re-run {made_by} --output {directory}")
     try:
         model = keras.models.load_model(model_path, compile=False, safe_mode=True)
     except Exception as error:  # Keras raises many types for a bad file

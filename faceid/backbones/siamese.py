@@ -4,7 +4,8 @@ The directory train_siamese.py writes is an ordinary extractor directory: ``mani
 (backbone ``siamese``, the tower it started from, the loss, the preprocessing, a hash of the
 trained weights in the fingerprint), ``tower.keras`` and, when tf2onnx could export it,
 ``tower.onnx``. Every script opens it with :func:`faceid.backbones.load_extractor`; ONNX Runtime
-runs it when the export exists (no TensorFlow), Keras otherwise.
+runs it when the export exists (no TensorFlow), Keras otherwise (``safe_mode``). Either file is
+checked against the hash its manifest recorded (``onnx_sha256``, ``model_sha256``) before it is read.
 
 The preprocessing is named in the manifest and looked up in :data:`PREPROCESSING`: the tower
 that started from dlib's network keeps dlib's, the ResNet50 one ImageNet's, Koch's scales

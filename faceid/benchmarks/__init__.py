@@ -12,4 +12,5 @@ SUBCOMMANDS = {
     "match": "faceid.benchmarks.match",
     "detect": "faceid.benchmarks.detect",
     "retrieve": "faceid.benchmarks.retrieve",
+    "encryption": "faceid.benchmarks.encryption",
 }

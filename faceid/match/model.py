@@ -13,11 +13,15 @@
       report.json            the training report (validation AUC, threshold, ...)
 
 Every file but the report changes together, in one :class:`faceid.io.store.StagedFiles`
-commit: an interrupted save leaves the previous model whole.
+commit: an interrupted save leaves the previous model whole. ``head.json`` records the
+SHA-256 of every file that is read back (``weights_sha256``, ``normalizer_sha256``,
+``calibration_sha256``; ``None`` for a file the save did not write), and :meth:`SimilarityModel.load`
+checks each before reading it: a model directory may come from someone else.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,16 +31,29 @@ import numpy as np
 from faceid.errors import InputError
 from faceid.features.cache import check_same_extractor
 from faceid.features.stats import Normalizer
+from faceid.io.manifest import check_file_sha256, sha256_file
 from faceid.io.store import StagedFiles
 from faceid.match.decision import Decision
 from faceid.match.gallery import Gallery
-from faceid.match.head import SimilarityHead
+from faceid.match.head import HEAD_MANIFEST_FILE, SimilarityHead
 from faceid.match.openset import CALIBRATION_FILE, OpenSetCalibration, calibration_arrays, load_calibrations
 from faceid.match.scoring import Rule
 from faceid.settings import DEFAULTS
 
 NORMALIZER_FILE = "normalizer.npz"
 MODEL_FORMAT = "faceid-similarity/1"
+
+
+def _stage_hashed(staged: StagedFiles, name: str, write: Callable[[Path], object]) -> str:
+    """Stage ``name`` (``write(temporary_path)``) and return the SHA-256 of what was staged."""
+    digests: list[str] = []
+
+    def write_and_hash(path: Path) -> None:
+        write(path)
+        digests.append(sha256_file(path))
+
+    staged.write_with(name, write_and_hash)
+    return digests[0]
 
 
 @dataclass
@@ -63,13 +80,16 @@ class SimilarityModel:
         return self.decision.target_far
 
     def save(self, directory: str | Path) -> None:
+        # head.json (staged last) records the hash of each file, None for one this save removes.
+        digests: dict[str, str | None] = {"normalizer_sha256": None, "calibration_sha256": None}
         with StagedFiles(directory) as staged:
             if self.normalizer is not None:
-                staged.write_with(NORMALIZER_FILE, self.normalizer.write)
+                digests["normalizer_sha256"] = _stage_hashed(staged, NORMALIZER_FILE, self.normalizer.write)
             else:
                 staged.remove(NORMALIZER_FILE)
             if self.calibrations:
-                staged.write_with(CALIBRATION_FILE, lambda path: np.savez(path, **calibration_arrays(self.calibrations)))
+                digests["calibration_sha256"] = _stage_hashed(
+                    staged, CALIBRATION_FILE, lambda path: np.savez(path, **calibration_arrays(self.calibrations)))
             else:
                 staged.remove(CALIBRATION_FILE)
             self.head.stage(
@@ -77,6 +97,7 @@ class SimilarityModel:
                 {
                     "format": MODEL_FORMAT,
                     "normalize": self.normalizer is not None,
+                    **digests,
                     # threshold, rule and target_far stay at the top level for readers of
                     # earlier models; "decision" is what this code reads.
                     "threshold": self.decision.threshold,
@@ -94,16 +115,25 @@ class SimilarityModel:
         head, manifest = SimilarityHead.load(directory)
         if manifest.get("format") != MODEL_FORMAT:
             raise InputError(f"{directory} is not a faceid similarity model: train one with train.py --output_model {directory}")
+        manifest_path = directory / HEAD_MANIFEST_FILE
         normalizer = None
         if manifest["normalize"]:
-            normalizer = Normalizer.read(directory / NORMALIZER_FILE, "re-run train.py")
+            path = directory / NORMALIZER_FILE
+            if path.is_file():  # a missing one: Normalizer.read says so
+                check_file_sha256(path, manifest, "normalizer_sha256", manifest_path, "re-run train.py")
+            normalizer = Normalizer.read(path, "re-run train.py")
         if "decision" in manifest:
             decision = Decision.from_dict(manifest["decision"])
         else:  # a model saved before the decision object: its threshold was calibrated with ">="
             decision = Decision.calibrated(manifest["threshold"], Rule(**manifest["rule"]), manifest["target_far"])
         calibrations = {}
-        if (directory / CALIBRATION_FILE).is_file():
-            calibrations = load_calibrations(directory / CALIBRATION_FILE, "re-run train.py")
+        path = directory / CALIBRATION_FILE
+        if path.is_file():
+            check_file_sha256(path, manifest, "calibration_sha256", manifest_path, "re-run train.py")
+            calibrations = load_calibrations(path, "re-run train.py")
+        elif manifest.get("calibration_sha256"):  # without it the model would decide another way
+            raise InputError(f"{path} is missing but {manifest_path} records it: the model directory is incomplete; "
+                             "copy all of it, or re-run train.py")
         return cls(head=head, normalizer=normalizer, decision=decision, extractor=manifest["extractor"],
                    calibrations=calibrations, default_scorer=str(manifest.get("default_scorer", "head")))
 

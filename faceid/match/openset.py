@@ -29,6 +29,12 @@ The calibration is a plain ``.npz`` (arrays plus one JSON string; no pickle). tr
 one per scorer with the similarity model; the toolkit ships one per metric scorer of the dlib
 backbone, measured on LFW DevTrain (``faceid/match/calibrations``, ``evaluate.py calibrate``),
 so a metric scorer needs no training and no TensorFlow.
+
+A ``calibration.npz`` changes decisions, so the manifest beside it records its SHA-256
+(``calibration_sha256``: in ``head.json`` for a similarity model, in the extractor's
+``manifest.json`` when :func:`save_calibrations` writes into an extractor directory), and it is
+checked before it is read (:func:`backbone_calibrations`, :meth:`SimilarityModel.load
+<faceid.match.model.SimilarityModel.load>`).
 """
 
 from __future__ import annotations
@@ -41,7 +47,8 @@ from typing import Any
 import numpy as np
 
 from faceid.errors import InputError
-from faceid.io.store import load_npz, save_npz
+from faceid.io.manifest import check_file_sha256, sha256_file
+from faceid.io.store import StagedFiles, json_bytes, load_npz, read_json, save_npz
 from faceid.match.decision import Decision
 from faceid.match.metrics import threshold_at_far
 from faceid.match.scoring import SCORERS, Rule, pairwise_scores, person_scores
@@ -50,6 +57,9 @@ from faceid.settings import DEFAULTS
 CALIBRATION_FORMAT = "faceid-openset/1"
 # The calibration file of a similarity model (train.py) or an extractor directory (evaluate.py calibrate).
 CALIBRATION_FILE = "calibration.npz"
+# An extractor directory's manifest and its format (faceid.backbones.registry's: match imports no backbone).
+EXTRACTOR_MANIFEST = "manifest.json"
+EXTRACTOR_FORMAT = "faceid-extractor/1"
 # What the toolkit ships: the metric scorers of each backbone it can calibrate here, measured on
 # LFW DevTrain (evaluate.py calibrate), one file per extractor fingerprint.
 PACKAGED_CALIBRATIONS = Path(__file__).with_name("calibrations")
@@ -303,8 +313,32 @@ def calibration_arrays(calibrations: dict[str, OpenSetCalibration]) -> dict[str,
 
 
 def save_calibrations(path: str | Path, calibrations: dict[str, OpenSetCalibration]) -> None:
-    """Write calibrations keyed by scorer into one ``.npz`` (atomically)."""
-    save_npz(path, **calibration_arrays(calibrations))
+    """Write calibrations keyed by scorer into one ``.npz`` (atomically).
+
+    Written as an extractor directory's ``calibration.npz``, its SHA-256 goes into that extractor's
+    ``manifest.json`` (``calibration_sha256``), both committed together; the fingerprint is unchanged.
+    """
+    path = Path(path)
+    arrays = calibration_arrays(calibrations)
+    manifest_path = path.parent / EXTRACTOR_MANIFEST
+    manifest = None
+    if path.name == CALIBRATION_FILE and manifest_path.is_file():
+        try:
+            manifest = read_json(manifest_path, "extractor manifest", "re-create it with network.py")
+        except InputError:
+            manifest = None
+    if manifest is None or manifest.get("format") != EXTRACTOR_FORMAT:
+        save_npz(path, **arrays)
+        return
+    with StagedFiles(path.parent) as staged:
+        digest: list[str] = []
+
+        def write_and_hash(temporary: Path) -> None:
+            np.savez(temporary, **arrays)
+            digest.append(sha256_file(temporary))
+
+        staged.write_with(path.name, write_and_hash)
+        staged.write_bytes(EXTRACTOR_MANIFEST, json_bytes({**manifest, "calibration_sha256": digest[0]}))
 
 
 def load_calibrations(path: str | Path, fix: str) -> dict[str, OpenSetCalibration]:
@@ -321,6 +355,8 @@ def backbone_calibrations(extractor_manifest: dict[str, Any], extractor_dir: str
 
     Looked for in the extractor directory (``evaluate.py calibrate --output DIR/calibration.npz``),
     then among the calibrations the toolkit ships, by the extractor's fingerprint.
+    The extractor directory's file is checked first against the manifest's ``calibration_sha256``
+    (a manifest older than that field: a warning); the shipped ones are part of the package.
     """
     fingerprint = extractor_manifest.get("fingerprint", "")
     places = [] if extractor_dir is None else [Path(extractor_dir) / CALIBRATION_FILE]
@@ -328,7 +364,10 @@ def backbone_calibrations(extractor_manifest: dict[str, Any], extractor_dir: str
     for path in places:
         if not path.is_file():
             continue
-        calibrations = load_calibrations(path, f"re-create it with evaluate.py calibrate --output {path}")
+        fix = f"re-create it with evaluate.py calibrate --output {path}"
+        if path.parent != PACKAGED_CALIBRATIONS:
+            check_file_sha256(path, extractor_manifest, "calibration_sha256", path.parent / EXTRACTOR_MANIFEST, fix)
+        calibrations = load_calibrations(path, fix)
         for scorer, calibration in calibrations.items():
             if calibration.fingerprint != fingerprint:
                 raise InputError(

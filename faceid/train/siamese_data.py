@@ -228,7 +228,7 @@ def prepare_chips(faces: FaceSet, cropper: FaceCropper, folder: Path, workers: i
     encrypt = active_key() is not None
     if index_path.is_file() and chips_path.is_file():
         index = read_json(index_path, "chip index", "delete the chips folder")
-        if index.get("key") == key and (encrypt or not is_sealed_file(chips_path)):
+        if index.get("key") == key and (is_sealed_file(chips_path) or not encrypt):  # sealed, no key: KeyRequiredError
             kept = np.asarray(index["kept"], dtype=np.int64)
             logger.info("reusing %d prepared chips from %s", len(kept), chips_path)
             return ChipSet(_read_chips(chips_path), faces.subset(kept), dict(index["skipped"]))
@@ -271,7 +271,7 @@ CHIPS_CONTEXT = "chips.npy"
 def _read_chips(path: Path) -> np.ndarray:
     """The chips file: memory-mapped when plain, decrypted into memory when sealed."""
     if not is_sealed_file(path):
-        return np.load(path, mmap_mode="r")
+        return np.load(path, mmap_mode="r", allow_pickle=False)
     data = read_private(path, "training chips", "delete the chips folder to prepare them again", CHIPS_CONTEXT, True)
     return np.load(io.BytesIO(data), allow_pickle=False)
 
