@@ -115,7 +115,7 @@ class PersonFeatures:
         plain = open_private(raw, path, "this feature cache", person_context(path.stem), encrypted)
         try:
             with np.load(io.BytesIO(plain), allow_pickle=False) as data:
-                vectors = data["vectors"].astype(np.float32)
+                vectors = data["vectors"].astype(np.float32, copy=False)
                 files = [str(name) for name in data["files"]]
                 hashes = [str(digest) for digest in data["hashes"]]
                 skipped = {
@@ -215,7 +215,7 @@ class FeatureCache:
         names = [name for name, person in sorted(self.people.items()) if len(person.vectors) >= min_images]
         if not names:
             raise InputError(f"no person in {self.directory} has {min_images} or more usable images")
-        vectors = np.concatenate([self.people[name].vectors for name in names]).astype(np.float32)
+        vectors = np.concatenate([self.people[name].vectors for name in names], dtype=np.float32)
         labels = np.concatenate(
             [np.full(len(self.people[name].vectors), index, dtype=np.int64) for index, name in enumerate(names)]
         )
@@ -353,8 +353,9 @@ def check_key_matches(directory: Path, manifest: dict[str, Any]) -> None:
     key = sealed.active_key()
     if key is not None:
         raise sealed.PlaintextFileError(
-            f"feature cache {directory} is not encrypted, and {key.describe()} was given: add --encrypt to "
-            "convert it in place first, or leave out the key (nothing was changed)")
+            f"feature cache {directory} is not encrypted, and {key.describe()} was given: convert it in place "
+            f"first (keys.py encrypt --features {directory} --key_file FILE, or extract_features.py --encrypt), "
+            "or leave out the key (nothing was changed)")
 
 
 def check_file_table(directory: Path, manifest: dict[str, Any], paths: list[Path]) -> dict[str, str]:
