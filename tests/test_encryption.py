@@ -374,3 +374,28 @@ def test_forget_removes_a_person_from_the_cache_the_galleries_the_stats_and_the_
     assert "is encrypted" in capsys.readouterr().err
     sealed.use_key(sealed.read_key_file(world["k1"]))
     assert PEOPLE[1] in FeatureCache.load(features).people
+
+
+def test_capture_writes_encrypted_crops_and_frames_from_the_clip(world, tmp_path):
+    import contextlib
+    import io
+
+    from conftest import VIDEO
+
+    from faceid.cli import capture
+
+    folder, key = tmp_path / "miranda", ["--key_file", str(world["k1"])]
+    for _ in range(2):  # the second run numbers on after the first's encrypted crops, overwriting nothing
+        with contextlib.redirect_stdout(io.StringIO()):
+            assert capture.main(["--output", str(folder), "--video_path", str(VIDEO), "--auto", "--no_display",
+                                 "--every", "5", "--max", "2", "--max_frames", "120", "--save_frames", "-q", *key]) == 0
+    crops, frames = sorted(folder.glob("*.png")), sorted((folder / "frames").glob("*.png"))
+    assert len(crops) == 4 and len(frames) == 4
+    assert all(sealed.is_sealed(path.read_bytes()) for path in crops + frames)
+    from faceid.io.images import read_image
+
+    sealed.use_key(None)  # the script left its key in use in this process
+    with pytest.raises(sealed.KeyRequiredError):
+        read_image(crops[0])
+    sealed.use_key(sealed.read_key_file(world["k1"]))
+    assert read_image(crops[0]).shape[2] == 3

@@ -44,8 +44,8 @@ from faceid.io.manifest import sha256_file, sha256_json
 from faceid.io.store import (
     CORRUPT_FILE_ERRORS,
     TEMPORARY_GLOB,
+    mapped_file,
     open_private,
-    read_file_bytes,
     read_json,
     reseal_file,
     save_npz,
@@ -109,26 +109,28 @@ class PersonFeatures:
         manifest's table says the file's bytes hash to.
         """
         fix = "re-run extract_features.py to rebuild it"
-        raw = read_file_bytes(path, "feature file", fix)
-        # Authentication first (its errors say what happened: tampered, truncated, moved,
-        # plaintext among encrypted), the manifest's hash next (an older or foreign copy).
-        plain = open_private(raw, path, "this feature cache", person_context(path.stem), encrypted)
-        try:
-            with np.load(io.BytesIO(plain), allow_pickle=False) as data:
-                vectors = data["vectors"].astype(np.float32, copy=False)
-                files = [str(name) for name in data["files"]]
-                hashes = [str(digest) for digest in data["hashes"]]
-                skipped = {
-                    str(name): (str(digest), str(reason))
-                    for name, digest, reason in zip(data["skipped_files"], data["skipped_hashes"], data["skipped_reasons"])
-                }
-                fingerprint = str(data["fingerprint"])
-        except CORRUPT_FILE_ERRORS as error:
-            raise InputError(f"feature file {path} is unreadable or corrupt ({error}): {fix}") from error
-        if sha256 is not None and hashlib.sha256(raw).hexdigest() != sha256:
-            raise InputError(f"{path} does not match the hash in its cache's manifest (changed, or replaced by "
-                             f"another copy, after the manifest was written): restore it, or re-run "
-                             f"extract_features.py --features {path.parent.parent}")
+        with mapped_file(path, "feature file", fix) as raw:
+            # Authentication first (its errors say what happened: tampered, truncated, moved,
+            # plaintext among encrypted), the manifest's hash next (an older or foreign copy).
+            plain = open_private(raw, path, "this feature cache", person_context(path.stem), encrypted)
+            if sha256 is not None and hashlib.sha256(raw).hexdigest() != sha256:
+                raise InputError(f"{path} does not match the hash in its cache's manifest (changed, or replaced by "
+                                 f"another copy, after the manifest was written): restore it, or re-run "
+                                 f"extract_features.py --features {path.parent.parent}")
+            try:
+                # A plaintext file is read from its mapping, a decrypted one from memory.
+                with np.load(io.BytesIO(plain) if isinstance(plain, bytes) else plain, allow_pickle=False) as data:
+                    vectors = data["vectors"].astype(np.float32, copy=False)
+                    files = [str(name) for name in data["files"]]
+                    hashes = [str(digest) for digest in data["hashes"]]
+                    skipped = {
+                        str(name): (str(digest), str(reason))
+                        for name, digest, reason in zip(
+                            data["skipped_files"], data["skipped_hashes"], data["skipped_reasons"])
+                    }
+                    fingerprint = str(data["fingerprint"])
+            except CORRUPT_FILE_ERRORS as error:
+                raise InputError(f"feature file {path} is unreadable or corrupt ({error}): {fix}") from error
         if vectors.ndim != 2 or len(vectors) != len(files) or len(files) != len(hashes):
             raise InputError(f"feature file {path} is inconsistent: re-run extract_features.py --rebuild")
         return cls(path.stem, vectors, files, hashes, skipped), fingerprint

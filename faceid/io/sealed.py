@@ -254,8 +254,8 @@ def unseal(data: bytes, path: str | Path, key: Key | None, context: str | None =
         raise TamperedFileError(f"{path} was encrypted as {found_context!r}, not as {context!r}: it was moved or "
                                 "swapped with another file; put it back or rebuild it")
     try:
-        view = memoryview(data)  # no copy of the body before decryption
-        return AESGCM(key.secret).decrypt(nonce, view[start:], view[:start])
+        with memoryview(data) as view:  # no copy of the body (data may be a memory-mapped file)
+            return AESGCM(key.secret).decrypt(nonce, view[start:], view[:start])
     except InvalidTag as error:
         raise TamperedFileError(f"{path} fails authentication: it was changed after it was written (or is corrupt); "
                                 "restore it from a copy or rebuild it") from error

@@ -31,6 +31,7 @@ from __future__ import annotations
 import errno
 import io
 import json
+import mmap
 import os
 import secrets
 import zipfile
@@ -192,6 +193,8 @@ def open_private(data: bytes, path: str | Path, what: str, context: str | None =
                 f"{path} is encrypted (key {sealed.sealed_key_id(data)}) but {what} is not: a file from another, "
                 "encrypted cache; remove it or rebuild")
         return sealed.unseal(data, path, sealed.active_key(), context)
+    if encrypted and len(data) < len(sealed.MAGIC):
+        raise sealed.TamperedFileError(f"{path} is truncated ({len(data)} bytes): restore it from a copy or rebuild it")
     if encrypted:
         raise sealed.PlaintextFileError(
             f"{path} is not encrypted, but {what} is: a plaintext file put among encrypted ones is never read; "
@@ -243,6 +246,33 @@ def is_sealed_file(path: str | Path) -> bool:
     """Whether ``path`` is an encrypted file (reads its first bytes only)."""
     with open(path, "rb") as stream:
         return sealed.is_sealed(stream.read(len(sealed.MAGIC)))
+
+
+class _Mapping(mmap.mmap):
+    """A read-only file mapping that ``zipfile`` (``np.load``) can read like a file."""
+
+    def seekable(self) -> bool:
+        return True
+
+
+@contextmanager
+def mapped_file(path: str | Path, what: str, fix: str) -> Iterator[bytes | Any]:
+    """A file's bytes, memory-mapped for the length of the block (hashing, decrypting and
+    ``np.load`` read it in place: no copy of a large feature file). Missing or unreadable:
+    :class:`InputError`. The toolkit replaces files by rename, so a mapped file never changes."""
+    path = Path(path)
+    try:
+        stream = open(path, "rb")  # noqa: SIM115 (closed below, after the mapping)
+    except FileNotFoundError as error:
+        raise InputError(f"{what} {path} not found: {fix}") from error
+    except OSError as error:
+        raise InputError(f"{what} {path} is unreadable ({error}): {fix}") from error
+    with stream:
+        if os.fstat(stream.fileno()).st_size == 0:
+            yield b""
+            return
+        with _Mapping(stream.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            yield mapped
 
 
 def read_file_bytes(path: str | Path, what: str, fix: str) -> bytes:
