@@ -399,3 +399,28 @@ def test_capture_writes_encrypted_crops_and_frames_from_the_clip(world, tmp_path
         read_image(crops[0])
     sealed.use_key(sealed.read_key_file(world["k1"]))
     assert read_image(crops[0]).shape[2] == 3
+
+
+def test_forget_interrupted_before_the_manifest_is_rewritten_finishes_when_run_again(world, tmp_path, monkeypatch,
+                                                                                     capsys):
+    import faceid.apps.forget as forget_module
+
+    features, key = tmp_path / "features", ["--key_file", str(world["k1"])]
+    shutil.copytree(world["sealed"], features)
+    real_write, calls = forget_module.write_manifest, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(forget_module, "write_manifest", interrupted)
+    assert forget_script.main(["--person", PEOPLE[0], "--features", str(features), *key]) == 130
+    assert calls and not (features / "people" / f"{PEOPLE[0]}.npz").exists()
+    capsys.readouterr()
+    assert run_identify(features, world["extractor"], world["probes"], tmp_path / "out.jsonl", *key) == 1
+    assert "in the manifest but missing" in capsys.readouterr().err  # refuses, never names them half-forgotten
+    monkeypatch.setattr(forget_module, "write_manifest", real_write)
+    assert forget_script.main(["--person", PEOPLE[0], "--features", str(features), *key]) == 0
+    assert run_identify(features, world["extractor"], world["probes"], tmp_path / "out.jsonl", *key) == 0
+    assert not any(PEOPLE[0] in (face["name"], face["best_person"]) for face in faces_seen(tmp_path / "out.jsonl"))
+    assert not list((features / "people").glob(".*"))  # the hidden copy is gone too

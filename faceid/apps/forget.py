@@ -37,6 +37,7 @@ from faceid.features.cache import (
     FeatureCache,
     PersonFeatures,
     check_encryption,
+    file_table,
     nested_caches,
     write_manifest,
 )
@@ -107,19 +108,17 @@ def _forget_in_cache(name: str, cache: Path, manifest: dict[str, Any], report: F
             counts[FLAT] = len(flat.files)
             changed.append(f"{flat_file}: {dropped} flat gallery photos of {name} dropped")
     vectors = counts.pop(name, None)
+    hidden = person_file.with_name(f".{person_file.name}.forgotten")  # hidden files are never read
     if person_file.is_file() or vectors is not None:
-        manifest = dict(manifest, people=counts, n_vectors=int(sum(counts.values())))
-        manifest.pop("encryption", None)
-        hidden = person_file.with_name(f".{person_file.name}.forgotten")
         if person_file.is_file():
             person_file.replace(hidden)  # out of the table's sight before the manifest is rewritten
-        write_manifest(cache, manifest, key)
-        hidden.unlink(missing_ok=True)
         changed.append(f"{person_file}: deleted ({vectors if vectors is not None else '?'} vectors)")
-    elif changed:
+    # Rewritten when anything changed, or when an interrupted run left files the table does not match.
+    if changed or manifest.get("files") != file_table(cache):
         manifest = dict(manifest, people=counts, n_vectors=int(sum(counts.values())))
         manifest.pop("encryption", None)
         write_manifest(cache, manifest, key)
+    hidden.unlink(missing_ok=True)
     if changed and (cache / STATS_FILE).is_file():
         changed.append(_refresh_stats(cache))
     report.removed.extend(changed)

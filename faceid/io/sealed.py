@@ -205,12 +205,6 @@ def sealed_key_id(data: bytes) -> str | None:
     return data[8:16].hex()
 
 
-def sealed_context(data: bytes) -> str:
-    """The place a sealed file names in its header (not yet authenticated: :func:`unseal` checks it)."""
-    _, _, _, _, context_length = _HEADER.unpack_from(data)
-    return data[_HEADER.size:_HEADER.size + context_length].decode(errors="replace")
-
-
 def seal(data: bytes, key: Key, context: str = "") -> bytes:
     """``data`` encrypted and authenticated under ``key``, bound to ``context``."""
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM

@@ -208,12 +208,12 @@ def read_private(path: str | Path, what: str, fix: str, context: str | None = No
     return open_private(read_file_bytes(path, what, fix), path, what, context, encrypted)
 
 
-def reseal_file(path: Path, old: sealed.Key | None, new: sealed.Key | None, context: str | None = "") -> bool:
+def reseal_file(path: Path, old: sealed.Key | None, new: sealed.Key | None, context: str = "") -> bool:
     """Re-write one private file from ``old`` (``None``: plaintext) to ``new`` (``None``: plaintext),
     atomically; a file already in the ``new`` state is left as it is (an interrupted conversion
     resumes). Returns whether the file was re-written.
 
-    ``context``: the place the file is sealed for (``None``: keep the one it has).
+    ``context``: the place the file is sealed for.
 
     Raises:
         WrongKeyError: sealed with a third key; PlaintextFileError: plaintext where ``old`` says
@@ -228,8 +228,6 @@ def reseal_file(path: Path, old: sealed.Key | None, new: sealed.Key | None, cont
             keys = " or ".join(key.describe() for key in (old, new) if key is not None) or "no key"
             raise sealed.WrongKeyError(f"{path} is encrypted with key {found}, not with {keys}: pass the key it was "
                                        "encrypted with as --key_file")
-        if context is None:
-            context = sealed.sealed_context(data)
         plain = sealed.unseal(data, path, old, context)
     else:
         if new is None:
@@ -238,7 +236,7 @@ def reseal_file(path: Path, old: sealed.Key | None, new: sealed.Key | None, cont
             raise sealed.PlaintextFileError(f"{path} is not encrypted, but should be with {old.describe()}: a plaintext "
                                             "file put among encrypted ones; remove it, or restore it from a copy")
         plain = data
-    write_bytes(path, plain if new is None else sealed.seal(plain, new, context or ""))
+    write_bytes(path, plain if new is None else sealed.seal(plain, new, context))
     return True
 
 
