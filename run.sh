@@ -2,6 +2,7 @@
 # One entry point for the two things everyone does first.
 #   ./run.sh demo   set up .venv, train the head on LFW DevTrain, identify the people in the clip
 #   ./run.sh test   set up .venv and run the test suite
+#   ./run.sh core-demo   pip install . (no extras) into .venv-core and identify the people in the clip there
 set -euo pipefail
 cd "$(dirname "$0")"
 DATA="${FACEID_DATA:-../shared/data}"
@@ -9,11 +10,12 @@ OUT="${FACEID_OUT:-work/demo}"
 
 setup() {
     [ -x .venv/bin/python ] || python3 -m venv .venv
-    # Re-install only when requirements.txt changed since the last successful install.
-    if ! cmp -s requirements.txt .venv/.installed-requirements 2>/dev/null; then
+    # The package, editable, with every extra but [gui] (pyproject.toml declares them). Re-install
+    # only when pyproject.toml changed since the last successful install.
+    if ! cmp -s pyproject.toml .venv/.installed-pyproject 2>/dev/null; then
         .venv/bin/python -m pip install --quiet --upgrade pip
-        .venv/bin/python -m pip install --quiet -r requirements.txt
-        cp requirements.txt .venv/.installed-requirements
+        .venv/bin/python -m pip install --quiet -e ".[dev]"
+        cp pyproject.toml .venv/.installed-pyproject
     fi
 }
 
@@ -31,9 +33,24 @@ demo() {
     echo "annotated video: $OUT/hamilton_annotated.mp4  per-face log: $OUT/hamilton.jsonl"
 }
 
+core_demo() {
+    # What a user of `pip install faceid` gets: the core only, no TensorFlow; a fresh venv every time.
+    local venv="${FACEID_CORE_VENV:-.venv-core}" out="$OUT-core"
+    rm -rf "$venv" && python3 -m venv "$venv"
+    "$venv/bin/python" -m pip install --quiet .
+    mkdir -p "$out"
+    "$venv/bin/faceid" network --backbone dlib --output "$out/extractor"
+    "$venv/bin/faceid" extract --faces_path "$DATA/video/known" --model_path "$out/extractor" --features "$out/known_features"
+    "$venv/bin/faceid" identify --features "$out/known_features" --model "$out/extractor" --scorer euclidean \
+        --video_path "$DATA/video/hamilton_clip.mp4" --no_display \
+        --output "$out/hamilton_annotated.mp4" --jsonl "$out/hamilton.jsonl"
+    echo "annotated video: $out/hamilton_annotated.mp4  per-face log: $out/hamilton.jsonl"
+}
+
 case "${1:-}" in
     demo) setup; demo ;;
     test) setup; shift; exec .venv/bin/python -m pytest -q tests "$@" ;;
     setup) setup ;;
-    *) echo "usage: ./run.sh demo|test|setup" >&2; exit 2 ;;
+    core-demo) core_demo ;;
+    *) echo "usage: ./run.sh demo|test|setup|core-demo" >&2; exit 2 ;;
 esac

@@ -62,3 +62,13 @@ def test_bench_match_asks_for_a_feature_cache_instead_of_assuming_the_demo_ran(c
     with pytest.raises(SystemExit) as stopped:
         bench.build_parser().parse_args(["match"])
     assert stopped.value.code == 2 and "--features" in capsys.readouterr().err
+
+
+def test_bench_startup_times_each_case_against_a_bare_interpreter(capsys):
+    assert bench.main(["startup", "--repeats", "1", "-q"]) == 0
+    records = json_lines(capsys.readouterr().out)
+    cases = {record["case"]: record for record in records if "case" in record}
+    assert {"python -c pass (baseline)", "import faceid", "python test.py --help", "faceid --help"} <= set(cases)
+    assert cases["python -c pass (baseline)"]["ratio"] == 1.0
+    assert all(record["median_ms"] > 0 and record["runs"] == 1 for record in cases.values())
+    assert records[-1] == {"bench": "startup", "identify_imports": []}

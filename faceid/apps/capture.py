@@ -25,7 +25,7 @@ from faceid.apps.enrol import (
 from faceid.detect.faces import DetectedFace
 from faceid.detect.quality import DEFAULT_THRESHOLDS, NearDuplicateIndex, QualityThresholds, measure_face, thumbnail
 from faceid.errors import ImageReadError, InputError
-from faceid.io.display import Window
+from faceid.io.display import Window, no_window_reason
 from faceid.io.images import encode_png, list_image_files, read_image
 from faceid.io.store import write_new_private
 
@@ -146,9 +146,8 @@ def _auto_decision(
 
 
 _NO_WINDOW = (
-    "saving with the s key needs a window, and there is no display here (or --no_display was given): "
-    "pass --auto to save good faces on their own (with --no_display it runs headless, e.g. on --video_path), "
-    "or run where a display is available with opencv-python (GUI) installed"
+    "saving with the s key needs a window: pass --auto to save good faces on their own (with --no_display it "
+    "runs headless, e.g. on --video_path)"
 )
 
 
@@ -219,7 +218,7 @@ def capture_faces(
     if options.every < 1 or options.max_crops < 1:
         raise InputError(f"every and max must be at least 1 (got {options.every} and {options.max_crops})")
     if not options.auto and not display:
-        raise InputError(_NO_WINDOW)
+        raise InputError(f"no window ({no_window_reason() or '--no_display was given'}); {_NO_WINDOW}")
     folder, person = _person_folder(Path(folder))
     started = time.perf_counter()
     index = _existing_index(folder, thresholds.near_duplicate)

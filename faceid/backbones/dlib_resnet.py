@@ -41,6 +41,7 @@ from faceid.backbones.registry import (
 from faceid.backbones.runtime import KerasExtractor, OnnxExtractor, onnxruntime_available, saved_onnx_file
 from faceid.detect.faces import LANDMARKS_MODEL, RECOGNITION_MODEL, dlib_model_path
 from faceid.errors import InputError
+from faceid.extras import require_all
 from faceid.io.manifest import library_versions, sha256_file, sha256_json
 
 logger = logging.getLogger(__name__)
@@ -124,10 +125,9 @@ def _onnx_extractor(manifest: dict[str, Any]) -> OnnxExtractor:
 
 
 def _keras_extractor(manifest: dict[str, Any]) -> KerasExtractor:
-    try:
-        from faceid.backbones.dlib_keras import face_resnet_keras
-    except ImportError as error:
-        raise InputError("--runtime keras needs Keras 3 and TensorFlow (pip install keras tensorflow-cpu)") from error
+    require_all(("tensorflow", "keras"), "--runtime keras")
+    from faceid.backbones.dlib_keras import face_resnet_keras
+
     return KerasExtractor(manifest, face_resnet_keras(face_resnet()), preprocess_dlib)
 
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from faceid.backbones.registry import Extractor, check_file_sha256
 from faceid.errors import InputError
+from faceid.extras import require, require_all
 from faceid.io.manifest import sha256_file
 from faceid.io.store import atomic_path, write_bytes
 
@@ -56,10 +57,7 @@ def write_onnx(keras_model, path: Path, example_input: np.ndarray) -> Path:
     Raises:
         InputError: the exporter (``tf2onnx``) is missing or fails.
     """
-    try:
-        import tf2onnx  # noqa: F401  (Keras' ONNX export is built on it)
-    except ImportError as error:
-        raise InputError("exporting to ONNX needs tf2onnx: pip install -r requirements.txt, or pass --export none") from error
+    require("tf2onnx", "exporting to ONNX (Keras' export is built on tf2onnx; or pass --export none)")
     import warnings
 
     keras_model(example_input, training=False)
@@ -233,6 +231,7 @@ def load_saved_extractor(
     if not manifest.get("model_file") or not model_path.is_file():
         raise InputError(f"extractor model file {model_path} is missing: re-run {made_by} --output {directory}")
     check_file_sha256(model_path, manifest, "model_sha256", fix)
+    require_all(("tensorflow", "keras"), f"running {model_path.name} (a Keras model; re-export with ONNX to run without Keras)")
     import keras
 
     if before_keras is not None:

@@ -13,4 +13,5 @@ SUBCOMMANDS = {
     "detect": "faceid.benchmarks.detect",
     "retrieve": "faceid.benchmarks.retrieve",
     "encryption": "faceid.benchmarks.encryption",
+    "startup": "faceid.benchmarks.startup",
 }

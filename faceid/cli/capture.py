@@ -65,8 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     setup_script(args)
 
     def body() -> int:
-        from faceid.io.display import display_available
+        from faceid.io.display import display_available, warn_if_no_window
         from faceid.io.video import frame_source
+
+        if args.auto:  # without --auto the s key needs a window: capture_faces says why there is none
+            warn_if_no_window(args.no_display)
 
         source = frame_source(camera=args.camera, video_path=args.video_path)
         summary = capture_faces(

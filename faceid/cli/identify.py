@@ -27,7 +27,7 @@ from faceid.detect.faces import FaceOptions, live_upsample
 from faceid.errors import InputError, ManifestMismatchError
 from faceid.features.cache import FeatureCache, describe_extractor
 from faceid.features.embedding import FaceEmbedder
-from faceid.io.display import display_available
+from faceid.io.display import display_available, warn_if_no_window
 from faceid.io.video import frame_source
 from faceid.match.gallery import Gallery
 from faceid.match.model import SimilarityModel
@@ -182,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_script(args)
 
     def body() -> int:
+        warn_if_no_window(args.no_display)
         source = frame_source(camera=args.camera, video_path=args.video_path, images=args.images)
         extractor = load_extractor(args.model, args.runtime)
         cache = FeatureCache.load(args.features, extractor.manifest)

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from faceid.cli import add_verbosity, run_main
+from faceid.extras import require_all
 from faceid.features.cache import FeatureCache
 from faceid.features.stats import load_stats
 from faceid.io.store import write_json
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    require_all(("tensorflow", "keras"), "train.py (the similarity head trains with Keras)")
     cache = FeatureCache.load(args.features_path)
     stats = load_stats(args.features_path, cache) if args.normalize else None
     options = TrainOptions(

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from faceid.evaluate.common import Evaluation
+from faceid.extras import require
 from faceid.io.store import atomic_path, write_json
 
 # One colour per method, the same on every plot.
@@ -208,7 +209,7 @@ def notes(evaluation: Evaluation) -> list[str]:
 
 
 def _pyplot():
-    import matplotlib
+    matplotlib = require("matplotlib", "--plots and --html (evaluation plots)")
 
     matplotlib.use("Agg")  # headless: no display on servers and CI
     import matplotlib.pyplot as plt

@@ -14,9 +14,12 @@ from faceid.errors import InputError
 if TYPE_CHECKING:  # annotations only: typing.Self needs Python 3.11
     from typing_extensions import Self
 
-NO_DISPLAY_HINT = (
-    "install opencv-python (with GUI support) instead of opencv-python-headless and run where a display "
-    "is available, or pass --no_display"
+NO_DISPLAY_HINT = "pass --no_display (and --output/--jsonl) to run without a window"
+
+# Both OpenCV builds install the same cv2 package; whichever was installed last is the one imported.
+GUI_INSTALL_HINT = (
+    'for a window install OpenCV\'s GUI build: pip install "faceid[gui]" (opencv-python); if the headless '
+    "build was reinstalled over it: pip install --force-reinstall --no-deps opencv-python"
 )
 
 
@@ -30,11 +33,45 @@ def _gui_backend() -> str:
     return "" if backend.upper() == "NONE" else backend
 
 
+def _no_display_reason() -> str | None:
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return "there is no display here (neither DISPLAY nor WAYLAND_DISPLAY is set)"
+    return None
+
+
+def _no_gui_reason() -> str | None:
+    if _gui_backend():
+        return None
+    import cv2
+
+    return f"this OpenCV ({cv2.__version__}) is the headless build, without window support; {GUI_INSTALL_HINT}"
+
+
+def no_window_reason() -> str | None:
+    """Why no window can be shown here (with what to install, where that is the fix), or ``None``."""
+    return _no_display_reason() or _no_gui_reason()
+
+
 def display_available() -> bool:
     """Whether a window can be shown: a GUI-enabled OpenCV and, on Linux, a display to show it on."""
-    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
-        return False
-    return bool(_gui_backend())
+    return no_window_reason() is None
+
+
+def headless_build_on_a_desktop() -> str | None:
+    """The message for a user who has a display but an OpenCV that cannot open windows, else ``None``.
+
+    test.py and capture.py fall back to running without a window where there is no display (a
+    server); on a desktop that fallback would be a silent surprise, so they print this instead.
+    """
+    return None if _no_display_reason() else _no_gui_reason()
+
+
+def warn_if_no_window(no_display: bool) -> None:
+    """For a script about to fall back to no window: say so where the user will have expected one."""
+    reason = None if no_display else headless_build_on_a_desktop()
+    if reason:
+        print(f"note: no window: {reason}; running without one (--no_display says so and hides this note)",
+              file=sys.stderr)
 
 
 class Window:
@@ -49,8 +86,9 @@ class Window:
     def __init__(self, title: str = "faceid", unavailable: str = NO_DISPLAY_HINT) -> None:
         self.title = title
         self.unavailable = unavailable
-        if not display_available():
-            raise InputError(f"cannot show a window: no GUI support or no display here; {unavailable}")
+        reason = no_window_reason()
+        if reason is not None:
+            raise InputError(f"cannot show a window: {reason}; {unavailable}")
         self._opened = False
 
     def show(self, frame_bgr: np.ndarray, wait_ms: int = 1) -> str:
@@ -61,7 +99,7 @@ class Window:
             cv2.imshow(self.title, frame_bgr)
         except cv2.error as error:
             reason = str(error).strip().splitlines()[-1]
-            raise InputError(f"cannot show a window ({reason}); {self.unavailable}") from error
+            raise InputError(f"cannot show a window ({reason}); {GUI_INSTALL_HINT}; {self.unavailable}") from error
         self._opened = True
         key = cv2.waitKey(wait_ms) & 0xFF
         return "" if key == 0xFF else chr(key).lower()

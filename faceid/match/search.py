@@ -30,6 +30,7 @@ import math
 import numpy as np
 
 from faceid.errors import InputError, NotFittedError
+from faceid.extras import install_hint
 from faceid.settings import DEFAULTS
 
 logger = logging.getLogger(__name__)
@@ -126,7 +127,7 @@ class ShortlistIndex:
         if backend == "faiss" and faiss_module() is None:
             logger.warning(
                 "faiss-cpu is not installed: the shortlist of this %d-vector gallery scans every vector "
-                "with NumPy instead (exact, slower); pip install faiss-cpu",
+                f"with NumPy instead (exact, slower); {install_hint('search')}",
                 len(X),
             )
             backend = "numpy"

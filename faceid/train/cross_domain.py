@@ -31,6 +31,7 @@ from faceid.backbones.hog import (
 )
 from faceid.detect.faces import FaceCropper
 from faceid.errors import InputError
+from faceid.extras import require
 from faceid.io.manifest import library_versions
 from faceid.io.store import write_json
 from faceid.match.retrieval import retrieval_metrics
@@ -113,7 +114,7 @@ def fit_hog(descriptors: np.ndarray, domains: np.ndarray, options: HogOptions,
 
 
 def _pca(centred: np.ndarray, options: HogOptions) -> dict[str, np.ndarray]:
-    from sklearn.decomposition import PCA
+    PCA = require("sklearn.decomposition", "--dims (the PCA of a HOG sketch model)").PCA
 
     if options.dims >= min(centred.shape):
         raise InputError(f"--dims {options.dims} needs more than {options.dims} training images (have "

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from faceid.errors import InputError
+from faceid.extras import require_all
 from faceid.match.head import HeadArchitecture, SimilarityHead
 from faceid.settings import DEFAULTS
 from faceid.train.pairs import PairSet, pair_features
@@ -131,6 +132,7 @@ def train_head(
     Raises:
         InputError: mis-shaped features, empty pairs, or training pairs of one class only.
     """
+    require_all(("tensorflow", "keras"), "training a similarity head")
     import keras
 
     architecture = architecture or HeadArchitecture()

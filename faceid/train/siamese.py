@@ -35,6 +35,7 @@ import numpy as np
 from faceid.backbones.siamese import EXTRACTOR_HEAD_DIR, preprocessing, siamese_manifest
 from faceid.detect.faces import FaceCropper, FaceOptions
 from faceid.errors import InputError
+from faceid.extras import require_all
 from faceid.io.manifest import library_versions
 from faceid.io.store import StagedFiles, json_bytes, load_npz, read_json, save_npz, write_json
 from faceid.match.metrics import accuracy_at, best_accuracy_threshold, roc_auc
@@ -594,6 +595,7 @@ def train_siamese(faces: FaceSet, output: Path, options: SiameseOptions = Siames
     ``output/training/synthetic``; cross-validation shares one folder between folds).
     """
     options.check()
+    require_all(("tensorflow", "keras"), "train_siamese.py (a Keras tower)")
     started = time.perf_counter()
     output = Path(output)
     if (output / TRAINING_DIR / "state.json").is_file() and not resume:
