@@ -14,4 +14,5 @@ SUBCOMMANDS = {
     "retrieve": "faceid.benchmarks.retrieve",
     "encryption": "faceid.benchmarks.encryption",
     "startup": "faceid.benchmarks.startup",
+    "install": "faceid.benchmarks.install",
 }

@@ -8,6 +8,7 @@ Usage:
     python bench.py retrieve                per-sketch search latency at 1k-100k gallery photos
     python bench.py encryption              what encryption at rest costs: extraction, loading 100k vectors
     python bench.py startup                 import time of faceid and of test.py --help (run with each venv)
+    python bench.py install                 time, disk and packages of the core and of each extra, fresh venvs
 
 Each sub-command's --help lists its options. Run on an otherwise idle machine.
 """
