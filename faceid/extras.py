@@ -51,8 +51,9 @@ def require(module: str, purpose: str) -> ModuleType:
     Raises:
         MissingExtraError: the module is not installed; the message names the extra to install.
     """
-    extra = EXTRA_OF_MODULE[module.split(".")[0]]
-    if not is_installed(module.split(".")[0]):
+    package = module.split(".")[0]
+    if not is_installed(package):
+        extra = EXTRA_OF_MODULE[package]
         raise MissingExtraError(f"{purpose} needs {module}, which the core install leaves out: {install_hint(extra)}")
     return importlib.import_module(module)
 

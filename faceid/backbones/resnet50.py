@@ -16,7 +16,7 @@ from faceid.backbones.registry import (
 )
 from faceid.backbones.runtime import KerasExtractor, load_saved_extractor, weights_digest, write_onnx
 from faceid.errors import InputError, WeightsUnavailableError
-from faceid.extras import require, require_all
+from faceid.extras import require_all
 from faceid.io.manifest import library_versions, sha256_file
 from faceid.settings import DEFAULTS
 
@@ -55,7 +55,7 @@ class ResNet50Backbone(Backbone):
 
     @classmethod
     def _base_model(cls, options: BackboneOptions):
-        keras = require("keras", "the resnet50 backbone")
+        import keras  # its callers (create, train_siamese's tower) checked the [train] extra
 
         keras.utils.set_random_seed(options.seed)
         shape = (options.input_size, options.input_size, 3)

@@ -43,6 +43,16 @@ def add_detection_options(parser, live: bool = False) -> None:
                              "dlib (the reference, ~25x slower)")
 
 
+def warn_if_no_window(no_display: bool) -> None:
+    """For a script about to fall back to no window: say so where the user will have expected one."""
+    from faceid.io.display import headless_build_on_a_desktop
+
+    reason = None if no_display else headless_build_on_a_desktop()
+    if reason:
+        print(f"note: no window: {reason}; running without one (--no_display says so and hides this note)",
+              file=sys.stderr)
+
+
 def setup_script(args: argparse.Namespace) -> None:
     """Configure logging and the key once, in the script (the package never does).
 

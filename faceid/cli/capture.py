@@ -18,7 +18,7 @@ from pathlib import Path
 
 from faceid.apps.capture import CaptureOptions, capture_faces
 from faceid.apps.enrol import CropOptions
-from faceid.cli import add_detection_options, add_verbosity, run_reporting_errors, setup_script
+from faceid.cli import add_detection_options, add_verbosity, run_reporting_errors, setup_script, warn_if_no_window
 from faceid.detect.quality import DEFAULT_THRESHOLDS, QualityThresholds
 
 CAPTURE, CROP, QUALITY = CaptureOptions(), CropOptions(), DEFAULT_THRESHOLDS
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_script(args)
 
     def body() -> int:
-        from faceid.io.display import display_available, warn_if_no_window
+        from faceid.io.display import display_available
         from faceid.io.video import frame_source
 
         if args.auto:  # without --auto the s key needs a window: capture_faces says why there is none

@@ -22,12 +22,12 @@ import numpy as np
 from faceid.apps.live import LiveOptions, run_live
 from faceid.backbones import RUNTIMES, load_extractor
 from faceid.backbones.siamese import EXTRACTOR_HEAD_DIR
-from faceid.cli import add_detection_options, add_verbosity, run_reporting_errors, setup_script
+from faceid.cli import add_detection_options, add_verbosity, run_reporting_errors, setup_script, warn_if_no_window
 from faceid.detect.faces import FaceOptions, live_upsample
 from faceid.errors import InputError, ManifestMismatchError
 from faceid.features.cache import FeatureCache, describe_extractor
 from faceid.features.embedding import FaceEmbedder
-from faceid.io.display import display_available, warn_if_no_window
+from faceid.io.display import display_available
 from faceid.io.video import frame_source
 from faceid.match.gallery import Gallery
 from faceid.match.model import SimilarityModel

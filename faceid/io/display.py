@@ -61,17 +61,10 @@ def headless_build_on_a_desktop() -> str | None:
     """The message for a user who has a display but an OpenCV that cannot open windows, else ``None``.
 
     test.py and capture.py fall back to running without a window where there is no display (a
-    server); on a desktop that fallback would be a silent surprise, so they print this instead.
+    server); on a desktop that fallback would be a silent surprise, so they print this instead
+    (:func:`faceid.cli.warn_if_no_window`).
     """
     return None if _no_display_reason() else _no_gui_reason()
-
-
-def warn_if_no_window(no_display: bool) -> None:
-    """For a script about to fall back to no window: say so where the user will have expected one."""
-    reason = None if no_display else headless_build_on_a_desktop()
-    if reason:
-        print(f"note: no window: {reason}; running without one (--no_display says so and hides this note)",
-              file=sys.stderr)
 
 
 class Window:
