@@ -3,7 +3,7 @@
 The core install (``pip install faceid``) enrols, extracts, identifies, evaluates and retrieves
 with the dlib backbone on ONNX Runtime. Everything else comes with an extra, declared in
 ``pyproject.toml``: ``[train]`` (TensorFlow/Keras), ``[search]`` (FAISS), ``[plots]``
-(Matplotlib), ``[gui]`` (OpenCV with windows). Code that needs one of those modules imports it
+(Matplotlib), ``[gui]`` (OpenCV with windows), ``[ray]`` (extraction on a Ray cluster). Code that needs one of those modules imports it
 through :func:`require`, so a missing extra is an ``error:`` that names the extra to install, not
 a ``ModuleNotFoundError`` traceback.
 """
@@ -25,6 +25,7 @@ EXTRA_OF_MODULE = {
     "sklearn": "train",
     "faiss": "search",
     "matplotlib": "plots",
+    "ray": "ray",
 }
 
 

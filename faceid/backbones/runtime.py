@@ -71,6 +71,16 @@ def write_onnx(keras_model, path: Path, example_input: np.ndarray) -> Path:
     return path
 
 
+def default_threads() -> int:
+    """Threads for one ONNX Runtime session: ``$OMP_NUM_THREADS`` when set (the convention numeric
+    libraries follow; Ray sets it to a task's or an actor's CPUs), else every core."""
+    try:
+        threads = int(os.environ.get("OMP_NUM_THREADS", ""))
+    except ValueError:
+        threads = 0
+    return threads if threads > 0 else os.cpu_count() or 1
+
+
 class OnnxModel:
     """One ONNX model on the CPU execution provider: ``run(batch) -> outputs``.
 
@@ -91,8 +101,8 @@ class OnnxModel:
                 raise InputError(f"ONNX model {path} is missing: re-run network.py, or delete the manifest's onnx_file entry")
             source = str(path)
         options = onnxruntime.SessionOptions()
-        # One process, all cores for the convolutions: the same as Keras/TensorFlow's default.
-        options.intra_op_num_threads = threads or os.cpu_count() or 1
+        # One process, all cores for the convolutions (Keras/TensorFlow's default), unless told otherwise.
+        options.intra_op_num_threads = threads or default_threads()
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         # ONNX files are protobufs: loading one runs no code, unlike a pickle.
         try:

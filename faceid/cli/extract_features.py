@@ -4,6 +4,7 @@ Usage:
     python extract_features.py --faces_path faces/ --model_path models/extractor --features features/
 
 Incremental: a second run embeds only added or changed images and drops removed ones.
+--engine ray runs the work on a Ray cluster (pip install "faceid[ray]"); the cache is the same.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from faceid.backbones import RUNTIMES, load_extractor
 from faceid.cli import add_detection_options, add_verbosity, run_main
 from faceid.cli.keys import convert
 from faceid.detect.faces import FaceOptions
+from faceid.errors import InputError
 from faceid.features.cache import MANIFEST_NAME
 from faceid.features.extract import extract_features
+from faceid.features.ray_engine import ENGINES, RayEngine
 from faceid.io.sealed import KEY_ENV, KeyRequiredError, active_key
 from faceid.settings import DEFAULTS
 
@@ -42,6 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=DEFAULTS.workers,
                         help="processes that decode, detect and align while the backbone runs; one per core "
                              "keeps the CPU busy, 0 does everything in this process")
+    parser.add_argument("--engine", choices=ENGINES, default="local",
+                        help="where decode, detect, align and embed run: local (this machine: --workers processes), or "
+                             "ray (Ray Data tasks and an actor pool on a Ray cluster; needs faceid[ray], and the "
+                             "images on a file system every node mounts at the same path); this process writes the "
+                             "cache either way, and both give the same cache")
+    parser.add_argument("--ray_address", default=None,
+                        help="with --engine ray: the cluster to join (ray://HOST:10001, HOST:6379, or auto); "
+                             "default: start a local Ray instance with this machine's cores")
     parser.add_argument("--runtime", choices=RUNTIMES, default="auto",
                         help="what runs the backbone: onnx (ONNX Runtime, batched, all cores), keras, dlib (dlib's "
                              "own code; dlib backbone only), or auto (onnx when installed); same vectors")
@@ -61,12 +72,15 @@ def run(args: argparse.Namespace) -> int:
         if (args.features / MANIFEST_NAME).is_file():
             for place, counts in convert(args.features, None, None, key).items():
                 print(f"encrypted {place}: {counts['rewritten']} files ({counts['already']} already)", file=sys.stderr)
+    if args.ray_address and args.engine != "ray":
+        raise InputError("--ray_address is for --engine ray")
+    engine = RayEngine(args.model_path, args.runtime, args.ray_address, quiet=args.quiet) if args.engine == "ray" else None
     extractor = load_extractor(args.model_path, args.runtime)
     summary = extract_features(
         args.faces_path, extractor, args.features,
         face_options=FaceOptions(detect=not args.no_detect, upsample=args.upsample, detector=args.detector,
                                  max_width=args.max_width or None),
-        rebuild=args.rebuild, batch_size=args.batch_size, workers=args.workers, progress=not args.quiet,
+        rebuild=args.rebuild, batch_size=args.batch_size, workers=args.workers, engine=engine, progress=not args.quiet,
     )
     if args.json:
         print(json.dumps(summary.as_dict()))

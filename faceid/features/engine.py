@@ -1,9 +1,12 @@
-"""Extraction engines: where decoding, detection and alignment run while the backbone embeds.
+"""Extraction engines: where decoding, detection, alignment and embedding run.
 
-An :class:`ExtractionEngine` turns image paths into :class:`Prepared` results (the
-aligned chip of each image's largest face, or why there is none), **in the order
-given**; :func:`faceid.features.extract.extract_features` embeds the chips and writes
-the cache, whatever engine prepared them. :class:`LocalEngine` is this machine's.
+An :class:`ExtractionEngine` turns image paths into :class:`Extracted` results (the
+vector of each image's largest face, or why there is none), in batches and in any
+order; :func:`faceid.features.extract.extract_features` plans what to send and writes
+the cache, whatever engine did the work. :class:`LocalEngine` is this machine's:
+worker processes decode, detect and align (:meth:`LocalEngine.prepare`, in the order
+given) while this process embeds the chips in backbone batches.
+:class:`faceid.features.ray_engine.RayEngine` runs the same steps on a Ray cluster.
 """
 
 from __future__ import annotations
@@ -11,14 +14,16 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from faceid.backbones import Extractor
 from faceid.detect.faces import NO_FACE, FaceCropper
 from faceid.errors import ImageReadError
+from faceid.features.embedding import ChipBatcher
 from faceid.io.images import UNREADABLE, read_image
 from faceid.io.sealed import active_key, use_key
 from faceid.settings import DEFAULTS
@@ -49,14 +54,29 @@ def prepare_image(path: Path, cropper: FaceCropper) -> Prepared:
     return Prepared(chip=cropper.chips(image, faces[:1])[0], n_faces=len(faces))
 
 
+@dataclass(frozen=True)
+class Extracted:
+    """One image's result: ``paths[index]``'s vector (its largest face), or why there is none."""
+
+    index: int
+    vector: np.ndarray | None
+    n_faces: int = 0
+    reason: str | None = None
+
+
 class ExtractionEngine(ABC):
-    """Runs :func:`prepare_image` over many paths."""
+    """Runs decode, detect, align (:func:`prepare_image`) and embed over many paths."""
 
     name: str = ""
 
     @abstractmethod
-    def prepare(self, paths: list[Path], cropper: FaceCropper) -> Iterator[Prepared]:
-        """One :class:`Prepared` per path, in the order of ``paths``."""
+    def extract(self, paths: Sequence[Path], cropper: FaceCropper, extractor: Extractor,
+                batch_size: int = DEFAULTS.batch_size) -> Iterator[list[Extracted]]:
+        """Every path's :class:`Extracted` exactly once, in batches, in any order.
+
+        The vectors are ``extractor``'s for the chip ``cropper`` cuts from each image, whatever
+        the engine (equal within the runtime's float tolerance, 1e-5 for dlib on ONNX Runtime).
+        """
 
 
 def _spawn_can_start() -> bool:
@@ -76,7 +96,28 @@ class LocalEngine(ExtractionEngine):
         self.workers = workers
         self.batch_size = batch_size
 
-    def prepare(self, paths: list[Path], cropper: FaceCropper) -> Iterator[Prepared]:
+    def extract(self, paths: Sequence[Path], cropper: FaceCropper, extractor: Extractor,
+                batch_size: int = DEFAULTS.batch_size) -> Iterator[list[Extracted]]:
+        """Chips from the workers, embedded here ``batch_size`` at a time; skipped images at once."""
+        done: list[Extracted] = []
+
+        def deliver(indices: list[tuple[int, int]], vectors: np.ndarray) -> None:
+            done.extend(Extracted(index, vector, n_faces) for (index, n_faces), vector in zip(indices, vectors))
+
+        with ChipBatcher(lambda chips: extractor.embed(chips, batch_size=batch_size), deliver, batch_size) as batcher:
+            for index, prepared in enumerate(self.prepare(paths, cropper)):
+                if prepared.reason is not None:
+                    done.append(Extracted(index, None, reason=prepared.reason))
+                else:
+                    batcher.add((index, prepared.n_faces), prepared.chip)
+                if done:
+                    yield done
+                    done = []
+        if done:
+            yield done
+
+    def prepare(self, paths: Sequence[Path], cropper: FaceCropper) -> Iterator[Prepared]:
+        """One :class:`Prepared` per path, in the order of ``paths``."""
         workers, batch_size = self.workers, self.batch_size
         if workers > 0 and not _spawn_can_start():
             logger.info("no importable main script (stdin or interactive session): extracting in this process")

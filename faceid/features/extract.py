@@ -9,7 +9,6 @@ person's file as soon as that person is complete.
 
 from __future__ import annotations
 
-import functools
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,6 @@ from faceid.features.cache import (
     check_same_extractor,
     write_manifest,
 )
-from faceid.features.embedding import ChipBatcher
 from faceid.features.engine import ExtractionEngine, LocalEngine
 from faceid.io.images import image_sha256, list_people
 from faceid.io.sealed import active_key
@@ -133,7 +131,9 @@ def extract_features(
     process) while the backbone embeds batches of ``batch_size`` chips from any
     people here; at most a few batches of chips are in flight, so memory stays
     flat whatever the folder size. Results do not depend on ``workers``.
-    ``engine`` replaces that local engine (:mod:`faceid.features.engine`).
+    ``engine`` replaces that local engine (:mod:`faceid.features.engine`; a Ray
+    cluster: :class:`faceid.features.ray_engine.RayEngine`): only the images planned
+    here (new or changed) are sent to it, and this process writes every file.
     ``people_files`` replaces the listing of ``faces_root`` (a retrieval gallery's layout).
 
     Raises:
@@ -172,36 +172,28 @@ def extract_features(
 
     tasks = [(plan.name, path) for plan in plans.values() for path in plan.pending]
     engine = engine or LocalEngine(workers=workers, batch_size=batch_size)
-
-    def deliver(keys: list[tuple[_PersonPlan, str]], vectors: np.ndarray) -> None:
-        for (plan, file_name), vector in zip(keys, vectors):
-            plan.vectors[file_name] = vector
-            plan.remaining -= 1
-        summary.embedded += len(keys)
-        bar.update(len(keys))
-        for plan, _ in keys:  # only these people can have just been completed
-            finish(plan)
-
-    embed = functools.partial(extractor.embed, batch_size=batch_size)
-    with tqdm(total=len(tasks), desc="extract", unit="img", disable=None if progress else True) as bar, \
-            ChipBatcher(embed, deliver, batch_size) as batcher:
+    with tqdm(total=len(tasks), desc="extract", unit="img", disable=None if progress else True) as bar:
         for plan in plans.values():  # people with nothing new: unchanged, or with removals applied
             finish(plan)
-        prepared_images = engine.prepare([path for _, path in tasks], cropper)
-        for (name, path), prepared in zip(tasks, prepared_images):
-            plan = plans[name]
-            if prepared.reason is not None:
-                plan.skipped[path.name] = (plan.hashes[path.name], prepared.reason)
+        for results in engine.extract([path for _, path in tasks], cropper, extractor, batch_size):
+            touched: dict[str, _PersonPlan] = {}
+            for result in results:
+                name, path = tasks[result.index]
+                plan = touched[name] = plans[name]
                 plan.remaining -= 1
-                summary.skip(prepared.reason, f"{name}/{path.name}")
-                bar.update(1)
-            else:
-                if prepared.n_faces > 1:
-                    # Enrolment photos often catch someone in the background: the
-                    # labelled person is the largest (closest) face.
-                    summary.several_faces.append(f"{name}/{path.name}")
-                batcher.add((plan, path.name), prepared.chip)
-            finish(plan)
+                if result.reason is not None:
+                    plan.skipped[path.name] = (plan.hashes[path.name], result.reason)
+                    summary.skip(result.reason, f"{name}/{path.name}")
+                else:
+                    if result.n_faces > 1:
+                        # Enrolment photos often catch someone in the background: the
+                        # labelled person is the largest (closest) face.
+                        summary.several_faces.append(f"{name}/{path.name}")
+                    plan.vectors[path.name] = result.vector
+                    summary.embedded += 1
+            bar.update(len(results))
+            for plan in touched.values():  # only these people can have just been completed
+                finish(plan)
     for stale in sorted(set(previous) - set(people_files)):
         (people_dir / f"{stale}.npz").unlink(missing_ok=True)
         summary.removed_people.append(stale)

@@ -1,0 +1,242 @@
+"""extract_features.py --engine ray: the local engine's cache, built on a Ray cluster.
+
+A local Ray instance with 2 CPUs on loopback (``ray start --head``), started and stopped by
+this module; each run is the real script in its own process, joining it with --ray_address.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import LFW, copy_people, lfw_people
+
+from faceid.features.cache import FeatureCache, PersonFeatures
+
+pytest.importorskip("ray", reason="the [ray] extra is not installed")
+
+ROOT = Path(__file__).resolve().parents[1]
+RAY = Path(sys.executable).parent / "ray"
+# Loopback only (Ray's node address 127.0.0.1), and the token Ray's head requires sent by every driver.
+RAY_ENV = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token",
+           "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_address(tmp_path_factory) -> str:
+    """A 2-CPU Ray head on 127.0.0.1, stopped when the module's tests are done."""
+    port = free_port()
+    started = subprocess.run(
+        [str(RAY), "start", "--head", "--num-cpus", "2", "--node-ip-address", "127.0.0.1", "--port", str(port),
+         "--include-dashboard", "false", "--disable-usage-stats"],
+        check=False, capture_output=True, text=True, env=RAY_ENV, timeout=120,
+    )
+    assert started.returncode == 0, started.stdout + started.stderr
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run([str(RAY), "stop", "--force"], check=False, capture_output=True, env=RAY_ENV, timeout=120)
+
+
+def extract(faces: Path, features: Path, extractor_dir: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "extract_features.py"), "--faces_path", str(faces), "--model_path",
+         str(extractor_dir), "--features", str(features), "--json", "-q", *extra],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=RAY_ENV,
+    )
+
+
+def finished(process: subprocess.Popen, timeout: float = 300) -> dict:
+    out, err = process.communicate(timeout=timeout)
+    assert process.returncode == 0, err
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def run_extract(faces: Path, features: Path, extractor_dir: Path, *extra: str) -> dict:
+    return finished(extract(faces, features, extractor_dir, *extra))
+
+
+def assert_same_cache(ours: Path, reference: Path) -> None:
+    """Same people, files, hashes, skipped images, extractor; vectors within 1e-5."""
+    a, b = FeatureCache.load(ours), FeatureCache.load(reference)
+    assert a.fingerprint == b.fingerprint
+    assert sorted(a.people) == sorted(b.people)
+    for name, person in b.people.items():
+        other = a.people[name]
+        assert other.files == person.files, name
+        assert other.hashes == person.hashes, name
+        assert other.skipped == person.skipped, name
+        np.testing.assert_allclose(other.vectors, person.vectors, atol=1e-5, rtol=0)
+    for field in ("format", "extractor", "people", "n_vectors"):
+        assert a.manifest[field] == b.manifest[field], field
+    unsealed = [{k: v for k, v in (cache.manifest["encryption"] or {}).items() if k != "seal"} for cache in (a, b)]
+    assert unsealed[0] == unsealed[1]  # the same key (or none); each seal has its own nonce
+
+
+@pytest.fixture(scope="module")
+def lfw_slice(tmp_path_factory) -> Path:
+    """12 LFW people, 36 photos: one without a detectable face, two with several faces, one broken file."""
+    faces = copy_people(LFW, tmp_path_factory.mktemp("ray_faces"), lfw_people(min_images=1, count=12), max_images=4)
+    (faces / "Aaron_Peirsol" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    return faces
+
+
+@pytest.fixture(scope="module")
+def local_cache(tmp_path_factory, lfw_slice, dlib_extractor_dir) -> tuple[Path, dict]:
+    features = tmp_path_factory.mktemp("local_cache")
+    return features, run_extract(lfw_slice, features, dlib_extractor_dir, "--engine", "local")
+
+
+def test_ray_engine_writes_the_local_engines_cache(ray_address, lfw_slice, local_cache, dlib_extractor_dir, tmp_path):
+    local_features, local_summary = local_cache
+    summary = run_extract(lfw_slice, tmp_path / "features", dlib_extractor_dir, "--engine", "ray",
+                          "--ray_address", ray_address)
+    assert summary == local_summary
+    assert summary["embedded"] > 30 and summary["skipped"] == {"no face found": 1, "unreadable or not an image": 1}
+    assert summary["several_faces"] == 2
+    assert_same_cache(tmp_path / "features", local_features)
+
+
+def test_a_second_ray_run_sends_only_new_and_changed_images(ray_address, lfw_slice, local_cache, dlib_extractor_dir,
+                                                             tmp_path):
+    faces = tmp_path / "faces"
+    shutil.copytree(lfw_slice, faces)
+    features = tmp_path / "features"
+    shutil.copytree(local_cache[0], features)  # a cache the local engine made: the same format
+    person = min(p for p in faces.iterdir() if len(list(p.iterdir())) >= 3)
+    images = sorted(person.iterdir())
+    shutil.copy2(LFW / "Abel_Pacheco" / "Abel_Pacheco_0001.jpg", images[0])  # changed content
+    shutil.copy2(LFW / "Abel_Pacheco" / "Abel_Pacheco_0002.jpg", person / "added.jpg")  # new
+    images[1].unlink()  # removed
+    summary = run_extract(faces, features, dlib_extractor_dir, "--engine", "ray", "--ray_address", ray_address)
+    assert summary["embedded"] == 2  # the engine returns one result per image it was sent
+    assert summary["removed_images"] == 1
+    assert summary["reused"] == summary["images"] - 2 - 2  # the broken and no-face files are not tried again
+    reference = tmp_path / "reference"
+    run_extract(faces, reference, dlib_extractor_dir, "--engine", "local")
+    assert_same_cache(features, reference)
+
+
+def ray_workers(title: str) -> list[int]:
+    """Pids of processes whose title starts with ``ray::<title>`` (a Ray worker running that task)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if command.startswith(f"ray::{title}"):
+                pids.append(int(entry.name))
+    return pids
+
+
+def kill_first(title: str, process: subprocess.Popen, timeout: float = 120) -> int:
+    """SIGKILL the first worker found running ``title`` while ``process`` runs; its pid."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        for pid in ray_workers(title):
+            os.kill(pid, signal.SIGKILL)
+            return pid
+        time.sleep(0.02)
+    pytest.fail(f"no worker ran {title} while the extraction ran")
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds Ray's workers through /proc")
+def test_killed_workers_are_retried_and_the_cache_is_complete(ray_address, lfw_slice, dlib_extractor_dir, tmp_path):
+    faces = copy_people(LFW, tmp_path / "faces", lfw_people(min_images=4, count=15), max_images=4)
+    reference = tmp_path / "reference"
+    run_extract(faces, reference, dlib_extractor_dir, "--engine", "local", "--upsample", "1")
+    process = extract(faces, tmp_path / "features", dlib_extractor_dir, "--engine", "ray", "--ray_address",
+                      ray_address, "--upsample", "1")  # upsampling: slower detection, time to kill
+    detector = kill_first("MapBatches(_prepare_batch)", process)  # a detection task, mid-image
+    embedder = kill_first("MapWorker(MapBatches(_Embedder)).submit", process)  # the actor, mid-batch
+    summary = finished(process)
+    assert detector != embedder
+    assert summary["embedded"] + sum(summary["skipped"].values()) == summary["images"] == 60
+    assert_same_cache(tmp_path / "features", reference)
+
+
+def test_ctrl_c_on_the_driver_keeps_the_people_written(ray_address, dlib_extractor_dir, tmp_path):
+    faces = copy_people(LFW, tmp_path / "faces", lfw_people(min_images=4, count=30), max_images=4)
+    features = tmp_path / "features"
+    # Small embedding batches: people are completed (and written) a few at a time.
+    process = extract(faces, features, dlib_extractor_dir, "--engine", "ray", "--ray_address", ray_address,
+                      "--upsample", "1", "--batch_size", "4")
+
+    def written() -> list[Path]:  # person files in place (temporary files are hidden: .NAME.PID.XXXX.tmp.npz)
+        return sorted(path for path in (features / "people").glob("*.npz") if not path.name.startswith("."))
+
+    deadline = time.monotonic() + 120
+    while len(written()) < 2 and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    process.communicate(timeout=120)
+    assert process.returncode == 130
+    kept = {path.stem: PersonFeatures.load(path)[0] for path in written()}  # complete, readable files
+    assert 2 <= len(kept) < 30
+    assert sorted(path.stem for path in (features / "people").iterdir()) == sorted(kept)  # no temporary left
+    summary = run_extract(faces, features, dlib_extractor_dir, "--engine", "ray", "--ray_address", ray_address,
+                          "--upsample", "1", "--batch_size", "4")
+    assert summary["reused"] == sum(len(person.files) for person in kept.values())  # not sent again
+    reference = tmp_path / "reference"
+    run_extract(faces, reference, dlib_extractor_dir, "--engine", "local", "--upsample", "1")
+    assert_same_cache(features, reference)
+
+
+def test_encrypted_crops_are_read_by_the_ray_workers_with_the_drivers_key(lfw_slice, dlib_extractor_dir, tmp_path):
+    """No --ray_address: the engine starts (and stops) its own local instance, without object spilling."""
+    from faceid.cli import keys as keys_script
+    from faceid.cli import selfies2face as selfies_script
+    from faceid.io import sealed
+
+    key_file = tmp_path / "key"
+    assert keys_script.main(["new", "--output", str(key_file)]) == 0
+    selfies = copy_people(LFW, tmp_path / "selfies", lfw_people(min_images=4, count=3), max_images=4)
+    crops = tmp_path / "crops"
+    key = ["--key_file", str(key_file)]
+    assert selfies_script.main(["--face_selfies", str(selfies), "--faces_path", str(crops), "-q", *key]) == 0
+    files = sorted(crops.rglob("*.png"))
+    assert len(files) >= 10 and all(sealed.is_sealed(path.read_bytes()) for path in files)
+    summary = run_extract(crops, tmp_path / "ray", dlib_extractor_dir, "--no_detect", "--engine", "ray", *key)
+    assert summary["embedded"] == len(files) and not summary["skipped"]
+    run_extract(crops, tmp_path / "local", dlib_extractor_dir, "--no_detect", "--engine", "local", *key)
+    sealed.use_key(sealed.read_key_file(key_file))
+    assert_same_cache(tmp_path / "ray", tmp_path / "local")
+
+
+def test_engine_ray_without_the_extra_says_what_to_install(lfw_slice, dlib_extractor_dir, tmp_path, capsys,
+                                                           monkeypatch):
+    from faceid.cli import extract_features
+
+    monkeypatch.setitem(sys.modules, "ray", None)
+    code = extract_features.main(["--faces_path", str(lfw_slice), "--model_path", str(dlib_extractor_dir),
+                                  "--features", str(tmp_path / "features"), "--engine", "ray", "-q"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert 'pip install "faceid[ray]"' in err and "Traceback" not in err
+    assert not (tmp_path / "features").exists()
+
+
+def test_ray_address_without_engine_ray_is_refused(lfw_slice, dlib_extractor_dir, tmp_path, capsys):
+    from faceid.cli import extract_features
+
+    code = extract_features.main(["--faces_path", str(lfw_slice), "--model_path", str(dlib_extractor_dir),
+                                  "--features", str(tmp_path / "features"), "--ray_address", "auto", "-q"])
+    assert code == 1
+    assert "--ray_address is for --engine ray" in capsys.readouterr().err
