@@ -239,7 +239,7 @@ def test_the_core_wheel_installs_no_extra(core_venv):
     names = {re.sub(r"[-_.]+", "-", package["name"]).lower() for package in json.loads(listed.stdout)}
     assert {"faceid", "dlib-bin", "onnxruntime", "opencv-python-headless", "cryptography"} <= names
     assert not names & {"tensorflow", "tensorflow-cpu", "keras", "tf2onnx", "faiss-cpu", "matplotlib",
-                        "scikit-learn", "h5py", "opencv-python"}
+                        "scikit-learn", "h5py", "opencv-python", "ray", "pyarrow", "pandas"}
 
 
 def test_the_installed_command_lists_its_subcommands_and_version(core_venv, tmp_path):

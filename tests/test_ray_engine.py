@@ -220,6 +220,20 @@ def test_encrypted_crops_are_read_by_the_ray_workers_with_the_drivers_key(lfw_sl
     assert_same_cache(tmp_path / "ray", tmp_path / "local")
 
 
+def test_a_node_with_another_faceid_version_is_named(ray_address, lfw_slice, dlib_extractor_dir, tmp_path):
+    """The driver claims another version than the nodes' (this checkout's): the actors refuse to load."""
+    argv = ["--faces_path", str(lfw_slice), "--model_path", str(dlib_extractor_dir), "--features",
+            str(tmp_path / "features"), "--engine", "ray", "--ray_address", ray_address, "-q"]
+    body = ("import sys, faceid; faceid.__version__ = '0.0.0-other'; from faceid.cli import extract_features; "
+            f"sys.exit(extract_features.main({argv!r}))")
+    done = subprocess.run([sys.executable, "-c", body], cwd=ROOT, capture_output=True, text=True, env=RAY_ENV,
+                          timeout=300, check=False)
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: the Ray run failed: this node has faceid ") and "the driver 0.0.0-other" in last
+    assert not list((tmp_path / "features" / "people").glob("*.npz"))
+
+
 def test_engine_ray_without_the_extra_says_what_to_install(lfw_slice, dlib_extractor_dir, tmp_path, capsys,
                                                            monkeypatch):
     from faceid.cli import extract_features

@@ -15,4 +15,5 @@ SUBCOMMANDS = {
     "encryption": "faceid.benchmarks.encryption",
     "startup": "faceid.benchmarks.startup",
     "install": "faceid.benchmarks.install",
+    "ray": "faceid.benchmarks.cluster",
 }

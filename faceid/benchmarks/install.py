@@ -27,7 +27,7 @@ from faceid.errors import InputError
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--extras", default="core,train,all",
-                        help="comma-separated: core (no extra), train, search, plots, gui, all, dev")
+                        help="comma-separated: core (no extra), train, search, plots, gui, ray, all, dev")
     parser.add_argument("--wheel", type=Path, help="the wheel to install (default: build one of this tree)")
 
 

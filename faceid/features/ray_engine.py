@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -45,11 +46,14 @@ from faceid.settings import DEFAULTS
 
 logger = logging.getLogger(__name__)
 
-PATHS_PER_TASK = 16  # images per detection task: small enough that a retry redoes little
-# Ray's CPU accounting per process: detection is ~3/4 of an image's CPU time, embedding ~1/4
-# (dlib, 40 ms and 14 ms a face on one core), so 2 CPUs run two detection tasks and one actor.
-DETECT_CPUS = 0.75
-EMBED_CPUS = 0.25
+PATHS_PER_TASK = 8  # images per detection task: small enough that a retry redoes little
+# Ray's CPU accounting decides how many run at once: on 2 CPUs, two detection tasks (single-threaded
+# dlib, ~40 ms an image) beside one embedding actor. The actor is the pipeline's one serial stage, so
+# it runs ONNX Runtime on EMBED_THREADS threads (Ray would give it one): with one, the detection tasks
+# starved it and the run was 1.4x slower (bench.py ray, 2 CPUs).
+DETECT_CPUS = 0.9
+EMBED_CPUS = 0.1
+EMBED_THREADS = 2
 CPUS_PER_ACTOR = 4  # the actor pool grows to one actor per this many cluster CPUs
 ENGINES = ("local", "ray")
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's node address is 127.0.0.1
@@ -87,6 +91,8 @@ class _Embedder:
     def __init__(self, files: dict[str, bytes], runtime: str, fingerprint: str, version: str, batch_size: int):
         from faceid.backbones import load_extractor
 
+        os.environ["OMP_NUM_THREADS"] = str(EMBED_THREADS)  # this actor's process: ONNX Runtime's threads
+
         if version != faceid.__version__:
             raise ClusterError(f"this node has faceid {faceid.__version__}, the driver {version}: install the "
                                f"same version on every node")
@@ -109,6 +115,16 @@ class _Embedder:
         if found.any():
             vectors[found] = self.extractor.embed(batch["chip"][found], batch_size=self.batch_size)
         return {"index": batch["index"], "vector": vectors, "n_faces": batch["n_faces"], "reason": batch["reason"]}
+
+
+def _last_line(error: Exception) -> str:
+    """What went wrong, from a Ray error whose message ends with the remote traceback (an actor that
+    died in its constructor keeps only that text): its last line, without our exception's type name."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    ours = re.fullmatch(r"faceid(?:\.\w+)+: (.*)", lines[-1])
+    return ours.group(1) if ours else lines[-1]
 
 
 class RayEngine(ExtractionEngine):
@@ -154,7 +170,7 @@ class RayEngine(ExtractionEngine):
             cause = getattr(error, "cause", None)
             if isinstance(cause, FaceIdError):
                 raise cause from error
-            raise ClusterError(f"the Ray run failed: {cause or error}") from error
+            raise ClusterError(f"the Ray run failed: {_last_line(error)}") from error
         finally:
             if started:
                 ray.shutdown()
@@ -165,7 +181,9 @@ class RayEngine(ExtractionEngine):
         if ray.is_initialized():
             return False
         level = logging.ERROR if self.quiet else logging.WARNING
-        quiet = {"logging_level": level, "log_to_driver": not self.quiet}
+        if self.quiet:  # Ray's C++ core logs to stderr too; its failures still raise, and are reported
+            os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+        logs = {"logging_level": level, "log_to_driver": not self.quiet}
         encrypted = active_key() is not None
         try:
             if self.address:
@@ -173,13 +191,13 @@ class RayEngine(ExtractionEngine):
                     logger.warning("a key is in use: faces (decoded, aligned chips) and their vectors pass through the "
                                    "Ray cluster's object store, which spills to its nodes' disks under memory "
                                    "pressure, unencrypted; run the cluster without spilling or on encrypted disks")
-                ray.init(address=self.address, **quiet)
+                ray.init(address=self.address, **logs)
             else:
                 # With a key, nothing decrypted may reach a disk: the local instance never spills objects.
                 system = {"automatic_object_spilling_enabled": False} if encrypted else None
                 # "local": a new instance, even where another runs on this machine or $RAY_ADDRESS names one.
                 ray.init(address="local", num_cpus=self.num_cpus or os.cpu_count() or 1, include_dashboard=False,
-                         _system_config=system, **quiet)
+                         _system_config=system, **logs)
         except (ConnectionError, RuntimeError, ValueError) as error:
             where = self.address or "a local instance"
             raise ClusterError(f"cannot start Ray on {where} ({type(error).__name__}: {error})") from error
