@@ -169,9 +169,9 @@ def kill_first(title: str, process: subprocess.Popen, timeout: float = 120) -> i
 def test_killed_workers_are_retried_and_the_cache_is_complete(ray_address, lfw_slice, dlib_extractor_dir, tmp_path):
     faces = copy_people(LFW, tmp_path / "faces", lfw_people(min_images=4, count=15), max_images=4)
     reference = tmp_path / "reference"
-    run_extract(faces, reference, dlib_extractor_dir, "--engine", "local", "--upsample", "1")
+    run_extract(faces, reference, dlib_extractor_dir, "--engine", "local")
     process = extract(faces, tmp_path / "features", dlib_extractor_dir, "--engine", "ray", "--ray_address",
-                      ray_address, "--upsample", "1")  # upsampling: slower detection, time to kill
+                      ray_address)
     detector = kill_first("MapBatches(_prepare_batch)", process)  # a detection task, mid-image
     embedder = kill_first("MapWorker(MapBatches(_Embedder)).submit", process)  # the actor, mid-batch
     summary = finished(process)
@@ -184,7 +184,7 @@ def interrupted_run(faces: Path, features: Path, extractor_dir: Path, ray_addres
     """A Ray run sent SIGINT once it has written two people; None if it ended before the signal landed."""
     # Small embedding batches: people are completed (and written) a few at a time.
     process = extract(faces, features, extractor_dir, "--engine", "ray", "--ray_address", ray_address,
-                      "--upsample", "1", "--batch_size", "4", ctrl_c=True)
+                      "--batch_size", "4", ctrl_c=True)
     deadline = time.monotonic() + 120
     while len(person_files(features)) < 2 and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.05)
@@ -213,7 +213,7 @@ def test_ctrl_c_on_the_driver_keeps_the_people_written(ray_address, dlib_extract
     assert 2 <= len(kept) < 24
     assert sorted(path.stem for path in (features / "people").iterdir()) == sorted(kept)  # no temporary left
     summary = run_extract(faces, features, dlib_extractor_dir, "--engine", "ray", "--ray_address", ray_address,
-                          "--upsample", "1", "--batch_size", "4")
+                          "--batch_size", "4")
     assert summary["reused"] == sum(len(person.files) for person in kept.values())  # not sent again
     assert summary["embedded"] + sum(summary["skipped"].values()) + summary["reused"] == 96
     cache = FeatureCache.load(features)  # complete: every person, every photo accounted for
