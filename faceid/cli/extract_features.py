@@ -65,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.ray_address and args.engine != "ray":
+        raise InputError("--ray_address is for --engine ray")
+    # Before any work: a missing [ray] extra is named before a cache is converted or read.
+    engine = RayEngine(args.model_path, args.runtime, args.ray_address, quiet=args.quiet) if args.engine == "ray" else None
     if args.encrypt:
         key = active_key()
         if key is None:
@@ -72,9 +76,6 @@ def run(args: argparse.Namespace) -> int:
         if (args.features / MANIFEST_NAME).is_file():
             for place, counts in convert(args.features, None, None, key).items():
                 print(f"encrypted {place}: {counts['rewritten']} files ({counts['already']} already)", file=sys.stderr)
-    if args.ray_address and args.engine != "ray":
-        raise InputError("--ray_address is for --engine ray")
-    engine = RayEngine(args.model_path, args.runtime, args.ray_address, quiet=args.quiet) if args.engine == "ray" else None
     extractor = load_extractor(args.model_path, args.runtime)
     summary = extract_features(
         args.faces_path, extractor, args.features,

@@ -63,7 +63,8 @@ class ExtractionSummary:
         problems = [(reason, files) for reason, files in sorted(self.skipped.items())]
         problems.append(("several faces (largest used)", self.several_faces))
         problems.append(("removed people", self.removed_people))
-        for reason, files in problems:
+        for reason, unordered in problems:
+            files = sorted(unordered)  # the same text whatever order an engine returned results in
             if files:
                 shown = ", ".join(files[:examples]) + (f", ... (+{len(files) - examples})" if len(files) > examples else "")
                 lines.append(f"  {reason}: {len(files)}: {shown}")
