@@ -36,11 +36,10 @@ import numpy as np
 from faceid.backbones import create_extractor, load_extractor
 from faceid.benchmarks.common import print_json_lines, print_table, shared_data
 from faceid.benchmarks.extract import _subset
-from faceid.extras import require
 from faceid.features.cache import FeatureCache
 from faceid.features.engine import LocalEngine
 from faceid.features.extract import extract_features
-from faceid.features.ray_engine import LOOPBACK_ENV, RayEngine
+from faceid.features.ray_engine import RayEngine
 from faceid.io.images import list_people
 from faceid.settings import DEFAULTS
 
@@ -62,9 +61,6 @@ def _timed_extract(faces: Path, extractor, features: Path, engine) -> tuple[floa
 
 
 def run(args: argparse.Namespace) -> int:
-    os.environ.setdefault(LOOPBACK_ENV, "0")
-    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # Ray's C++ notices on stderr; failures still raise
-    ray = require("ray", "bench.py ray")
     records = []
     with tempfile.TemporaryDirectory(prefix="faceid-bench-") as workdir:
         work = Path(workdir)
@@ -78,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
         create_extractor("dlib").save(work / "extractor", "extractor")
         extractor = load_extractor(work / "extractor")
         local = LocalEngine(workers=args.workers)
-        cold = RayEngine(work / "extractor", num_cpus=args.cpus, quiet=True)
+        cold = RayEngine(work / "extractor", num_cpus=args.cpus, quiet=True)  # starts and stops its own instance
+        warm = RayEngine(work / "extractor", num_cpus=args.cpus, quiet=True)  # joins the one started below
 
         runs = 0
 
@@ -88,18 +85,16 @@ def run(args: argparse.Namespace) -> int:
             return work / f"features{runs}"
 
         times: dict[str, list[float]] = {"local": [], "ray": [], "local_one": [], "ray_one": []}
+        embedded: dict[str, int] = {}
         driver_cpu: list[float] = []  # the Ray runs' driver: planning, hashing, Ray Data's executor, writes
         cold_seconds, _, _ = _timed_extract(faces, extractor, fresh(), cold)  # also warms the file cache
-        ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, logging_level="ERROR",
-                 log_to_driver=False)
+        warm.connect()  # the same local instance the engine would start, kept up for the timed runs
         try:
-            warm = RayEngine(work / "extractor", quiet=True)
-            ray.data.DataContext.get_current().enable_progress_bars = False
             caches = {}
             for _ in range(args.repeats):
                 for name, engine in (("local", local), ("ray", warm)):
                     caches[name] = fresh()
-                    seconds, cpu, embedded = _timed_extract(faces, extractor, caches[name], engine)
+                    seconds, cpu, embedded[name] = _timed_extract(faces, extractor, caches[name], engine)
                     times[name].append(seconds)
                     if name == "ray":
                         driver_cpu.append(cpu)
@@ -109,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
             again = extract_features(faces, extractor, caches["ray"], engine=warm, progress=False)
             again_seconds = time.perf_counter() - again_started
         finally:
-            ray.shutdown()
+            warm.ray.shutdown()
         a, b = FeatureCache.load(caches["local"]), FeatureCache.load(caches["ray"])
         max_diff = max(float(np.abs(a.people[name].vectors - b.people[name].vectors).max(initial=0.0)) for name in a.people)
     median = {name: statistics.median(values) for name, values in times.items()}
@@ -119,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     for name, label in (("local", f"local ({args.workers} worker processes + embedding here)"),
                         ("ray", f"ray ({args.cpus} CPUs, instance already running)")):
         records.append({
-            "bench": "ray", "engine": label, "images": n_images, "embedded": embedded,
+            "bench": "ray", "engine": label, "images": n_images, "embedded": embedded[name],
             "seconds": round(median[name], 2), "img_per_s": round(n_images / median[name], 2),
             "ratio": round(median["local"] / median[name], 3),
             "one_person_s": round(median[f"{name}_one"], 2),

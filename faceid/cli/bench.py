@@ -9,6 +9,7 @@ Usage:
     python bench.py encryption              what encryption at rest costs: extraction, loading 100k vectors
     python bench.py startup                 import time of faceid and of test.py --help (run with each venv)
     python bench.py install                 time, disk and packages of the core and of each extra, fresh venvs
+    python bench.py ray                     images/s of extract_features.py --engine ray against the local engine
 
 Each sub-command's --help lists its options. Run on an otherwise idle machine.
 """

@@ -137,19 +137,17 @@ class RayEngine(ExtractionEngine):
         address: a running cluster (``ray://host:10001``, ``host:6379``, ``auto``); ``None``
             starts a local Ray instance with this machine's cores (stopped at the end).
         num_cpus: the CPUs of that local instance (``None``: every core).
-        actors: the most embedding actors (``None``: one per :data:`CPUS_PER_ACTOR` cluster CPUs).
         quiet: keep Ray's own log lines out of the terminal (errors still raise).
     """
 
     name = "ray"
 
     def __init__(self, model_path: str | Path, runtime: str = "auto", address: str | None = None,
-                 num_cpus: int | None = None, actors: int | None = None, quiet: bool = False):
+                 num_cpus: int | None = None, quiet: bool = False):
         self.model_path = Path(model_path)
         self.runtime = runtime
         self.address = address
         self.num_cpus = num_cpus
-        self.actors = actors
         self.quiet = quiet
         if address is None:
             # A local instance serves this machine only: Ray's processes listen on loopback
@@ -163,7 +161,7 @@ class RayEngine(ExtractionEngine):
         if not paths:
             return
         ray = self.ray
-        started = self._connect()
+        started = self.connect()
         try:
             yield from self._run(list(paths), cropper, extractor, batch_size)
         except ray.exceptions.RayError as error:
@@ -175,8 +173,9 @@ class RayEngine(ExtractionEngine):
             if started:
                 ray.shutdown()
 
-    def _connect(self) -> bool:
-        """Join the cluster (or start a local instance); True when this call started Ray."""
+    def connect(self) -> bool:
+        """Join the cluster (or start a local instance) unless Ray is already up in this process;
+        True when this call started it (:meth:`extract` calls it, and stops what it started)."""
         ray = self.ray
         if ray.is_initialized():
             return False
@@ -209,8 +208,6 @@ class RayEngine(ExtractionEngine):
         return True
 
     def _pool_size(self) -> int:
-        if self.actors:
-            return max(1, self.actors)
         cpus = self.ray.cluster_resources().get("CPU", 1)
         return max(1, int(cpus // CPUS_PER_ACTOR))
 
