@@ -1,35 +1,71 @@
 """Exceptions raised by the faceid package.
 
-Every message says what went wrong *and* what to do about it; the scripts print
-``error: <message>`` and exit non-zero, so the message is all the user sees.
+This module is the one place the package's exception classes are defined (``faceid.errors``);
+other modules import them from here. Every message says what went wrong *and* what to do about it,
+in library terms: a parameter is named in backticks (`` `key` ``, `` `scorer` ``), and a script that
+prints the message (``error: <message>``, exit non-zero) turns each such name into its own flag
+(``--key_file``, ``--scorer``): see :func:`faceid.cli.run_reporting_errors`. No message embeds a
+Python object's representation (``<_io.BytesIO object at 0x...>``): a file is named by its path.
 """
 
 from __future__ import annotations
 
 
 class FaceIdError(Exception):
-    """Base class for every error the package raises on purpose."""
+    """Base class for every error the package raises on purpose: ``except FaceIdError`` catches them all."""
 
 
 class InputError(FaceIdError):
-    """A path, folder or file given by the user is missing, empty or unusable."""
+    """Raised when a path, folder, file or value given by the caller is missing, empty or unusable."""
 
 
 class ImageReadError(InputError):
-    """A file could not be decoded as an image (not an image, truncated, unreadable)."""
+    """Raised when a file or bytes cannot be decoded as an image (not an image, truncated, unreadable)."""
 
 
 class NoFaceError(FaceIdError):
-    """No face was found where one was required."""
+    """Raised when no face was found where one was required."""
 
 
 class WeightsUnavailableError(FaceIdError):
-    """Pretrained backbone weights could not be loaded or downloaded."""
+    """Raised when pretrained backbone weights cannot be loaded or downloaded."""
 
 
 class ManifestMismatchError(FaceIdError):
-    """Two artefacts were made by different models or settings and cannot be combined."""
+    """Raised when two artefacts were made by different models or settings and cannot be combined."""
 
 
 class NotFittedError(FaceIdError):
-    """An estimator was used before ``fit``."""
+    """Raised when an estimator is used before ``fit``."""
+
+
+class DlibModelError(InputError):
+    """Raised when a file is not a dlib DNN model this reader understands (truncated, another format...)."""
+
+
+class SealError(InputError):
+    """Raised when a sealed (encrypted) file or a key cannot be used; the message names the file and the fix."""
+
+
+class KeyRequiredError(SealError):
+    """Raised when a file or cache is encrypted and no key was given."""
+
+
+class WrongKeyError(SealError):
+    """Raised when a file was sealed with another key than the one given."""
+
+
+class TamperedFileError(SealError):
+    """Raised when a sealed file fails authentication: changed, truncated, or moved from another place."""
+
+
+class PlaintextFileError(SealError):
+    """Raised for a plaintext file where only encrypted ones may be (or an encrypted one among plaintext)."""
+
+
+class MissingExtraError(FaceIdError):
+    """Raised when a feature needs an optional dependency (a pip extra) that is not installed."""
+
+
+class ClusterError(FaceIdError):
+    """Raised when the Ray cluster cannot be reached, or a stage failed there for good."""

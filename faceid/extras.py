@@ -14,7 +14,7 @@ import importlib
 import importlib.util
 from types import ModuleType
 
-from faceid.errors import FaceIdError
+from faceid.errors import MissingExtraError  # defined in errors.py; importable from here too
 
 # Import name -> the extra that installs it (pyproject.toml's [project.optional-dependencies]).
 EXTRA_OF_MODULE = {
@@ -27,10 +27,6 @@ EXTRA_OF_MODULE = {
     "matplotlib": "plots",
     "ray": "ray",
 }
-
-
-class MissingExtraError(FaceIdError):
-    """A feature needs an optional dependency that is not installed."""
 
 
 def install_hint(extra: str) -> str:

@@ -13,9 +13,12 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Settings:
     # --- backbone (network.py) -------------------------------------------------
+    # dlib's face-trained ResNet: in the core install (no TensorFlow), ships with
+    # face_recognition_models, and far more accurate on faces than ImageNet features.
+    # "resnet50", the original design, needs the [train] extra and ImageNet weights.
+    backbone: str = "dlib"
     # ResNet50 cut after the second block of stage 5 (old Keras: activation_46):
     # deep enough to be semantic, one block short of the ImageNet-class-specific top.
-    backbone: str = "resnet50"
     resnet_layer: str = "conv5_block2_out"
     # ResNet50's native ImageNet resolution; smaller inputs run faster but the
     # 7x7 final grid shrinks with them.
@@ -146,3 +149,7 @@ class Settings:
 
 
 DEFAULTS = Settings()
+
+# Where a bce-trained tower (train_siamese.py --loss bce) keeps its distance layer inside the extractor
+# directory, as a similarity model identification uses by default.
+EXTRACTOR_HEAD_DIR = "head"

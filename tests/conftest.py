@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,10 @@ LFW = DATA / "lfw_devtrain"
 ORL = DATA / "orl"
 VIDEO = DATA / "video" / "hamilton_clip.mp4"
 KNOWN = DATA / "video" / "known"
+# How long a test waits for a subprocess it starts (an interpreter, a script, a build): minutes, so a
+# loaded 2-core machine, where a fresh interpreter importing NumPy, OpenCV and ONNX Runtime takes tens
+# of seconds, still finishes; the bound only turns a hang into a failure that says what hung.
+SUBPROCESS_TIMEOUT_S = 600
 
 
 def pytest_configure(config):
@@ -29,6 +34,25 @@ def pytest_configure(config):
         raise pytest.UsageError(
             f"test data not found at {DATA}: check out ../shared beside the repo or set FACEID_DATA"
         )
+
+
+def output_text(data: str | bytes | None) -> str:
+    """A subprocess's captured output as text (a TimeoutExpired holds what it got so far as bytes)."""
+    if isinstance(data, bytes):
+        return data.decode(errors="replace")
+    return data or ""
+
+
+def run_process(argv: list[str], *, what: str | None = None, timeout: float = SUBPROCESS_TIMEOUT_S,
+                **kwargs) -> subprocess.CompletedProcess:
+    """``subprocess.run(argv)`` with its output captured as text and no exit-code check; one that is
+    still running after ``timeout`` seconds is killed and fails the test with ``what`` it was (the
+    command line by default) and its output so far, not a bare TimeoutExpired."""
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False, **kwargs)
+    except subprocess.TimeoutExpired as error:
+        pytest.fail(f"{what or ' '.join(map(str, argv))} did not finish in {timeout:.0f} s; its output so far:\n"
+                    f"{output_text(error.stdout)}{output_text(error.stderr)}", pytrace=False)
 
 
 def copy_people(
@@ -117,13 +141,14 @@ def restore_logging():
     root.handlers[:] = _ROOT_LOGGING[1]
 
 
-@pytest.fixture(autouse=True)
-def no_key_in_use():
-    """A script run with --key_file leaves its key in use in this process: none after each test."""
+@pytest.fixture(scope="session", autouse=True)
+def no_key_in_the_environment():
+    """Scripts read $FACEID_KEY when no --key_file is given: a developer's own key must not change what
+    the tests (and their module fixtures) write; a test that wants one sets it with monkeypatch."""
+    saved = os.environ.pop("FACEID_KEY", None)
     yield
-    from faceid.io.sealed import configure_key
-
-    configure_key(None)
+    if saved is not None:
+        os.environ["FACEID_KEY"] = saved
 
 
 @pytest.fixture

@@ -83,7 +83,7 @@ def test_cache_from_another_extractor_stops_without_changing_anything(
     extract_features(orl_faces, dlib_extractor, features, progress=False)
     snapshot = {path.name: path.read_bytes() for path in (features / "people").iterdir()}
     resnet = create_extractor("resnet50", BackboneOptions(weights="none", input_size=64))
-    with pytest.raises(ManifestMismatchError, match="--rebuild") as error:
+    with pytest.raises(ManifestMismatchError, match="`rebuild`") as error:
         extract_features(orl_faces, resnet, features, progress=False)
     assert "dlib" in str(error.value) and "resnet50" in str(error.value)
     assert {path.name: path.read_bytes() for path in (features / "people").iterdir()} == snapshot
@@ -111,13 +111,34 @@ def test_unreadable_and_faceless_images_are_reported_and_remembered(
     assert "s4/blank.png" in again.skipped[NO_FACE] and again.embedded == 0
 
 
-def test_person_with_no_usable_image_is_reported(tmp_path, dlib_extractor):
-    faces = copy_people(ORL, tmp_path / "faces", ["s6"], max_images=3)
+def test_fingerprint_mismatch_names_the_settings_that_differ(tmp_path):
+    from faceid.backbones import create_extractor
+
+    faces = copy_people(ORL, tmp_path / "faces", ["s1"], max_images=2)
+    plain = create_extractor("dlib", BackboneOptions(tta="none"))
+    extract_features(faces, plain, tmp_path / "features", workers=0, progress=False)
+    flipped = create_extractor("dlib", BackboneOptions(tta="flip"))
+    with pytest.raises(ManifestMismatchError) as error:
+        FeatureCache.load(tmp_path / "features", flipped.manifest)
+    message = str(error.value)
+    assert "tta: none ≠ flip" in message
+    # the other settings are the same, so they are not listed as differences
+    assert "backbone:" not in message and "object at 0x" not in message
+
+
+def test_person_with_no_usable_image_is_reported_not_enrolled(tmp_path, dlib_extractor, caplog):
+    faces = copy_people(ORL, tmp_path / "faces", ["s6", "s7"], max_images=3)
     (faces / "ghost").mkdir()
     (faces / "ghost" / "readme.txt").write_text("no photos yet")
+    (faces / "empty").mkdir()
     summary = extract_features(faces, dlib_extractor, tmp_path / "features", progress=False)
-    assert summary.too_few["ghost"] == 0
-    assert "ghost" in summary.report()
+    assert sorted(summary.not_enrolled) == ["empty", "ghost"] and "ghost" not in summary.too_few
+    assert "not enrolled (no usable image, so never identified): 2: empty, ghost" in summary.report()
+    assert any("ghost is not enrolled" in record.getMessage() for record in caplog.records)
+    # Identification names who was left out, and enrols only the others.
+    cache = FeatureCache.load(tmp_path / "features")
+    assert cache.not_enrolled == ["empty", "ghost"]
+    assert cache.matrix()[2] == ["s6", "s7"]
 
 
 def test_several_faces_use_the_largest(tmp_path, dlib_extractor):

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 
 import pytest
-from conftest import REPO
+from conftest import REPO, run_process
 
 from faceid.match.model import SimilarityModel
 
@@ -18,7 +17,7 @@ SCRIPTS = ["network.py", "extract_features.py", "compute_mean.py", "train.py", "
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_each_root_script_runs_its_faceid_cli_module(script):
-    done = subprocess.run([sys.executable, script, "--help"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    done = run_process([sys.executable, script, "--help"], cwd=REPO)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("usage: ") and f"usage: {script}" in done.stdout
 
@@ -26,7 +25,7 @@ def test_each_root_script_runs_its_faceid_cli_module(script):
 def test_identification_needs_no_tensorflow_import():
     code = ("import sys; from faceid.cli import identify, extract_features, evaluate, check_faces, retrieve, photo2sketch, keys, forget; "
             "print('tensorflow' in sys.modules or 'keras' in sys.modules)")
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    done = run_process([sys.executable, "-c", code], cwd=REPO)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
 

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from conftest import LFW, VIDEO
 
-from faceid.backbones.dlib_format import DlibModelError
-from faceid.backbones.dlib_graph import read_mmod_detector
 from faceid.detect.faces import CNN_DETECTOR_MODEL, RECOGNITION_MODEL, detect_faces, dlib_model_path
 from faceid.detect.mmod import cnn_detector, pyramid_layout, resize_bilinear
 from faceid.io.images import read_image
 from faceid.io.video import VideoSource
+from faceid.nets.dlib_format import DlibModelError
+from faceid.nets.dlib_graph import read_mmod_detector
 
 # An LFW photo where dlib's HOG detector (upsample 1) finds no face and the CNN finds one
 # (found by scanning LFW DevTrain; the count for all of it is in README).

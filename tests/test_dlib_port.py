@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 
 import numpy as np
 import pytest
-from conftest import DATA, LFW, REPO
+from conftest import DATA, LFW, REPO, run_process
 
 from faceid.backbones import BackboneOptions, create_extractor, load_extractor
-from faceid.backbones.dlib_format import DlibModelError, read_dlib_network
-from faceid.backbones.dlib_graph import face_resnet_type, read_face_resnet
 from faceid.backbones.dlib_resnet import face_resnet
 from faceid.cli import extract_features, network
 from faceid.detect.faces import RECOGNITION_MODEL, dlib_model_path
@@ -20,6 +17,8 @@ from faceid.errors import InputError
 from faceid.features.cache import FeatureCache
 from faceid.features.embedding import FaceEmbedder
 from faceid.io.images import read_image
+from faceid.nets.dlib_format import DlibModelError, read_dlib_network
+from faceid.nets.dlib_graph import face_resnet_type, read_face_resnet
 
 CUHK_PHOTOS = DATA / "cuhk_train" / "photos"
 
@@ -124,8 +123,8 @@ def test_reader_refuses_dlibs_detector_as_the_face_network():
 def test_gradient_reaches_every_trainable_weight_of_the_keras_model(lfw_chips):
     import tensorflow as tf
 
-    from faceid.backbones.dlib_keras import face_resnet_keras
     from faceid.backbones.dlib_resnet import preprocess_dlib
+    from faceid.nets.dlib_keras import face_resnet_keras
 
     model = face_resnet_keras(face_resnet())
     assert model.count_params() == face_resnet().parameter_count
@@ -178,7 +177,7 @@ def test_int8_is_close_to_fp32_and_has_its_own_fingerprint(int8_dir, plain_dir, 
 
 
 def test_int8_needs_face_photos_to_calibrate_on(tmp_path):
-    with pytest.raises(InputError, match="--calibration_faces"):
+    with pytest.raises(InputError, match="`calibration_faces`"):
         create_extractor("dlib", BackboneOptions(precision="int8"))
     (tmp_path / "notes.txt").write_text("no faces here")
     with pytest.raises(InputError, match="0 face chips"):
@@ -215,6 +214,6 @@ def test_dlib_backbone_runs_without_tensorflow(dlib_extractor_dir):
         f"extractor = load_extractor({str(dlib_extractor_dir)!r})\n"
         "print(extractor.runtime, extractor.embed(np.zeros((2, 150, 150, 3), np.uint8)).shape)\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    result = run_process([sys.executable, "-c", code], cwd=REPO)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["onnx", "(2,", "128)"]

@@ -83,9 +83,59 @@ def test_a_malformed_key_is_named(tmp_path, monkeypatch):
         sealed.read_key_file(tmp_path / "junk")
     with pytest.raises(sealed.SealError, match="not found"):
         sealed.read_key_file(tmp_path / "missing")
+    from faceid.cli import add_verbosity, script_key
+
+    parser = __import__("argparse").ArgumentParser()
+    add_verbosity(parser)
     key = sealed.new_key()
     monkeypatch.setenv(sealed.KEY_ENV, key.text())
-    assert sealed.resolve_key(None).id == key.id
+    assert script_key(parser.parse_args([])).id == key.id  # a script: --key_file, else $FACEID_KEY
+    (tmp_path / "k").write_text(sealed.new_key().text())
+    assert script_key(parser.parse_args(["--key_file", str(tmp_path / "k")])).id != key.id  # the file wins
+    monkeypatch.setenv(sealed.KEY_ENV, "not base64 at all!")
+    with pytest.raises(sealed.SealError, match=r"\$FACEID_KEY is not a base64 key"):
+        script_key(parser.parse_args([]))
+
+
+def test_the_package_reads_no_key_from_the_environment_only_the_scripts_do(world, tmp_path, monkeypatch):
+    """$FACEID_KEY is read at the boundary (a script), never deep inside: a library call without ``key=``
+    writes plaintext and cannot open what the script encrypted with the same environment."""
+    from faceid.backbones import load_extractor
+    from faceid.features.extract import extract_features
+
+    faces = copy_people(world["faces"], tmp_path / "faces", PEOPLE[:2], max_images=2)
+    key = sealed.read_key_file(world["k1"])
+    monkeypatch.setenv(sealed.KEY_ENV, key.text())
+    extract_features(faces, load_extractor(world["extractor"]), tmp_path / "library", workers=0, progress=False)
+    assert extract_script.main(["--faces_path", str(faces), "--model_path", str(world["extractor"]),
+                                "--features", str(tmp_path / "script"), "--workers", "0", "-q"]) == 0
+    library, script = tmp_path / "library", tmp_path / "script"
+    assert json.loads((library / "manifest.json").read_text())["encryption"] is None
+    assert json.loads((script / "manifest.json").read_text())["encryption"]["key_id"] == key.id
+    for person in PEOPLE[:2]:
+        assert not sealed.is_sealed((library / "people" / f"{person}.npz").read_bytes())
+        assert sealed.sealed_key_id((script / "people" / f"{person}.npz").read_bytes()) == key.id
+    assert sorted(FeatureCache.load(library).people) == sorted(PEOPLE[:2])  # plaintext, no key needed
+    with pytest.raises(sealed.KeyRequiredError):
+        FeatureCache.load(script)  # the environment's key is not picked up here
+    opened = FeatureCache.load(script, key=key)
+    for person in PEOPLE[:2]:
+        np.testing.assert_array_equal(opened.people[person].vectors, FeatureCache.load(library).people[person].vectors)
+
+
+def test_no_module_below_the_boundary_reads_a_key_from_the_environment():
+    """Only faceid/cli/ and faceid/api.py may look up $FACEID_KEY (the behaviour is checked above)."""
+    import re
+
+    import faceid
+
+    package = Path(faceid.__file__).parent
+    lookup = re.compile(r"(environ|getenv)\b.*(KEY_ENV|FACEID_KEY)|(KEY_ENV|FACEID_KEY).*\b(environ|getenv)\b")
+    found = [f"{path.relative_to(package)}:{number}" for path in sorted(package.rglob("*.py"))
+             if path.relative_to(package).parts[0] not in ("cli", "api.py")
+             for number, line in enumerate(path.read_text().splitlines(), start=1)
+             if lookup.search(line) and not line.lstrip().startswith(("#", '"', "'", "f\"", "``"))]
+    assert not found, found
 
 
 def test_identification_is_identical_with_and_without_encryption(world, tmp_path):
@@ -99,8 +149,7 @@ def test_identification_is_identical_with_and_without_encryption(world, tmp_path
 
 
 def test_encrypted_files_hold_none_of_the_vectors_bytes(world):
-    sealed.use_key(sealed.read_key_file(world["k1"]))
-    cache = FeatureCache.load(world["sealed"])
+    cache = FeatureCache.load(world["sealed"], key=sealed.read_key_file(world["k1"]))
     plain_cache = FeatureCache.load(world["plain"])
     for person in PEOPLE:
         on_disk = (world["sealed"] / "people" / f"{person}.npz").read_bytes()
@@ -265,9 +314,7 @@ def test_crops_are_written_encrypted_and_read_back_by_worker_processes(world, tm
     assert keys_script.main(["decrypt", "--faces_path", str(crops), *key]) == 0
     assert not any(sealed.is_sealed(path.read_bytes()) for path in files)
     assert extract_script.main([*base, "--features", str(tmp_path / "plain"), "--workers", "0"]) == 0
-    sealed.use_key(sealed.read_key_file(world["k1"]))
-    encrypted_cache = FeatureCache.load(tmp_path / "sealed")
-    sealed.use_key(None)
+    encrypted_cache = FeatureCache.load(tmp_path / "sealed", key=sealed.read_key_file(world["k1"]))
     plain_cache = FeatureCache.load(tmp_path / "plain")
     for person in PEOPLE:
         np.testing.assert_array_equal(encrypted_cache.people[person].vectors, plain_cache.people[person].vectors)
@@ -305,12 +352,12 @@ def test_training_chips_are_sealed_and_open_in_memory(world, tmp_path):
     faces = FaceSet(paths=paths, labels=np.zeros(len(paths)), names=["x"], layout="folders")
     cropper = FaceCropper(FaceOptions(), 150, 0.25)
     plain = prepare_chips(faces, cropper, tmp_path / "plain", workers=0, progress=False)
-    sealed.use_key(sealed.read_key_file(world["k1"]))
-    encrypted = prepare_chips(faces, cropper, tmp_path / "sealed", workers=0, progress=False)
+    key = sealed.read_key_file(world["k1"])
+    encrypted = prepare_chips(faces, cropper, tmp_path / "sealed", workers=0, progress=False, key=key)
     assert sealed.is_sealed((tmp_path / "sealed" / "chips.npy").read_bytes())
     np.testing.assert_array_equal(np.asarray(plain.chips), encrypted.chips)
     # A plaintext chips file is prepared again, encrypted, when a key is in use.
-    again = prepare_chips(faces, cropper, tmp_path / "plain", workers=0, progress=False)
+    again = prepare_chips(faces, cropper, tmp_path / "plain", workers=0, progress=False, key=key)
     assert sealed.is_sealed((tmp_path / "plain" / "chips.npy").read_bytes())
     np.testing.assert_array_equal(again.chips, encrypted.chips)
 
@@ -338,28 +385,25 @@ def test_forget_removes_a_person_from_the_cache_the_galleries_the_stats_and_the_
     from faceid.backbones import load_extractor
     from faceid.features.extract import extract_features
 
-    sealed.use_key(sealed.read_key_file(world["k1"]))
+    k1 = sealed.read_key_file(world["k1"])
     extract_features(gallery, load_extractor(world["extractor"]), flat_cache, workers=0, progress=False,
-                     people_files=list_photos(gallery, "--gallery"))
-    sealed.configure_key(None)
+                     people_files=list_photos(gallery, "`gallery`"), key=k1)
     capsys.readouterr()
 
     assert forget_script.main(["--person", gone, "--features", str(features), "--faces_path", str(faces), *key]) == 0
     printed = capsys.readouterr().out
     assert f"people/{gone}.npz: deleted (4 vectors)" in printed and "recomputed" in printed and "flat gallery" in printed
     assert not (faces / gone).exists() and all((faces / person).is_dir() for person in PEOPLE[1:])
-    sealed.use_key(sealed.read_key_file(world["k1"]))
     for cache in (features, features / "galleries" / "g", flat_cache):
-        opened = FeatureCache.load(cache)  # the hash table and the seal were rewritten: it opens
+        opened = FeatureCache.load(cache, key=k1)  # the hash table and the seal were rewritten: it opens
         assert gone not in opened.people and gone not in opened.manifest["people"]
         assert not any(gone in name for name in opened.manifest["files"])
-    assert all(not name.startswith(gone) for name in FeatureCache.load(flat_cache).people["_flat"].files)
+    assert all(not name.startswith(gone) for name in FeatureCache.load(flat_cache, key=k1).people["_flat"].files)
     assert (features / "stats.npz").read_bytes() != stats_before and sealed.is_sealed((features / "stats.npz").read_bytes())
-    cache = FeatureCache.load(features)
+    cache = FeatureCache.load(features, key=k1)
     vectors, labels, names = cache.matrix()
     search = Gallery(shortlist=2, threshold=0.0).fit(vectors, np.array(names)[labels])  # the two-stage search index
     assert gone not in search.classes_
-    sealed.configure_key(None)
     # test.py, exhaustive and with the shortlist, never names them again, on their own photos either.
     own = tmp_path / "own"
     shutil.copytree(world["faces"] / gone, own)
@@ -372,8 +416,7 @@ def test_forget_removes_a_person_from_the_cache_the_galleries_the_stats_and_the_
     assert "nothing was removed" in capsys.readouterr().err
     assert forget_script.main(["--person", PEOPLE[1], "--features", str(features)]) == 1  # no key: refused
     assert "is encrypted" in capsys.readouterr().err
-    sealed.use_key(sealed.read_key_file(world["k1"]))
-    assert PEOPLE[1] in FeatureCache.load(features).people
+    assert PEOPLE[1] in FeatureCache.load(features, key=k1).people
 
 
 def test_capture_writes_encrypted_crops_and_frames_from_the_clip(world, tmp_path):
@@ -394,11 +437,9 @@ def test_capture_writes_encrypted_crops_and_frames_from_the_clip(world, tmp_path
     assert all(sealed.is_sealed(path.read_bytes()) for path in crops + frames)
     from faceid.io.images import read_image
 
-    sealed.use_key(None)  # the script left its key in use in this process
     with pytest.raises(sealed.KeyRequiredError):
-        read_image(crops[0])
-    sealed.use_key(sealed.read_key_file(world["k1"]))
-    assert read_image(crops[0]).shape[2] == 3
+        read_image(crops[0])  # the script's key stayed with the script: nothing in the process holds one
+    assert read_image(crops[0], sealed.read_key_file(world["k1"])).shape[2] == 3
 
 
 def test_forget_interrupted_before_the_manifest_is_rewritten_finishes_when_run_again(world, tmp_path, monkeypatch,

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO, run_process
 
 from faceid.errors import InputError
 from faceid.match.head import HeadArchitecture, SimilarityHead, score_pairs
@@ -69,13 +69,8 @@ def trained(toy_problem) -> tuple[SimilarityHead, dict[str, list[float]]]:
 
 def test_importing_the_head_module_does_not_import_keras() -> None:
     code = "import sys, faceid.match.head; print('keras' in sys.modules, 'tensorflow' in sys.modules)"
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=Path(__file__).resolve().parents[1],
-    )
+    result = run_process([sys.executable, "-c", code], cwd=REPO)
+    assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["False", "False"]
 
 

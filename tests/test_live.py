@@ -275,7 +275,7 @@ def test_no_display_without_a_display_server(monkeypatch):
 
 def test_asking_for_a_window_without_one_says_what_to_do(embedder, gallery, monkeypatch, tmp_path):
     monkeypatch.setattr("faceid.io.display.display_available", lambda: False)
-    with pytest.raises(InputError, match="--no_display"):
+    with pytest.raises(InputError, match="`display`"):
         run_live(VideoSource(CLIP), embedder, gallery, display=True, jsonl_path=tmp_path / "faces.jsonl",
                  progress=False)
 
@@ -351,7 +351,7 @@ def test_script_refuses_a_normalize_the_head_was_not_trained_with(
     ])
     assert code == 1
     error = capsys.readouterr().err
-    assert f"--normalize {requested}" in error and f"trained with --normalize {int(trained_with)}" in error
+    assert f"--normalize {requested} contradicts" in error and f"trained with normalize {int(trained_with)}" in error
 
 
 def test_script_rejects_two_sources(tmp_path):

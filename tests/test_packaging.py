@@ -19,7 +19,7 @@ import venv
 from pathlib import Path
 
 import pytest
-from conftest import KNOWN, REPO, VIDEO, copy_people
+from conftest import KNOWN, REPO, VIDEO, copy_people, run_process
 
 import faceid
 from faceid.cli import main as faceid_command
@@ -34,12 +34,11 @@ def extras_imported_code() -> str:
             f"& set({EXTRAS_MODULES!r}))))")
 
 
-def run_without_extras(body: str, timeout: int = 300) -> subprocess.CompletedProcess:
+def run_without_extras(body: str) -> subprocess.CompletedProcess:
     """Run ``body`` in a fresh interpreter in which no extra is installed (their imports fail)."""
     code = ("import json, sys\n"
             f"for name in {EXTRAS_MODULES!r}: sys.modules[name] = None\n" + body)
-    return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=timeout,
-                          check=False)
+    return run_process([sys.executable, "-c", code], what="python -c (no extra installed)", cwd=REPO)
 
 
 # --- the faceid command -----------------------------------------------------------------
@@ -108,11 +107,10 @@ def test_importing_every_module_of_the_core_imports_no_extra():
     body = (
         "import pkgutil, importlib, faceid\n"
         "for info in pkgutil.walk_packages(faceid.__path__, 'faceid.'):\n"
-        "    if info.name not in ('faceid.backbones.dlib_keras', 'faceid.__main__'):\n"
+        "    if info.name not in ('faceid.nets.dlib_keras', 'faceid.__main__'):\n"
         "        importlib.import_module(info.name)\n" + extras_imported_code()
     )
-    done = subprocess.run([sys.executable, "-c", "import json, sys\n" + body], cwd=REPO, capture_output=True,
-                          text=True, timeout=300, check=False)
+    done = run_process([sys.executable, "-c", "import json, sys\n" + body], what="importing every module", cwd=REPO)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.strip().splitlines()[-1]) == []
 
@@ -215,22 +213,20 @@ def test_headless_opencv_on_a_desktop_says_which_build_to_install(tmp_path, caps
 def core_venv(tmp_path_factory) -> Path:
     """A fresh venv with the wheel ``python -m build`` makes of this tree, no extras."""
     root = tmp_path_factory.mktemp("core_venv")
-    built = subprocess.run([sys.executable, "-m", "build", "--outdir", str(root / "dist"), str(REPO)],
-                           capture_output=True, text=True, timeout=300, check=False)
+    built = run_process([sys.executable, "-m", "build", "--outdir", str(root / "dist"), str(REPO)])
     assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
     wheels = list((root / "dist").glob("faceid-*.whl"))
     assert len(wheels) == 1 and list((root / "dist").glob("faceid-*.tar.gz"))
     venv.EnvBuilder(with_pip=True).create(root / "venv")
     python = root / "venv" / "bin" / "python"
-    installed = subprocess.run([str(python), "-m", "pip", "install", "--quiet", str(wheels[0])],
-                               capture_output=True, text=True, timeout=600, check=False)
+    installed = run_process([str(python), "-m", "pip", "install", "--quiet", str(wheels[0])])
     assert installed.returncode == 0, installed.stderr[-3000:]
     return root / "venv"
 
 
 def venv_run(core_venv: Path, argv: list[str], cwd: Path = REPO) -> subprocess.CompletedProcess:
     environment = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=300, check=False, env=environment)
+    return run_process(argv, cwd=cwd, env=environment)
 
 
 def test_the_core_wheel_installs_no_extra(core_venv):
@@ -259,7 +255,8 @@ def test_the_installed_command_lists_its_subcommands_and_version(core_venv, tmp_
 def test_the_root_scripts_identify_the_clip_in_the_core_venv(core_venv, tmp_path):
     python = str(core_venv / "bin" / "python")
     steps = [
-        [python, "network.py", "--backbone", "dlib", "--output", str(tmp_path / "extractor")],
+        # no --backbone: dlib, the default, which the core install runs (no TensorFlow)
+        [python, "network.py", "--output", str(tmp_path / "extractor")],
         [python, "extract_features.py", "--faces_path", str(KNOWN), "--model_path", str(tmp_path / "extractor"),
          "--features", str(tmp_path / "known")],
         [python, "test.py", "--features", str(tmp_path / "known"), "--model", str(tmp_path / "extractor"),
@@ -277,6 +274,15 @@ def test_the_root_scripts_identify_the_clip_in_the_core_venv(core_venv, tmp_path
     assert sum(face["name"] == "lin-manuel-miranda" for face in faces) >= 15
     by_command = [json.loads(line) for line in (tmp_path / "command.jsonl").read_text().splitlines()]
     assert [(face["frame"], face["name"]) for face in by_command] == [(face["frame"], face["name"]) for face in faces]
+    # The Python API of the installed copy reads the same cache and names the same person.
+    code = ("import faceid, sys; fid = faceid.FaceID(model=sys.argv[1], features=sys.argv[2]); "
+            "print(fid.people); print([face.name for face in fid.identify(sys.argv[3])]); "
+            "print(faceid.embed(sys.argv[3]).shape)")
+    photo = KNOWN / "lin-manuel-miranda" / "lin-manuel-miranda.png"
+    api = venv_run(core_venv, [python, "-c", code, str(tmp_path / "extractor"), str(tmp_path / "known"), str(photo)],
+                   cwd=tmp_path)
+    assert api.returncode == 0, api.stderr
+    assert api.stdout.splitlines() == ["['alex-lacamoire', 'lin-manuel-miranda']", "['lin-manuel-miranda']", "(1, 128)"]
     trained = venv_run(core_venv, [python, "train.py", "--features_path", str(tmp_path / "known"),
                                    "--output_model", str(tmp_path / "model")])
     assert trained.returncode == 1 and 'pip install "faceid[train]"' in trained.stderr

@@ -1,24 +1,28 @@
 """extract_features.py --engine ray: the local engine's cache, built on a Ray cluster.
 
 A local Ray instance with 2 CPUs on loopback (``ray start --head``), started and stopped by
-this module; each run is the real script in its own process, joining it with --ray_address.
+this module (its own processes only: other Ray instances on the machine are left alone); each run is
+the real script in its own process, joining it with --ray_address. Every wait has minutes, for a
+loaded machine, and fails with what it waited for and the output.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import LFW, copy_people, lfw_people
+from conftest import LFW, copy_people, lfw_people, run_process
 
 from faceid.features.cache import FeatureCache, PersonFeatures
 
@@ -26,9 +30,23 @@ pytest.importorskip("ray", reason="the [ray] extra is not installed")
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY = Path(sys.executable).parent / "ray"
-# Loopback only (Ray's node address 127.0.0.1), and the token Ray's head requires sent by every driver.
+# Waits sized for a loaded 2-core machine (CI beside other jobs), where Ray's processes and every
+# extraction start several times slower than on an idle one. None bounds how long a healthy run may
+# take: each only turns a hang into a failure that says what was waited for, with its output.
+RAY_START_TIMEOUT_S = 300  # one `ray start --head`
+# Ray's own start-up waits (the raylet has 30 s to register, hard-coded) can still run out on a busy
+# machine: the head is started again, on a new port, before the module's tests fail.
+RAY_START_ATTEMPTS = 3
+RUN_TIMEOUT_S = 900  # one extract_features.py run, or one step of it (until it has written two people)
+# Loopback only (Ray's node address 127.0.0.1), and token authentication with a token of this test
+# session's own, passed to the head, every driver and the local instance through the environment:
+# `ray start --head` refuses to start with token authentication and no token, and a machine that never
+# ran Ray has none (~/.ray/auth_token is written by the first local `ray.init`, not by `ray start`).
+# Ray's waits that do read the environment (GCS requests, the GCS port) get the same minutes.
 RAY_ENV = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token",
-           "RAY_USAGE_STATS_ENABLED": "0"}
+           "RAY_AUTH_TOKEN": secrets.token_hex(32),
+           "RAY_USAGE_STATS_ENABLED": "0", "RAY_gcs_server_request_timeout_seconds": str(RAY_START_TIMEOUT_S),
+           "RAY_gcs_server_port_wait_time_s": str(RAY_START_TIMEOUT_S)}
 
 
 def free_port() -> int:
@@ -37,20 +55,61 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def stop_ray_head(group: int) -> None:
+    """SIGKILL every process of a head's process group (as `ray stop --force` does, but only this
+    head's: `ray stop` would also end every other Ray instance of this user on the machine)."""
+    try:
+        os.killpg(group, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + RAY_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    warnings.warn(f"Ray's head (process group {group}) still had processes {RAY_START_TIMEOUT_S} s after SIGKILL")
+
+
+def start_ray_head() -> tuple[str, int]:
+    """A 2-CPU Ray head on a free loopback port, started by `ray start --head` in a process group of its
+    own, which its processes join (the workers, each the leader of its own group, end with their
+    raylet): its address and that group.
+
+    Tried :data:`RAY_START_ATTEMPTS` times (what a failed try left running is stopped first); then the
+    test fails with every try's output.
+    """
+    tries = []
+    for attempt in range(1, RAY_START_ATTEMPTS + 1):
+        port = free_port()
+        argv = [str(RAY), "start", "--head", "--num-cpus", "2", "--node-ip-address", "127.0.0.1", "--port", str(port),
+                "--include-dashboard", "false", "--disable-usage-stats"]
+        process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=RAY_ENV,
+                                   start_new_session=True)
+        try:
+            output, _ = process.communicate(timeout=RAY_START_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            stop_ray_head(process.pid)
+            output, _ = process.communicate()
+            tries.append(f"try {attempt}: still starting after {RAY_START_TIMEOUT_S} s\n{output}")
+            continue
+        if process.returncode == 0:
+            return f"127.0.0.1:{port}", process.pid
+        stop_ray_head(process.pid)
+        tries.append(f"try {attempt}: exit code {process.returncode}\n{output}")
+    pytest.fail(f"Ray's head did not start on 127.0.0.1 ({RAY_START_ATTEMPTS} tries of `ray start --head`, "
+                f"{RAY_START_TIMEOUT_S} s each):\n" + "\n".join(tries), pytrace=False)
+
+
 @pytest.fixture(scope="module")
 def ray_address(tmp_path_factory) -> str:
     """A 2-CPU Ray head on 127.0.0.1, stopped when the module's tests are done."""
-    port = free_port()
-    started = subprocess.run(
-        [str(RAY), "start", "--head", "--num-cpus", "2", "--node-ip-address", "127.0.0.1", "--port", str(port),
-         "--include-dashboard", "false", "--disable-usage-stats"],
-        check=False, capture_output=True, text=True, env=RAY_ENV, timeout=120,
-    )
-    assert started.returncode == 0, started.stdout + started.stderr
+    address, group = start_ray_head()
     try:
-        yield f"127.0.0.1:{port}"
+        yield address
     finally:
-        subprocess.run([str(RAY), "stop", "--force"], check=False, capture_output=True, env=RAY_ENV, timeout=120)
+        stop_ray_head(group)
 
 
 # Ctrl-C as in a terminal, whatever this test process passes on: a Python that starts with SIGINT
@@ -69,8 +128,19 @@ def extract(faces: Path, features: Path, extractor_dir: Path, *extra: str, ctrl_
     )
 
 
-def finished(process: subprocess.Popen, timeout: float = 300) -> dict:
-    out, err = process.communicate(timeout=timeout)
+def communicate(process: subprocess.Popen, what: str, timeout: float = RUN_TIMEOUT_S) -> tuple[str, str]:
+    """The process's output once it has exited; still running after ``timeout`` seconds, it is killed
+    and the test fails with ``what`` was waited for and the output it had written."""
+    try:
+        return process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        out, err = process.communicate()
+        pytest.fail(f"{what}: still running after {timeout:.0f} s; its output:\n{out}{err}", pytrace=False)
+
+
+def finished(process: subprocess.Popen) -> dict:
+    out, err = communicate(process, "extract_features.py")
     assert process.returncode == 0, err
     return json.loads(out.strip().splitlines()[-1])
 
@@ -79,9 +149,9 @@ def run_extract(faces: Path, features: Path, extractor_dir: Path, *extra: str) -
     return finished(extract(faces, features, extractor_dir, *extra))
 
 
-def assert_same_cache(ours: Path, reference: Path) -> None:
-    """Same people, files, hashes, skipped images, extractor; vectors within 1e-5."""
-    a, b = FeatureCache.load(ours), FeatureCache.load(reference)
+def assert_same_cache(ours: Path, reference: Path, key=None) -> None:
+    """Same people, files, hashes, skipped images, extractor; vectors within 1e-5 (``key``: both encrypted with it)."""
+    a, b = FeatureCache.load(ours, key=key), FeatureCache.load(reference, key=key)
     assert a.fingerprint == b.fingerprint
     assert sorted(a.people) == sorted(b.people)
     for name, person in b.people.items():
@@ -154,7 +224,7 @@ def ray_workers(title: str) -> list[int]:
     return pids
 
 
-def kill_first(title: str, process: subprocess.Popen, timeout: float = 120) -> int:
+def kill_first(title: str, process: subprocess.Popen, timeout: float = RUN_TIMEOUT_S) -> int:
     """SIGKILL the first worker found running ``title`` while ``process`` runs; its pid."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and process.poll() is None:
@@ -162,7 +232,11 @@ def kill_first(title: str, process: subprocess.Popen, timeout: float = 120) -> i
             os.kill(pid, signal.SIGKILL)
             return pid
         time.sleep(0.02)
-    pytest.fail(f"no worker ran {title} while the extraction ran")
+    if process.poll() is None:
+        process.kill()
+    out, err = process.communicate()
+    pytest.fail(f"no Ray worker ran {title} while the extraction ran (waited up to {timeout:.0f} s; the extraction "
+                f"exited with {process.returncode}); its output:\n{out}{err}", pytrace=False)
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds Ray's workers through /proc")
@@ -185,13 +259,18 @@ def interrupted_run(faces: Path, features: Path, extractor_dir: Path, ray_addres
     # Small embedding batches: people are completed (and written) a few at a time.
     process = extract(faces, features, extractor_dir, "--engine", "ray", "--ray_address", ray_address,
                       "--batch_size", "4", ctrl_c=True)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + RUN_TIMEOUT_S
     while len(person_files(features)) < 2 and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.05)
+    if process.poll() is None and len(person_files(features)) < 2:
+        process.kill()
+        out, err = process.communicate()
+        pytest.fail(f"the Ray run wrote {len(person_files(features))} people in {RUN_TIMEOUT_S} s, not the 2 the "
+                    f"Ctrl-C waits for; its output:\n{out}{err}", pytrace=False)
     process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=120)
-    if process.returncode == 0 and len(person_files(features)) == len(list(faces.iterdir())):
-        return None  # finished between the check and the signal
+    _, err = communicate(process, "extract_features.py after Ctrl-C")
+    if len(person_files(features)) == len(list(faces.iterdir())) and process.returncode in (0, 130):
+        return None  # it wrote everyone between the check and the signal: nothing left to interrupt
     assert process.returncode == 130, err
     return process
 
@@ -203,12 +282,12 @@ def person_files(features: Path) -> list[Path]:
 
 def test_ctrl_c_on_the_driver_keeps_the_people_written(ray_address, dlib_extractor_dir, tmp_path):
     faces = copy_people(LFW, tmp_path / "faces", lfw_people(min_images=4, count=24), max_images=4)
-    for attempt in range(2):  # a second try only if the first run beat the signal to the end
+    for attempt in range(3):  # another try only if a run beat the signal to the end
         features = tmp_path / f"features{attempt}"
         if interrupted_run(faces, features, dlib_extractor_dir, ray_address):
             break
     else:
-        pytest.fail("both runs ended before Ctrl-C reached them")
+        pytest.fail("every run wrote all its people before Ctrl-C reached it")
     kept = {path.stem: PersonFeatures.load(path)[0] for path in person_files(features)}  # complete, readable
     assert 2 <= len(kept) < 24
     assert sorted(path.stem for path in (features / "people").iterdir()) == sorted(kept)  # no temporary left
@@ -238,8 +317,7 @@ def test_encrypted_crops_are_read_by_the_ray_workers_with_the_drivers_key(lfw_sl
     summary = run_extract(crops, tmp_path / "ray", dlib_extractor_dir, "--no_detect", "--engine", "ray", *key)
     assert summary["embedded"] == len(files) and not summary["skipped"]
     run_extract(crops, tmp_path / "local", dlib_extractor_dir, "--no_detect", "--engine", "local", *key)
-    sealed.use_key(sealed.read_key_file(key_file))
-    assert_same_cache(tmp_path / "ray", tmp_path / "local")
+    assert_same_cache(tmp_path / "ray", tmp_path / "local", sealed.read_key_file(key_file))
 
 
 def test_a_node_with_another_faceid_version_is_named(ray_address, lfw_slice, dlib_extractor_dir, tmp_path):
@@ -248,8 +326,8 @@ def test_a_node_with_another_faceid_version_is_named(ray_address, lfw_slice, dli
             str(tmp_path / "features"), "--engine", "ray", "--ray_address", ray_address, "-q"]
     body = ("import sys, faceid; faceid.__version__ = '0.0.0-other'; from faceid.cli import extract_features; "
             f"sys.exit(extract_features.main({argv!r}))")
-    done = subprocess.run([sys.executable, "-c", body], cwd=ROOT, capture_output=True, text=True, env=RAY_ENV,
-                          timeout=300, check=False)
+    done = run_process([sys.executable, "-c", body], what="extract_features.main with another driver version",
+                       cwd=ROOT, env=RAY_ENV, timeout=RUN_TIMEOUT_S)
     assert done.returncode == 1
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("error: the Ray run failed: this node has faceid ") and "the driver 0.0.0-other" in last

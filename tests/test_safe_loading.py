@@ -140,7 +140,7 @@ def test_a_dlib_extractor_made_with_other_model_files_is_refused(dlib_extractor_
     shutil.copy2(dlib_extractor_dir / "manifest.json", tmp_path / "manifest.json")
     assert load_extractor(tmp_path).fingerprint == load_extractor(dlib_extractor_dir).fingerprint
     edit_json(tmp_path / "manifest.json", weights_sha256="0" * 32)
-    with pytest.raises(InputError, match="dlib_face_recognition_resnet_model_v1.dat.*network.py --backbone dlib"):
+    with pytest.raises(InputError, match=r"dlib_face_recognition_resnet_model_v1.dat.*network.py \(backbone dlib\)"):
         load_extractor(tmp_path, runtime="dlib")
 
 

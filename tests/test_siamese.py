@@ -216,7 +216,7 @@ def test_resnet50_without_weights_says_where_to_get_them(tmp_path, capsys):
     code, _, err = _train(["--faces_path", str(_orl(tmp_path, people=4)), "--no_detect", "--workers", "0",
                            "--init", "resnet50", "--weights", str(tmp_path / "missing.h5"),
                            "--output", str(tmp_path / "o"), "-q"], capsys)
-    assert code == 1 and "missing.h5" in err and "--backbone dlib" in err
+    assert code == 1 and "missing.h5" in err and "--init dlib" in err
 
 
 def test_a_verifier_for_one_person_names_them_and_no_one_else(tmp_path, capsys):

@@ -43,6 +43,7 @@ from faceid.detect.quality import DEFAULT_THRESHOLDS, QualityThresholds, measure
 from faceid.errors import ImageReadError, InputError
 from faceid.features.embedding import ChipBatcher
 from faceid.io.images import image_sha256, list_people, read_image
+from faceid.io.sealed import Key
 from faceid.io.store import check_output_folder
 from faceid.settings import DEFAULTS
 
@@ -142,7 +143,7 @@ class AuditReport:
         for kind, count in self.counts().items():
             note = ""
             if kind == "mislabelled" and self.extractor is None:
-                note = "  (not checked: pass --model_path EXTRACTOR)"
+                note = "  (not checked: it needs the extractor)"
             lines.append(f"{count:>6}  {kind}: {KINDS[kind]}{note}")
         lines.append(f"{len(self.flagged_files()):>6}  files flagged of {self.files}")
         if self.extractor is not None:
@@ -177,8 +178,10 @@ def _inspect_images(
     cache,
     report: AuditReport,
     progress: bool,
+    key: Key | None = None,
 ) -> list[_Image]:
-    """Read, detect, measure (and embed) every file once; per-file findings go into ``report``."""
+    """Read, detect, measure (and embed) every file once (encrypted ones opened with ``key``); per-file
+    findings go into ``report``."""
     from tqdm import tqdm
 
     images: list[_Image] = []
@@ -195,10 +198,10 @@ def _inspect_images(
         for person, files in people.items():
             for path in files:
                 bar.update(1)
-                image = _Image(person=person, file=path.name, sha256=image_sha256(path))
+                image = _Image(person=person, file=path.name, sha256=image_sha256(path, key))
                 images.append(image)
                 try:
-                    pixels = read_image(path)
+                    pixels = read_image(path, key)
                 except ImageReadError as error:
                     image.readable = False
                     report.findings.append(Finding("unreadable", person, path.name, str(error).split(": ", 1)[-1]))
@@ -207,7 +210,7 @@ def _inspect_images(
                 image.faces = len(faces)
                 if not faces:
                     report.findings.append(Finding("no_face", person, path.name, f"{crop.detector} detector, "
-                                                   f"upsample {crop.upsample}: try --upsample 2 or --detector cnn"))
+                                                   f"upsample {crop.upsample}: try upsample 2 or the cnn detector"))
                     continue
                 face = faces[0]
                 if len(faces) > 1:
@@ -334,6 +337,7 @@ def audit_faces(
     features_dir: str | Path | None = None,
     ignore: tuple[str, ...] = (),
     progress: bool = True,
+    key: Key | None = None,
 ) -> AuditReport:
     """Inspect every file of ``<faces_root>/<person>/`` and report what is wrong.
 
@@ -346,6 +350,7 @@ def audit_faces(
             reused for files whose hash matches, and it is never modified.
         ignore: kinds (keys of :data:`KINDS`) to leave out of the report; an
             ignored kind does not make an image unusable either.
+        key: what an encrypted cache and encrypted crops open with (:mod:`faceid.io.sealed`).
 
     Raises:
         InputError: a missing or empty folder, an unknown kind, or a cache
@@ -359,17 +364,17 @@ def audit_faces(
     if unknown:
         raise InputError(f"unknown kind(s) {', '.join(unknown)}: choose from {', '.join(KINDS)}")
     if features_dir is not None and extractor is None:
-        raise InputError("a feature cache is only used for the mislabel check: pass --model_path EXTRACTOR with it")
+        raise InputError("a feature cache is only used for the mislabel check: pass `extractor` with it")
     faces_root = Path(faces_root)
     people = list_people(faces_root)
     # Read only: its vectors stand in for files with the same bytes (FeatureCache.lookup).
-    cache = FeatureCache.load(features_dir, extractor.manifest) if features_dir is not None else None
+    cache = FeatureCache.load(features_dir, extractor.manifest, key=key) if features_dir is not None else None
     report = AuditReport(
         root=str(faces_root), people=len(people), files=sum(len(files) for files in people.values()),
         extractor=None if extractor is None else extractor.name, ignored=tuple(ignore),
     )
     embedder = None if extractor is None else FaceEmbedder(extractor)
-    images = _inspect_images(people, crop, thresholds, embedder, cache, report, progress)
+    images = _inspect_images(people, crop, thresholds, embedder, cache, report, progress, key)
     extra_copies = _duplicates(images, thresholds, report)
     if extractor is not None:
         _mislabelled(images, extra_copies, thresholds, report)
@@ -429,7 +434,7 @@ def quarantine(report: AuditReport, faces_root: str | Path, destination: str | P
         InputError: ``destination`` is inside ``faces_root`` (it would become a person).
     """
     faces_root, destination = Path(faces_root), Path(destination)
-    check_output_folder(destination, "--quarantine", faces_root, "--faces_path", "it would be read as a person")
+    check_output_folder(destination, "`destination`", faces_root, "`faces_root`", "it would be read as a person")
     moves = []
     for person, file in report.flagged_files():
         source = faces_root / person / file

@@ -27,6 +27,7 @@ from faceid.detect.quality import DEFAULT_THRESHOLDS, NearDuplicateIndex, Qualit
 from faceid.errors import ImageReadError, InputError
 from faceid.io.display import Window, no_window_reason
 from faceid.io.images import encode_png, list_image_files, read_image
+from faceid.io.sealed import Key
 from faceid.io.store import write_new_private
 
 logger = logging.getLogger(__name__)
@@ -102,12 +103,13 @@ class CaptureSummary:
         return "\n".join(lines)
 
 
-def _existing_index(folder: Path, max_distance: float) -> NearDuplicateIndex:
-    """Thumbnails of the images already in the folder, so new crops do not repeat them."""
+def _existing_index(folder: Path, max_distance: float, key: Key | None) -> NearDuplicateIndex:
+    """Thumbnails of the images already in the folder (encrypted ones opened with ``key``), so new
+    crops do not repeat them."""
     index = NearDuplicateIndex(max_distance)
     for path in list_image_files(folder) if folder.is_dir() else []:
         try:
-            index.add(path.name, thumbnail(read_image(path)))
+            index.add(path.name, thumbnail(read_image(path, key)))
         except ImageReadError as error:
             logger.warning("ignoring %s", error)
     return index
@@ -146,8 +148,8 @@ def _auto_decision(
 
 
 _NO_WINDOW = (
-    "saving with the s key needs a window: pass --auto to save good faces on their own (with --no_display it "
-    "runs headless, e.g. on --video_path)"
+    "saving with the s key needs a window: set `auto` to save good faces on their own (that also runs without a "
+    "window, e.g. on a video file)"
 )
 
 
@@ -179,10 +181,10 @@ def _overlay(
 
 def _person_folder(folder: Path) -> tuple[Path, str]:
     if folder.exists() and not folder.is_dir():
-        raise InputError(f"--output {folder} is a file: pass the person's folder, e.g. faces/<person>")
+        raise InputError(f"`folder` {folder} is a file: pass the person's folder, e.g. faces/<person>")
     person = folder.resolve().name
     if not person:
-        raise InputError(f"--output {folder} has no name to use for the person: pass faces/<person>")
+        raise InputError(f"`folder` {folder} has no name to use for the person: pass faces/<person>")
     return folder, person
 
 
@@ -195,6 +197,7 @@ def capture_faces(
     thresholds: QualityThresholds = DEFAULT_THRESHOLDS,
     display: bool = False,
     progress: bool = True,
+    key: Key | None = None,
 ) -> CaptureSummary:
     """Save aligned face crops from a camera or video into one person's folder.
 
@@ -208,6 +211,8 @@ def capture_faces(
         options: auto or manual, how often, how many (see :class:`CaptureOptions`).
         display: show a window; ``s`` saves the face in view when there is exactly
             one, ``q`` stops. Without it only ``options.auto`` makes sense.
+        key: crops and frames are sealed with it (:mod:`faceid.io.sealed`), and the
+            folder's encrypted crops open with it; ``None``: plaintext.
 
     Raises:
         InputError: manual mode without a window, a bad folder, or a source that
@@ -218,17 +223,17 @@ def capture_faces(
     if options.every < 1 or options.max_crops < 1:
         raise InputError(f"every and max must be at least 1 (got {options.every} and {options.max_crops})")
     if not options.auto and not display:
-        raise InputError(f"no window ({no_window_reason() or '--no_display was given'}); {_NO_WINDOW}")
+        raise InputError(f"no window ({no_window_reason() or 'none was asked for'}); {_NO_WINDOW}")
     folder, person = _person_folder(Path(folder))
     started = time.perf_counter()
-    index = _existing_index(folder, thresholds.near_duplicate)
+    index = _existing_index(folder, thresholds.near_duplicate, key)
     summary = CaptureSummary(source=source.description, folder=str(folder), existing=len(index))
 
     def save(frame_rgb: np.ndarray, chip: np.ndarray) -> Path:
-        path = save_new_image(folder, person, chip)
+        path = save_new_image(folder, person, chip, key=key)
         if options.save_frames:
             try:
-                write_new_private(folder / FRAMES_DIR / f"{path.stem}{CROP_SUFFIX}", encode_png(frame_rgb))
+                write_new_private(folder / FRAMES_DIR / f"{path.stem}{CROP_SUFFIX}", encode_png(frame_rgb), key=key)
             except FileExistsError:
                 logger.warning("frame for %s not saved: %s/%s exists", path.name, FRAMES_DIR, path.name)
         summary.saved.append(str(path))
@@ -259,11 +264,11 @@ def capture_faces(
                         index.add(save(frame_rgb, chip).name, chip_thumbnail)
                         bar.set_postfix(saved=len(summary.saved))
                 if window is not None:
-                    key = window.show(_overlay(frame_rgb, faces, crop, thresholds, options.auto, len(summary.saved)))
-                    if key == "q":
+                    pressed = window.show(_overlay(frame_rgb, faces, crop, thresholds, options.auto, len(summary.saved)))
+                    if pressed == "q":
                         summary.stopped_by = "q pressed"
                         break
-                    if key == "s":
+                    if pressed == "s":
                         if len(faces) == 1:
                             chip = crop_face(frame_rgb, faces[0], crop)
                             index.add(save(frame_rgb, chip).name, thumbnail(chip))
@@ -271,7 +276,7 @@ def capture_faces(
                             logger.warning("not saved: %d faces in view (s saves only when there is exactly one)",
                                            len(faces))
                 if options.auto and len(summary.saved) >= options.max_crops:
-                    summary.stopped_by = f"saved --max {options.max_crops}"
+                    summary.stopped_by = f"saved the maximum, {options.max_crops} crops"
                     break
             else:
                 if options.max_frames is not None and summary.frames >= options.max_frames:

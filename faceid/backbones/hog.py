@@ -153,8 +153,8 @@ class HogBackbone(Backbone):
 
     @classmethod
     def create(cls, options: BackboneOptions) -> Extractor:
-        raise InputError("HOG extractors are fitted on pairs: run train_siamese.py --pairs_path DIR --domains A B "
-                         "--output DIR and pass that DIR as --model_path")
+        raise InputError("HOG extractors are fitted on pairs: fit one with train_siamese.py on a folder of sketch-photo "
+                         "pairs (two domains) and use the extractor directory it writes")
 
     @classmethod
     def load(cls, directory: Path, manifest: dict[str, Any], runtime: str = "auto") -> Extractor:

@@ -51,7 +51,7 @@ def calibration_chips(folder: str | Path, chip_size: int, align_padding: float, 
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise InputError(f"calibration folder {folder} does not exist: pass --calibration_faces DIR of face photos")
+        raise InputError(f"calibration folder {folder} does not exist: pass `calibration_faces`, a folder of face photos")
     files = _image_files(folder)
     if len(files) > limit:
         files = [files[int(index)] for index in np.linspace(0, len(files) - 1, limit)]
@@ -60,7 +60,7 @@ def calibration_chips(folder: str | Path, chip_size: int, align_padding: float, 
     if len(chips) < CALIBRATION_BATCH:
         raise InputError(
             f"{folder} gave {len(chips)} face chips to calibrate int8 on ({len(files)} files read): "
-            f"pass --calibration_faces DIR with at least {CALIBRATION_BATCH} photos of faces"
+            f"pass `calibration_faces`, a folder with at least {CALIBRATION_BATCH} photos of faces"
         )
     logger.info("int8 calibration: %d face chips from %s", len(chips), folder)
     return np.stack(chips)
@@ -114,7 +114,7 @@ def quantize_int8(
                 weight_type=QuantType.QInt8, per_channel=True, calibrate_method=CalibrationMethod.MinMax,
             )
         except Exception as error:  # the quantiser raises anything from ValueError to protobuf errors
-            raise InputError(f"int8 quantisation failed ({type(error).__name__}: {error}); use --precision fp32") from error
+            raise InputError(f"int8 quantisation failed ({type(error).__name__}: {error}); use `precision` fp32") from error
         return target.read_bytes()
 
 
@@ -127,7 +127,8 @@ def quantized_extractor(
     """An int8 extractor: chips from ``calibration_faces``, the fp32 graph ``fp32_model(chips)``
     quantised on them; :meth:`OnnxExtractor.save` writes the result (it cannot be rebuilt)."""
     if not calibration_faces:
-        raise InputError("--precision int8 needs --calibration_faces DIR: photos of faces to measure activation ranges on")
+        raise InputError("`precision` int8 needs `calibration_faces`: a folder of photos of faces to measure activation "
+                         "ranges on")
     chips = calibration_chips(calibration_faces, int(manifest["input_size"]), float(manifest["align_padding"]),
                               DEFAULTS.calibration_images)
     model = quantize_int8(fp32_model(chips), chips, preprocess)

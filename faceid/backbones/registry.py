@@ -189,9 +189,9 @@ def check_file_sha256(path: Path, manifest: dict[str, Any], key: str, fix: str) 
 def check_variant(options: BackboneOptions) -> None:
     """Refuse an unknown ``tta`` or ``precision`` before anything is built."""
     if options.tta not in TTA_MODES:
-        raise InputError(f"unknown --tta {options.tta!r}: choose one of {', '.join(TTA_MODES)}")
+        raise InputError(f"unknown `tta` {options.tta!r}: choose one of {', '.join(TTA_MODES)}")
     if options.precision not in PRECISIONS:
-        raise InputError(f"unknown --precision {options.precision!r}: choose one of {', '.join(PRECISIONS)}")
+        raise InputError(f"unknown `precision` {options.precision!r}: choose one of {', '.join(PRECISIONS)}")
 
 
 def finish_manifest(fields: dict[str, Any], identity_keys: tuple[str, ...], module_file: str) -> dict[str, Any]:
@@ -267,7 +267,7 @@ def load_extractor(path: str | Path, runtime: str = "auto") -> Extractor:
     manifest = read_json(
         directory / MANIFEST_NAME,
         "extractor manifest",
-        "run network.py --output DIR first and pass that DIR as --model_path",
+        "pass an extractor directory written by network.py",
     )
     if manifest.get("format") != MANIFEST_FORMAT:
         raise InputError(
@@ -275,5 +275,5 @@ def load_extractor(path: str | Path, runtime: str = "auto") -> Extractor:
             f"(format {manifest.get('format')!r}, expected {MANIFEST_FORMAT!r}): re-create it with network.py"
         )
     if manifest.get("precision", "fp32") == "int8" and runtime in ("keras", "dlib"):
-        raise InputError(f"{directory} is an int8 extractor: it runs on ONNX Runtime only (--runtime onnx or auto)")
+        raise InputError(f"{directory} is an int8 extractor: it runs on ONNX Runtime only (`runtime` onnx or auto)")
     return _backbone(manifest.get("backbone", "?")).load(directory, manifest, runtime)

@@ -69,15 +69,15 @@ class ResNet50Backbone(Backbone):
                 raise WeightsUnavailableError(
                     f"could not load ImageNet weights for ResNet50 ({type(error).__name__}: {error}). "
                     "Keras downloads them on first use and this machine could not; "
-                    "pass --weights PATH to a local resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5, "
-                    "or use --backbone dlib (its models ship in the face_recognition_models package)"
+                    "pass `weights`, the path to a local resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5, "
+                    "or use `backbone` dlib (its models ship in the face_recognition_models package)"
                 ) from error
             return model, "imagenet"
         path = Path(weights)
         if not path.is_file():
             raise WeightsUnavailableError(
-                f"weights file {path} does not exist: pass --weights imagenet, --weights none, "
-                "--weights PATH to a ResNet50 .h5, or use --backbone dlib"
+                f"weights file {path} does not exist: pass `weights` imagenet, none, "
+                "or the path to a ResNet50 .h5, or use `backbone` dlib"
             )
         model = keras.applications.ResNet50(weights=None, include_top=False, input_shape=shape)
         try:
@@ -85,7 +85,7 @@ class ResNet50Backbone(Backbone):
         except Exception as error:
             raise WeightsUnavailableError(
                 f"{path} does not hold ResNet50 weights without the top ({type(error).__name__}: {error}); "
-                "use resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5, or --backbone dlib"
+                "use resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5, or `backbone` dlib"
             ) from error
         return model, f"file {path.name} sha256:{sha256_file(path)[:16]}"
 
@@ -97,7 +97,7 @@ class ResNet50Backbone(Backbone):
         if options.pooling not in ("avg", "max"):
             raise InputError(f"unknown pooling {options.pooling!r}: choose avg or max")
         if options.input_size < 32:
-            raise InputError(f"--input_size {options.input_size} is too small: ResNet50 needs at least 32")
+            raise InputError(f"`input_size` {options.input_size} is too small: ResNet50 needs at least 32")
         base, weights_source = cls._base_model(options)
         try:
             layer = base.get_layer(options.layer)

@@ -3,7 +3,7 @@
 Keras is the reference runtime for the ResNet50 extractor, but on a CPU its
 per-call overhead dominates the small batches of live identification (one or
 two faces a frame). ``network.py`` therefore also exports the extractor to ONNX
-(:func:`write_onnx`), and :class:`OnnxModel` runs it; both are fed by the same
+(:func:`write_onnx`), and :class:`~faceid.nets.onnx_session.OnnxModel` runs it; both are fed by the same
 preprocessing function, and their outputs agree within 1e-4 (tested).
 :class:`ChipModelExtractor` is the batching both share; each backbone passes its own
 preprocessing function in.
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,16 +24,9 @@ from faceid.errors import InputError
 from faceid.extras import require, require_all
 from faceid.io.manifest import sha256_file
 from faceid.io.store import atomic_path, write_bytes
+from faceid.nets.onnx_session import OnnxModel, onnxruntime_available
 
 logger = logging.getLogger(__name__)
-
-
-def onnxruntime_available() -> bool:
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def weights_digest(model) -> str:
@@ -57,7 +49,8 @@ def write_onnx(keras_model, path: Path, example_input: np.ndarray) -> Path:
     Raises:
         InputError: the exporter (``tf2onnx``) is missing or fails.
     """
-    require("tf2onnx", "exporting to ONNX (Keras' export is built on tf2onnx; or pass --export none)")
+    require("tf2onnx", "exporting to ONNX (Keras' export is built on tf2onnx; or save without an ONNX export: "
+            "`export_onnx`)")
     import warnings
 
     keras_model(example_input, training=False)
@@ -67,54 +60,9 @@ def write_onnx(keras_model, path: Path, example_input: np.ndarray) -> Path:
         try:
             keras_model.export(str(temporary), format="onnx", verbose=False)
         except Exception as error:  # the exporter raises anything from ValueError to its own types
-            raise InputError(f"ONNX export failed ({type(error).__name__}: {error}); pass --export none") from error
+            raise InputError(f"ONNX export failed ({type(error).__name__}: {error}); save without an ONNX export: "
+                             "`export_onnx`") from error
     return path
-
-
-def default_threads() -> int:
-    """Threads for one ONNX Runtime session: ``$OMP_NUM_THREADS`` when set (the convention numeric
-    libraries follow; Ray sets it to a task's or an actor's CPUs), else every core."""
-    try:
-        threads = int(os.environ.get("OMP_NUM_THREADS", ""))
-    except ValueError:
-        threads = 0
-    return threads if threads > 0 else os.cpu_count() or 1
-
-
-class OnnxModel:
-    """One ONNX model on the CPU execution provider: ``run(batch) -> outputs``.
-
-    Args:
-        model: an ``.onnx`` file, or a serialised model built in memory (``bytes``).
-        name: how messages name an in-memory model.
-    """
-
-    def __init__(self, model: str | Path | bytes, threads: int | None = None, name: str = "in-memory ONNX model"):
-        import onnxruntime
-
-        if isinstance(model, bytes):
-            source: str | bytes = model
-            path = Path(name)
-        else:
-            path = Path(model)
-            if not path.is_file():
-                raise InputError(f"ONNX model {path} is missing: re-run network.py, or delete the manifest's onnx_file entry")
-            source = str(path)
-        options = onnxruntime.SessionOptions()
-        # One process, all cores for the convolutions (Keras/TensorFlow's default), unless told otherwise.
-        options.intra_op_num_threads = threads or default_threads()
-        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # ONNX files are protobufs: loading one runs no code, unlike a pickle.
-        try:
-            self.session = onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-        except Exception as error:  # onnxruntime raises its own exception types for bad files
-            raise InputError(f"ONNX Runtime cannot load {path} ({type(error).__name__}: {error}): re-run network.py") from error
-        self.input_name = self.session.get_inputs()[0].name
-        self.path = path
-
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        """The model's first output for one input batch (``float32``)."""
-        return np.asarray(self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0])
 
 
 class ChipModelExtractor(Extractor):
@@ -230,16 +178,17 @@ def load_saved_extractor(
     called before the ``.keras`` file is read (to register custom layers).
     """
     onnx_file = manifest.get("onnx_file")
-    fix = f"re-export it with {made_by} --output {directory}"
+    fix = f"re-export it with {made_by}, writing {directory}"
     if runtime == "dlib":
-        raise InputError(f"--runtime dlib runs the dlib backbone only: use auto, onnx or keras for {manifest.get('backbone')}")
+        raise InputError(f"`runtime` dlib runs the dlib backbone only: use auto, onnx or keras for {manifest.get('backbone')}")
     if runtime == "onnx" and not onnx_file:
-        raise InputError(f"{directory} has no ONNX export: re-run {made_by} (without --export none), or use --runtime keras")
+        raise InputError(f"{directory} has no ONNX export: re-create it with {made_by} with its ONNX export, "
+                         "or use `runtime` keras")
     if runtime == "onnx" or (runtime == "auto" and onnx_file and onnxruntime_available()):
         return OnnxExtractor(manifest, saved_onnx_file(directory, manifest, fix), preprocess)
     model_path = directory / str(manifest.get("model_file", ""))
     if not manifest.get("model_file") or not model_path.is_file():
-        raise InputError(f"extractor model file {model_path} is missing: re-run {made_by} --output {directory}")
+        raise InputError(f"extractor model file {model_path} is missing: {fix}")
     check_file_sha256(model_path, manifest, "model_sha256", fix)
     require_all(("tensorflow", "keras"), f"running {model_path.name} (a Keras model; re-export with ONNX to run without Keras)")
     import keras

@@ -30,10 +30,9 @@ from faceid.backbones.registry import (
 )
 from faceid.backbones.runtime import load_saved_extractor
 from faceid.errors import InputError
+from faceid.settings import EXTRACTOR_HEAD_DIR  # noqa: F401  (re-exported: train_siamese writes it)
 
 NAME = "siamese"
-# Where a bce-trained tower keeps its distance layer, as a similarity model test.py uses by default.
-EXTRACTOR_HEAD_DIR = "head"
 
 
 def preprocess_unit_grey(chips: np.ndarray) -> np.ndarray:
@@ -90,8 +89,8 @@ class SiameseBackbone(Backbone):
 
     @classmethod
     def create(cls, options: BackboneOptions) -> Extractor:
-        raise InputError("siamese extractors are trained, not built: run train_siamese.py --output DIR and pass "
-                         "that DIR as --model_path")
+        raise InputError("siamese extractors are trained, not built: train one with train_siamese.py and use the "
+                         "extractor directory it writes")
 
     @classmethod
     def load(cls, directory: Path, manifest: dict[str, Any], runtime: str = "auto") -> Extractor:
@@ -102,4 +101,4 @@ class SiameseBackbone(Backbone):
 
 def _register_dlib_layers() -> None:
     """dlib's custom Keras layers (a tower that started from dlib's network uses them)."""
-    import faceid.backbones.dlib_keras  # noqa: F401
+    import faceid.nets.dlib_keras  # noqa: F401

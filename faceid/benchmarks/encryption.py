@@ -43,7 +43,6 @@ def _extraction(args: argparse.Namespace, scratch: Path, key) -> dict:
 
     from faceid.backbones import create_extractor
     from faceid.features.extract import extract_features
-    from faceid.io import sealed
     from faceid.io.images import list_people
 
     source = args.faces_path or shared_data() / "lfw_devtrain"
@@ -59,12 +58,11 @@ def _extraction(args: argparse.Namespace, scratch: Path, key) -> dict:
         for mode in times:
             target = scratch / f"extract_{mode}"
             shutil.rmtree(target, ignore_errors=True)
-            sealed.use_key(key if mode == "encrypted" else None)
             started = time.perf_counter()
-            extract_features(source, extractor, target, progress=False, people_files=people)
+            extract_features(source, extractor, target, progress=False, people_files=people,
+                             key=key if mode == "encrypted" else None)
             if repeat:
                 times[mode].append(time.perf_counter() - started)
-    sealed.use_key(None)
     plain, encrypted = _median_ms(times["plaintext"]), _median_ms(times["encrypted"])
     return {"benchmark": "encryption", "what": "extract", "images": count, "people": len(people),
             "plaintext_ms": plain, "encrypted_ms": encrypted, "overhead_ms": round(encrypted - plain, 1),
@@ -73,7 +71,6 @@ def _extraction(args: argparse.Namespace, scratch: Path, key) -> dict:
 
 def _gallery(args: argparse.Namespace, scratch: Path, key) -> dict:
     from faceid.features.cache import FeatureCache, PersonFeatures, cache_manifest, write_manifest
-    from faceid.io import sealed
 
     rng = np.random.default_rng(0)
     people = max(1, args.vectors // args.per_person)
@@ -82,7 +79,7 @@ def _gallery(args: argparse.Namespace, scratch: Path, key) -> dict:
     sizes = {}
     for mode in times:
         directory = scratch / f"gallery_{mode}"
-        sealed.use_key(key if mode == "encrypted" else None)
+        mode_key = key if mode == "encrypted" else None
         rng = np.random.default_rng(0)
         counts = {}
         for index in range(people):
@@ -91,19 +88,17 @@ def _gallery(args: argparse.Namespace, scratch: Path, key) -> dict:
             files = [f"{index:06d}_{row:02d}.jpg" for row in range(args.per_person)]
             name = f"person_{index:06d}"
             PersonFeatures(name, vectors, files, [f"{index:058d}{row:06d}" for row in range(args.per_person)]).save(
-                directory / "people" / f"{name}.npz", "benchmark")
+                directory / "people" / f"{name}.npz", "benchmark", key=mode_key)
             counts[name] = args.per_person
-        write_manifest(directory, cache_manifest(extractor, counts), sealed.active_key())
+        write_manifest(directory, cache_manifest(extractor, counts), mode_key)
         sizes[mode] = sum(path.stat().st_size for path in (directory / "people").iterdir())
     loaded = {}
     for _ in range(args.repeats + 1):
         for mode in times:
-            sealed.use_key(key if mode == "encrypted" else None)
             started = time.perf_counter()
-            vectors, _, _ = FeatureCache.load(scratch / f"gallery_{mode}").matrix()
+            vectors, _, _ = FeatureCache.load(scratch / f"gallery_{mode}", key=key if mode == "encrypted" else None).matrix()
             times[mode].append(time.perf_counter() - started)
             loaded[mode] = vectors
-    sealed.use_key(None)
     if not np.array_equal(loaded["plaintext"], loaded["encrypted"]):
         raise AssertionError("the encrypted gallery loaded other vectors than the plaintext one")
     plain, encrypted = _median_ms(times["plaintext"][1:]), _median_ms(times["encrypted"][1:])

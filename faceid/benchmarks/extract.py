@@ -30,7 +30,6 @@ from pathlib import Path
 import numpy as np
 
 from faceid.backbones import PRECISIONS, TTA_MODES, BackboneOptions, create_extractor, load_extractor
-from faceid.backbones.dlib_graph import face_resnet_flops
 from faceid.backbones.dlib_resnet import face_resnet
 from faceid.backbones.resnet50 import preprocess_resnet50
 from faceid.benchmarks.common import matmul_gflops, print_json_lines, print_table, shared_data
@@ -38,6 +37,7 @@ from faceid.errors import InputError
 from faceid.features.embedding import FaceEmbedder
 from faceid.features.extract import extract_features
 from faceid.io.images import list_people
+from faceid.nets.dlib_graph import face_resnet_flops
 from faceid.settings import DEFAULTS
 
 

@@ -38,9 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_script(args)
-    return run_reporting_errors(lambda: args.run(args))
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_script(args, parser)
+    return run_reporting_errors(lambda: args.run(args), parser)
 
 
 if __name__ == "__main__":

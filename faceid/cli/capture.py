@@ -18,7 +18,14 @@ from pathlib import Path
 
 from faceid.apps.capture import CaptureOptions, capture_faces
 from faceid.apps.enrol import CropOptions
-from faceid.cli import add_detection_options, add_verbosity, run_reporting_errors, setup_script, warn_if_no_window
+from faceid.cli import (
+    add_detection_options,
+    add_verbosity,
+    run_reporting_errors,
+    script_key,
+    setup_script,
+    warn_if_no_window,
+)
 from faceid.detect.quality import DEFAULT_THRESHOLDS, QualityThresholds
 
 CAPTURE, CROP, QUALITY = CaptureOptions(), CropOptions(), DEFAULT_THRESHOLDS
@@ -62,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.every < 1 or args.max_crops < 1 or args.max_frames < 0 or args.size < 32:
         parser.error("--every and --max must be at least 1, --max_frames 0 or more, --size at least 32")
-    setup_script(args)
+    aliases = {"folder": "output"}  # capture_faces(folder=...) is --output
+    setup_script(args, parser, aliases)
 
     def body() -> int:
         from faceid.io.display import display_available
@@ -79,12 +87,12 @@ def main(argv: list[str] | None = None) -> int:
             crop=CropOptions(size=args.size, upsample=args.upsample, detector=args.detector),
             thresholds=QualityThresholds(min_face_size=args.min_face_size, min_sharpness=args.min_sharpness,
                                          max_yaw=args.max_yaw, near_duplicate=args.near_duplicate),
-            display=not args.no_display and display_available(), progress=not args.quiet,
+            display=not args.no_display and display_available(), progress=not args.quiet, key=script_key(args),
         )
         print(json.dumps(summary.as_dict()) if args.json else summary.report())
         return 0
 
-    return run_reporting_errors(body)
+    return run_reporting_errors(body, parser, aliases)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from faceid.apps.audit import KINDS, audit_faces, quarantine
 from faceid.apps.enrol import CropOptions
-from faceid.cli import add_detection_options, add_verbosity, run_reporting_errors, setup_script
+from faceid.cli import add_detection_options, add_verbosity, run_reporting_errors, script_key, setup_script
 from faceid.detect.quality import DEFAULT_THRESHOLDS, QualityThresholds
 
 CROP, QUALITY = CropOptions(), DEFAULT_THRESHOLDS
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.features is not None and args.model_path is None:
         parser.error("--features needs --model_path (the extractor that made the cache)")
-    setup_script(args)
+    setup_script(args, parser)
 
     def body() -> int:
         from faceid.backbones import load_extractor
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
                                          near_duplicate=args.near_duplicate, min_images=args.min_images,
                                          mislabel_ratio=args.mislabel_ratio),
             extractor=load_extractor(args.model_path) if args.model_path is not None else None,
-            features_dir=args.features, ignore=tuple(args.ignore), progress=not args.quiet,
+            features_dir=args.features, ignore=tuple(args.ignore), progress=not args.quiet, key=script_key(args),
         )
         moves = quarantine(report, args.faces_path, args.quarantine) if args.quarantine is not None else []
         if args.json:
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"moved {old} -> {new}")
         return FLAGGED_EXIT_CODE if args.strict and report.findings else 0
 
-    return run_reporting_errors(body)
+    return run_reporting_errors(body, parser)
 
 
 if __name__ == "__main__":

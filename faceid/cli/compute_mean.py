@@ -25,8 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    stats = compute_stats(FeatureCache.load(args.features_path))
-    path = save_stats(stats, args.features_path)
+    stats = compute_stats(FeatureCache.load(args.features_path, key=args.key))
+    path = save_stats(stats, args.features_path, key=args.key)
     dim = len(stats.normalizer.mean)
     print(f"vectors: {stats.n_vectors} x {dim}")
     print(f"global mean: {stats.global_mean:.6f}  global std: {stats.global_std:.6f}")

@@ -190,7 +190,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         "model_path": args.model_path, "classification": args.classification, "features": args.features,
         "face_options": FaceOptions(upsample=args.upsample, detector=args.detector), "no_face": args.no_face,
         "face_choice": args.face, "batch_size": args.batch_size, "seed": args.seed, "progress": not args.quiet,
-        "argv": argv,
+        "argv": argv, "key": args.key,
     }
     if args.command == "pairs":
         evaluation = evaluate_pairs(
@@ -221,8 +221,8 @@ def run_retrieve(args: argparse.Namespace, argv: list[str]) -> int:
         args.queries, args.gallery, args.model_path, distractors=args.distractors, features=args.features,
         distractor_features=args.distractor_features,
         face_options=FaceOptions(detect=not args.no_detect, upsample=args.upsample, detector=args.detector),
-        workers=args.workers, seed=args.seed, progress=not args.quiet, argv=argv)
-    written = retrieve.write_outputs(evaluation, args.json, args.plots, args.html)
+        workers=args.workers, seed=args.seed, progress=not args.quiet, argv=argv, key=args.key)
+    written = retrieve.write_outputs(evaluation, args.json, args.plots, args.html, key=args.key)
     print(retrieve.text_table(evaluation.summary))
     for path in written:
         print(f"wrote {path}")
@@ -248,7 +248,7 @@ def train_fold_head(vectors: np.ndarray, labels: np.ndarray, rows: np.ndarray, a
 
 def run_open_set(args: argparse.Namespace) -> int:
     """``openset`` and ``calibrate``: on a feature cache, no images, no TensorFlow for metric scorers."""
-    cache = FeatureCache.load(args.features)
+    cache = FeatureCache.load(args.features, key=args.key)
     vectors, labels, _ = cache.matrix(min_images=1)
     scorers = {name: {"scorer": name} for name in METRIC_SCORERS}
     if args.command == "calibrate":

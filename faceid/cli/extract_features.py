@@ -22,7 +22,7 @@ from faceid.errors import InputError
 from faceid.features.cache import MANIFEST_NAME
 from faceid.features.extract import extract_features
 from faceid.features.ray_engine import ENGINES, RayEngine
-from faceid.io.sealed import KEY_ENV, KeyRequiredError, active_key
+from faceid.io.sealed import KEY_ENV, KeyRequiredError
 from faceid.settings import DEFAULTS
 
 
@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     # Before any work: a missing [ray] extra is named before a cache is converted or read.
     engine = RayEngine(args.model_path, args.runtime, args.ray_address, quiet=args.quiet) if args.engine == "ray" else None
     if args.encrypt:
-        key = active_key()
+        key = args.key
         if key is None:
             raise KeyRequiredError(f"--encrypt needs a key: pass --key_file FILE (keys.py new --output FILE) or set {KEY_ENV}")
         if (args.features / MANIFEST_NAME).is_file():
@@ -82,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
         face_options=FaceOptions(detect=not args.no_detect, upsample=args.upsample, detector=args.detector,
                                  max_width=args.max_width or None),
         rebuild=args.rebuild, batch_size=args.batch_size, workers=args.workers, engine=engine, progress=not args.quiet,
+        key=args.key,
     )
     if args.json:
         print(json.dumps(summary.as_dict()))

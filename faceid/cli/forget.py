@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    report = forget_person(args.person, args.features, args.faces_path)
+    report = forget_person(args.person, args.features, args.faces_path, key=args.key)
     if args.json:
         print(json.dumps(report.as_dict()))
     else:
@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_main(build_parser(), run, argv)
+    return run_main(build_parser(), run, argv, aliases={"name": "person"})
 
 
 if __name__ == "__main__":

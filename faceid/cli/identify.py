@@ -12,7 +12,6 @@ The webcam is the default source; press q in the window, or Ctrl-C, to stop.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -21,18 +20,21 @@ import numpy as np
 
 from faceid.apps.live import LiveOptions, run_live
 from faceid.backbones import RUNTIMES, load_extractor
-from faceid.backbones.siamese import EXTRACTOR_HEAD_DIR
-from faceid.cli import add_detection_options, add_verbosity, run_reporting_errors, setup_script, warn_if_no_window
+from faceid.cli import (
+    add_detection_options,
+    add_verbosity,
+    run_reporting_errors,
+    script_key,
+    setup_script,
+    warn_if_no_window,
+)
 from faceid.detect.faces import FaceOptions, live_upsample
-from faceid.errors import InputError, ManifestMismatchError
-from faceid.features.cache import FeatureCache, describe_extractor
+from faceid.features.cache import FeatureCache
 from faceid.features.embedding import FaceEmbedder
 from faceid.io.display import display_available
 from faceid.io.video import frame_source
-from faceid.match.gallery import Gallery
-from faceid.match.model import SimilarityModel
-from faceid.match.openset import backbone_calibrations, default_scorer
-from faceid.match.scoring import METRIC_SCORERS, RULES, SCORERS, Rule
+from faceid.match.fitting import GalleryOptions, fit_gallery
+from faceid.match.scoring import RULES, SCORERS
 from faceid.settings import DEFAULTS
 
 
@@ -113,65 +115,20 @@ def live_options(args: argparse.Namespace) -> LiveOptions:
                        min_evidence=args.min_evidence, switch_margin=args.switch_margin)
 
 
+def gallery_options(args: argparse.Namespace) -> GalleryOptions:
+    """The gallery's options as the flags give them (:func:`faceid.match.fitting.fit_gallery` decides)."""
+    return GalleryOptions(
+        classification=args.classification, scorer=args.scorer, target_fpir=args.target_fpir, threshold=args.threshold,
+        rule=args.rule, top_k=args.top_k, vote_score=args.vote_score, vote_share=args.vote_share,
+        normalize=args.normalize, shortlist=args.shortlist or None,
+    )
+
+
 def build_gallery(args: argparse.Namespace, extractor, cache: FeatureCache):
     """The fitted gallery test.py identifies with: the model's (or the backbone's) scorer and
     calibration, the threshold derived for the people enrolled, and what the user overrode."""
-    classification = args.classification
-    # A metric scorer asked for without a model means the backbone alone, even if a default model exists.
-    # An extractor trained by train_siamese.py --loss bce carries its own head (its distance layer) in head/.
-    if classification is None and args.scorer not in METRIC_SCORERS:
-        for default in (Path(args.model, EXTRACTOR_HEAD_DIR), Path(DEFAULTS.similarity_path)):
-            if (default / "head.json").is_file():
-                classification = default
-                break
-    if classification is None and args.scorer == "head":
-        raise InputError(f"--scorer head needs a similarity model: train one with train.py and pass --classification DIR "
-                         f"(none at {Path(args.model, EXTRACTOR_HEAD_DIR)} or {DEFAULTS.similarity_path}), or choose --scorer "
-                         "euclidean or cosine")
-    backbone = backbone_calibrations(extractor.manifest, args.model)
     vectors, labels, names = cache.matrix(min_images=1)
-    if classification is None:
-        if args.normalize:
-            raise InputError("--normalize 1 applies to a similarity head: without --classification there is none")
-        scorer = args.scorer or default_scorer(backbone)
-        if scorer is None:
-            raise InputError(
-                f"no similarity model and no metric calibration for extractor {args.model} "
-                f"({describe_extractor(extractor.manifest)}): pass --classification DIR (train.py), calibrate the "
-                f"backbone with evaluate.py calibrate --features CACHE --model_path {args.model}, or give "
-                "--scorer euclidean --threshold T")
-        base = backbone[scorer].rule if scorer in backbone else Rule()
-        rule = _rule(args, base)
-        if scorer in backbone:
-            gallery = Gallery(calibration=backbone[scorer], target_fpir=args.target_fpir, threshold=args.threshold,
-                              rule=None if rule == base else rule, shortlist=args.shortlist or None)
-        elif args.threshold is not None:
-            gallery = Gallery(rule=rule, threshold=args.threshold, scorer=scorer, shortlist=args.shortlist or None)
-        else:
-            raise InputError(f"no {scorer} calibration for extractor {args.model}: calibrate it with evaluate.py "
-                             f"calibrate --features CACHE --model_path {args.model}, or pass --threshold T")
-        return gallery.fit(vectors, np.array(names)[labels])
-    model = SimilarityModel.load(classification)
-    model.check_extractor(extractor.manifest, f"extractor {args.model}")
-    trained_with = int(model.normalizer is not None)
-    if args.normalize is not None and args.normalize != trained_with:
-        raise ManifestMismatchError(
-            f"--normalize {args.normalize} contradicts {classification}, whose head was trained with "
-            f"--normalize {trained_with}: the head only works on features normalised the way it was trained; "
-            f"leave --normalize out, or train a head with train.py --normalize {args.normalize}")
-    scorer = args.scorer or model.default_scorer
-    calibration = model.calibrations.get(scorer) or backbone.get(scorer)
-    base = calibration.rule if calibration is not None else model.rule
-    rule = _rule(args, base)
-    gallery = model.gallery(None if rule == base else rule, args.threshold, shortlist=args.shortlist or None,
-                            scorer=scorer, target_fpir=args.target_fpir, fallback=backbone)
-    return gallery.fit(vectors, np.array(names)[labels])
-
-
-def _rule(args: argparse.Namespace, base: Rule) -> Rule:
-    """The calibrated rule with what the user changed (the threshold was calibrated for ``base``)."""
-    overrides = {"name": args.rule, "top_k": args.top_k, "vote_score": args.vote_score, "vote_share": args.vote_share}
-    return dataclasses.replace(base, **{key: value for key, value in overrides.items() if value is not None})
+    return fit_gallery(vectors, np.array(names)[labels], extractor.manifest, args.model, gallery_options(args))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -179,14 +136,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.max_frames < 0:
         parser.error("--max_frames must be 0 (all frames) or more")
-    setup_script(args)
+    setup_script(args, parser)
 
     def body() -> int:
         warn_if_no_window(args.no_display)
-        source = frame_source(camera=args.camera, video_path=args.video_path, images=args.images)
+        key = script_key(args)
+        source = frame_source(camera=args.camera, video_path=args.video_path, images=args.images, key=key)
         extractor = load_extractor(args.model, args.runtime)
-        cache = FeatureCache.load(args.features, extractor.manifest)
+        cache = FeatureCache.load(args.features, extractor.manifest, key=key)
         gallery = build_gallery(args, extractor, cache)
+        if cache.not_enrolled:
+            print(f"not enrolled (no usable image in their folder): {', '.join(cache.not_enrolled)}", file=sys.stderr)
         # What the threshold promises, before the first frame (stderr with --json: stdout stays one JSON line).
         print(gallery.decision_.describe(), file=sys.stderr if args.json else sys.stdout, flush=True)
         summary = run_live(
@@ -198,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(summary.as_dict()) if args.json else summary.report())
         return 0
 
-    return run_reporting_errors(body)
+    return run_reporting_errors(body, parser)
 
 
 if __name__ == "__main__":

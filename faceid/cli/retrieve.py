@@ -57,9 +57,9 @@ def run(args: argparse.Namespace) -> int:
     extractor = load_extractor(args.model_path)
     started = time.perf_counter()
     gallery = embed_gallery(args.gallery, extractor, args.features, face_options, args.workers, args.rebuild,
-                            progress=not (args.quiet or args.json))
+                            progress=not (args.quiet or args.json), key=args.key)
     loaded = time.perf_counter()
-    vectors, kept, _ = embed_queries(args.query, extractor, face_options, strict=True)
+    vectors, kept, _ = embed_queries(args.query, extractor, face_options, strict=True, key=args.key)
     ranked = gallery.rank(vectors, args.top)
     searched = time.perf_counter()
     results = []
@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     if args.html:
         sheet = [SheetRow(Path(result["query"]), [Candidate(Path(c["path"]), c["identity"], c["score"])
                                                   for c in result["candidates"]]) for result in results]
-        write_bytes(args.html, render_contact_sheet(sheet, f"Sketch search: {args.gallery}").encode())
+        write_bytes(args.html, render_contact_sheet(sheet, f"Sketch search: {args.gallery}", key=args.key).encode())
     summary = {
         "command": "retrieve", "model_path": str(args.model_path), "gallery": str(args.gallery),
         "features": str(args.features or default_cache(args.gallery)), "gallery_photos": len(gallery),

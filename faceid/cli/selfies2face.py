@@ -18,7 +18,7 @@ from pathlib import Path
 
 from faceid.apps.enrol import CropOptions
 from faceid.apps.selfies import MULTI_CHOICES, selfies_to_faces
-from faceid.cli import add_detection_options, add_verbosity, run_reporting_errors, setup_script
+from faceid.cli import add_detection_options, add_verbosity, run_reporting_errors, script_key, setup_script
 
 CROP = CropOptions()
 
@@ -47,18 +47,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.size < 32 or args.upsample < 0 or args.max_width < 0:
         parser.error("--size must be at least 32, --upsample and --max_width 0 or more")
-    setup_script(args)
+    setup_script(args, parser)
 
     def body() -> int:
         summary = selfies_to_faces(
             args.face_selfies, args.faces_path,
             crop=CropOptions(size=args.size, upsample=args.upsample, detector=args.detector, max_width=args.max_width),
-            multi=args.multi, progress=not args.quiet,
+            multi=args.multi, progress=not args.quiet, key=script_key(args),
         )
         print(json.dumps(summary.as_dict()) if args.json else summary.report())
         return 0
 
-    return run_reporting_errors(body)
+    return run_reporting_errors(body, parser)
 
 
 if __name__ == "__main__":

@@ -54,8 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     require_all(("tensorflow", "keras"), "train.py (the similarity head trains with Keras)")
-    cache = FeatureCache.load(args.features_path)
-    stats = load_stats(args.features_path, cache) if args.normalize else None
+    cache = FeatureCache.load(args.features_path, key=args.key)
+    stats = load_stats(args.features_path, cache, key=args.key) if args.normalize else None
     options = TrainOptions(
         epochs=args.epochs, neg_ratio=args.neg_ratio, max_positive_per_person=args.max_pairs_per_person or None,
         val_people=args.val_people, target_far=args.target_far, target_fpir=args.target_fpir, normalize=bool(args.normalize),

@@ -141,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
         def train(subset, output: Path) -> dict:
             shared = args.output / "crossval" / "synthetic" if args.cross_validate else None
             return train_hog(subset, output, hog_options, face_options, args.workers,
-                             progress and not args.cross_validate, synthetic_chips=shared)
+                             progress and not args.cross_validate, synthetic_chips=shared, key=args.key)
     else:
         options = SiameseOptions(
             init=init, loss=args.loss, margin=args.margin, mining=args.mining, fine_tune=args.fine_tune,
@@ -157,10 +157,11 @@ def run(args: argparse.Namespace) -> int:
             resume = args.resume or (args.cross_validate > 0 and (output / "training" / "state.json").is_file())
             return train_siamese(subset, output, options, data, resume=resume,
                                  progress=progress and not args.cross_validate, save_augmented=args.save_augmented,
-                                 synthetic_chips=args.output / "crossval" / "synthetic" if args.cross_validate else None)
+                                 synthetic_chips=args.output / "crossval" / "synthetic" if args.cross_validate else None,
+                                 key=args.key)
     if args.cross_validate:
         summary = cross_validate(faces, args.output, args.cross_validate, args.seed, train, face_options, args.workers,
-                                 progress)
+                                 progress, key=args.key)
         print(crossval_table(summary))
         print(f"wrote {args.output / 'crossval.json'}")
         print(json.dumps({key: summary[key] for key in ("method", "method_all_photos", "frozen_dlib",
@@ -196,7 +197,7 @@ def crossval_table(summary: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_main(build_parser(), run, argv)
+    return run_main(build_parser(), run, argv, aliases={"folds": "cross_validate", "backbone": "init"})
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """dlib's CNN face detector (``mmod_human_face_detector.dat``) on our own graph: ``--detector cnn``.
 
-The network is read by :mod:`faceid.backbones.dlib_format`, checked against its C++ type by
-:func:`faceid.backbones.dlib_graph.read_mmod_detector`, and run as an ONNX graph by ONNX Runtime
-(:func:`faceid.backbones.dlib_onnx.mmod_detector_onnx_bytes`). What dlib does around the network
+The network is read by :mod:`faceid.nets.dlib_format`, checked against its C++ type by
+:func:`faceid.nets.dlib_graph.read_mmod_detector`, and run as an ONNX graph by ONNX Runtime
+(:func:`faceid.nets.dlib_onnx.mmod_detector_onnx_bytes`). What dlib does around the network
 is written here in NumPy, from dlib's sources:
 
 - the input (``input_rgb_image_pyramid<pyramid_down<6>>``, ``dlib/dnn/input.h``): the image,
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from faceid.backbones.dlib_graph import MmodDetector, output_to_input, read_mmod_detector
+from faceid.nets.dlib_graph import MmodDetector, output_to_input, read_mmod_detector
 
 # A level is kept while it has at least this many rows (dlib's min_height).
 MIN_LEVEL_ROWS = 5
@@ -249,8 +249,8 @@ class CnnFaceDetector:
     """The CNN face detector, run by ONNX Runtime: ``detect(image, upsample) -> [(Rect, score)]``."""
 
     def __init__(self, path: str | Path, threads: int | None = None):
-        from faceid.backbones.dlib_onnx import mmod_detector_onnx_bytes
-        from faceid.backbones.runtime import OnnxModel
+        from faceid.nets.dlib_onnx import mmod_detector_onnx_bytes
+        from faceid.nets.onnx_session import OnnxModel
 
         self.network = read_mmod_detector(path)
         self.model = OnnxModel(mmod_detector_onnx_bytes(self.network), threads=threads, name=str(path))

@@ -13,6 +13,7 @@ from faceid.backbones import Extractor, load_extractor
 from faceid.detect.faces import FaceOptions
 from faceid.evaluate.images import EmbeddedImages, open_cache
 from faceid.features.cache import FeatureCache, describe_extractor
+from faceid.io.sealed import Key
 from faceid.features.embedding import FaceEmbedder
 from faceid.match.model import SimilarityModel
 
@@ -46,18 +47,20 @@ class Setup:
     model: SimilarityModel | None
     cache: FeatureCache | None
     cache_info: dict[str, Any]
+    key: Key | None = None  # what the encrypted cache and encrypted images open with
 
 
 def set_up(
-    model_path: str | Path, classification: str | Path | None, features: str | Path | None, face_options: FaceOptions
+    model_path: str | Path, classification: str | Path | None, features: str | Path | None, face_options: FaceOptions,
+    *, key: Key | None = None,
 ) -> Setup:
     extractor = load_extractor(model_path)
     model = None
     if classification is not None:
         model = SimilarityModel.load(classification)
         model.check_extractor(extractor.manifest, f"extractor {model_path}")
-    cache, cache_info = open_cache(Path(features) if features is not None else None, extractor)
-    return Setup(extractor, FaceEmbedder(extractor, face_options), model, cache, cache_info)
+    cache, cache_info = open_cache(Path(features) if features is not None else None, extractor, key=key)
+    return Setup(extractor, FaceEmbedder(extractor, face_options), model, cache, cache_info, key)
 
 
 def run_settings(

@@ -73,7 +73,7 @@ def fold_accuracy(scores: np.ndarray, is_same: np.ndarray, fold: np.ndarray) -> 
     for k in range(n_folds):
         test = fold == k
         if not test.any():
-            raise InputError(f"fold {k} has no pair left to evaluate: use fewer --folds")
+            raise InputError(f"fold {k} has no pair left to evaluate: use fewer `folds`")
         train = ~test
         threshold, _ = best_accuracy_threshold(per_fold[k][train], is_same[train])
         balanced_threshold, _ = best_balanced_threshold(per_fold[k][train], is_same[train])

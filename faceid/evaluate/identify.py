@@ -16,6 +16,7 @@ from faceid.evaluate.common import CMC_MAX_RANK, Evaluation, Setup, run_settings
 from faceid.evaluate.images import EmbeddedImages, embed_images
 from faceid.evaluate.methods import build_methods
 from faceid.io.images import list_people
+from faceid.io.sealed import Key
 from faceid.match.crossval import FPIR_POINTS
 from faceid.match.decision import Decision
 from faceid.match.metrics import cmc_curve, det_curve, fnir_at_fpir
@@ -60,8 +61,8 @@ def _split_gallery(
     if len(eligible) - n_strangers < 2:
         raise InputError(
             f"{len(eligible)} people have at least {min_images} usable images: too few to enrol 2 or more "
-            f"and hold {n_strangers} out as strangers. Add people, lower --gallery_per_person/--min_images "
-            "or --stranger_share"
+            f"and hold {n_strangers} out as strangers. Add people, lower `gallery_per_person`/`min_images` "
+            "or `stranger_share`"
         )
     shuffled = list(rng.permutation(eligible))
     strangers, known = sorted(shuffled[:n_strangers]), sorted(shuffled[n_strangers:])
@@ -106,7 +107,7 @@ def _sized_gallery(split: dict[str, Any], size: int) -> dict[str, Any]:
     n_distractors = size - n_known
     if n_distractors > len(split["distractors"]):
         raise InputError(
-            f"--gallery_sizes {size}: {len(split['known'])} known people and {len(split['distractors'])} people "
+            f"`gallery_sizes` {size}: {len(split['known'])} known people and {len(split['distractors'])} people "
             f"with too few images to be probed make at most {len(split['known']) + len(split['distractors'])}"
         )
     keep = split["gallery_labels"] < n_known
@@ -131,7 +132,7 @@ def _shipped(setup: Setup, backbone: dict[str, OpenSetCalibration]) -> tuple[str
     if backbone:
         scorer = default_scorer(backbone)
         return scorer, backbone[scorer], "the backbone's calibration (evaluate.py calibrate)"
-    return None, None, "no calibration for this extractor: run evaluate.py calibrate, or pass --classification"
+    return None, None, "no calibration for this extractor: run evaluate.py calibrate, or give a similarity model (classification)"
 
 
 def _operating_point(decision: Decision, scores: np.ndarray, true_class: np.ndarray, stranger_scores: np.ndarray
@@ -152,7 +153,7 @@ def folder_vectors(
         wanted = set(only)
         missing = sorted(wanted - set(people))
         if missing:
-            raise InputError(f"--people names {len(missing)} people with no folder in {faces_path} (e.g. {missing[0]})")
+            raise InputError(f"`people` names {len(missing)} people with no folder in {faces_path} (e.g. {missing[0]})")
         people = {name: files for name, files in people.items() if name in wanted}
     keys = [(name, path.name) for name, files in people.items() for path in files]
     images = embed_images(
@@ -164,6 +165,7 @@ def folder_vectors(
         face_choice=face_choice,
         batch_size=batch_size,
         progress=progress,
+        key=setup.key,
     )
     vectors_by_person: dict[str, list[np.ndarray]] = {name: [] for name in people}
     for key in keys:
@@ -195,6 +197,7 @@ def evaluate_identify(
     people: list[str] | None = None,
     progress: bool = True,
     argv: Sequence[str] | None = None,
+    key: Key | None = None,
 ) -> Evaluation:
     """Closed- and open-set identification on a folder of people, per scorer.
 
@@ -219,24 +222,24 @@ def evaluate_identify(
     """
     started = time.perf_counter()
     if gallery_per_person < 1:
-        raise InputError(f"--gallery_per_person must be at least 1, got {gallery_per_person}")
+        raise InputError(f"`gallery_per_person` must be at least 1, got {gallery_per_person}")
     if not 0.0 <= stranger_share < 1.0:
-        raise InputError(f"--stranger_share must be in [0, 1), got {stranger_share}")
+        raise InputError(f"`stranger_share` must be in [0, 1), got {stranger_share}")
     check_target_fpir(target_fpir)
     min_images = gallery_per_person + 1 if min_images is None else min_images
     if min_images <= gallery_per_person:
         raise InputError(
-            f"--min_images ({min_images}) must exceed --gallery_per_person ({gallery_per_person}): "
+            f"`min_images` ({min_images}) must exceed `gallery_per_person` ({gallery_per_person}): "
             "every enrolled person needs a probe"
         )
     if gallery_sizes and stranger_share == 0:
-        raise InputError("--gallery_sizes measures how many strangers are named: it needs --stranger_share above 0")
+        raise InputError("`gallery_sizes` measures how many strangers are named: it needs `stranger_share` above 0")
     if gallery_sizes and min(gallery_sizes) < 1:
-        raise InputError(f"--gallery_sizes are numbers of people, at least 1; got {list(gallery_sizes)}")
+        raise InputError(f"`gallery_sizes` are numbers of people, at least 1; got {list(gallery_sizes)}")
     faces_path = Path(faces_path)
     model_path = Path(model_path)
     face_options = face_options or FaceOptions()
-    setup = set_up(model_path, classification, features, face_options)
+    setup = set_up(model_path, classification, features, face_options, key=key)
     vectors_by_person, images = folder_vectors(faces_path, setup, no_face, face_choice, batch_size, progress, people)
     split = _split_gallery(
         vectors_by_person,
@@ -251,7 +254,7 @@ def evaluate_identify(
     if scorers:
         unknown = sorted(set(scorers) - {method.name for method in methods})
         if unknown:
-            raise InputError(f"--scorer {', '.join(unknown)}: not available here (the head needs --classification)")
+            raise InputError(f"`scorers` {', '.join(unknown)}: not available here (the head needs `classification`)")
         methods = [method for method in methods if method.name in scorers]
     backbone = backbone_calibrations(setup.extractor.manifest, model_path)
     shipped_scorer, shipped_calibration, shipped_from = _shipped(setup, backbone)

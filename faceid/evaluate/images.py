@@ -18,6 +18,7 @@ from faceid.evaluate.pairlist import ImageKey
 from faceid.features.cache import FeatureCache, describe_extractor
 from faceid.features.embedding import ChipBatcher, FaceEmbedder
 from faceid.io.images import UNREADABLE, image_sha256, read_image
+from faceid.io.sealed import Key
 from faceid.settings import DEFAULTS
 
 logger = logging.getLogger(__name__)
@@ -69,11 +70,13 @@ class EmbeddedImages:
         }
 
 
-def open_cache(features: Path | None, extractor: Extractor) -> tuple[FeatureCache | None, dict[str, Any]]:
-    """The feature cache to take vectors from, if it was made by ``extractor``; and what the summary says of it."""
+def open_cache(features: Path | None, extractor: Extractor, *,
+               key: Key | None = None) -> tuple[FeatureCache | None, dict[str, Any]]:
+    """The feature cache to take vectors from, if it was made by ``extractor`` (opened with ``key`` when
+    encrypted); and what the summary says of it."""
     if features is None:
         return None, {"path": None, "used": False}
-    cache = FeatureCache.load(features)
+    cache = FeatureCache.load(features, key=key)
     if cache.fingerprint != extractor.fingerprint:
         logger.warning(
             "feature cache %s was made by %s, not by the extractor given (%s): ignoring it and embedding every image",
@@ -134,6 +137,7 @@ def embed_images(
     face_choice: str = "largest",
     batch_size: int = DEFAULTS.batch_size,
     progress: bool = True,
+    key: Key | None = None,
 ) -> EmbeddedImages:
     """Vectors of ``root/person/file`` for every key: from the cache when it holds the same bytes, else embedded.
 
@@ -143,7 +147,7 @@ def embed_images(
     detection for every image: the cached vector is reused only when that face is also
     the largest, and an image whose faces all lie off-centre counts as having no face.
     With ``no_face="centre"`` an image without a (centred) face is embedded from
-    :func:`centre_face`; with ``"skip"`` it gets no vector.
+    :func:`centre_face`; with ``"skip"`` it gets no vector. ``key``: encrypted images open with it.
     """
     from tqdm import tqdm
 
@@ -152,6 +156,7 @@ def embed_images(
     if face_choice not in FACE_CHOICES:
         raise InputError(f"unknown face choice {face_choice!r}: choose one of {', '.join(FACE_CHOICES)}")
     result = EmbeddedImages(vectors={}, status={})
+    sealing_key = key  # below, ``key`` is each image's (person, file)
 
     def deliver(embedded_keys: list[ImageKey], vectors: np.ndarray) -> None:
         result.vectors.update(zip(embedded_keys, vectors))
@@ -164,7 +169,7 @@ def embed_images(
             if not path.is_file():
                 result.status[key] = MISSING
                 continue
-            cached = None if cache is None else cache.lookup(key[0], key[1], image_sha256(path))
+            cached = None if cache is None else cache.lookup(key[0], key[1], image_sha256(path, sealing_key))
             cached_vector, known_reason = None, None
             if isinstance(cached, np.ndarray):
                 cached_vector = cached
@@ -179,7 +184,7 @@ def embed_images(
                 result.status[key] = UNREADABLE
                 continue
             try:
-                image = read_image(path)
+                image = read_image(path, sealing_key)
             except ImageReadError as error:
                 logger.warning("skipping %s", error)
                 result.status[key] = UNREADABLE

@@ -16,6 +16,7 @@ from faceid.errors import InputError
 from faceid.evaluate.common import Evaluation, run_settings, set_up, summary_head
 from faceid.evaluate.identify import folder_vectors
 from faceid.evaluate.methods import build_methods
+from faceid.io.sealed import Key
 from faceid.settings import DEFAULTS
 
 logger = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ def evaluate_oneshot(
     people: list[str] | None = None,
     progress: bool = True,
     argv: Sequence[str] | None = None,
+    key: Key | None = None,
 ) -> Evaluation:
     """N-way one-shot accuracy (Koch et al. 2015), every method on the same trials.
 
@@ -69,16 +71,16 @@ def evaluate_oneshot(
     """
     started = time.perf_counter()
     if way < 2 or trials < 1:
-        raise InputError(f"--way must be at least 2 and --trials at least 1; got {way} and {trials}")
+        raise InputError(f"`way` must be at least 2 and `trials` at least 1; got {way} and {trials}")
     faces_path = Path(faces_path)
     face_options = face_options or FaceOptions()
-    setup = set_up(model_path, classification, features, face_options)
+    setup = set_up(model_path, classification, features, face_options, key=key)
     vectors_by_person, images = folder_vectors(faces_path, setup, no_face, face_choice, batch_size, progress, people)
     eligible = sorted(name for name, vectors in vectors_by_person.items() if len(vectors) >= 2)
     if len(eligible) < way:
         raise InputError(
             f"{way}-way one-shot needs {way} people with 2 or more usable images; {faces_path} has "
-            f"{len(eligible)}: lower --way or add people"
+            f"{len(eligible)}: lower `way` or add people"
         )
     rng = np.random.default_rng(seed)
     probes, supports = [], []

@@ -80,7 +80,7 @@ def read_pair_list(path: str | Path, folds: int = 10) -> PairList:
     try:
         lines = [line.strip() for line in path.read_text().splitlines()]
     except (OSError, UnicodeDecodeError) as error:
-        raise InputError(f"cannot read the pair list {path} ({error}): pass --pairs_file an LFW pairs file") from error
+        raise InputError(f"cannot read the pair list {path} ({error}): pass `pairs_file`, an LFW pairs file") from error
     numbered = [(number, line) for number, line in enumerate(lines, start=1) if line]
     if not numbered:
         raise InputError(f"pair list {path} is empty: expected a header line like '1100' or '10 300'")
@@ -131,12 +131,12 @@ def read_pair_list(path: str | Path, folds: int = 10) -> PairList:
     if file_folds > 1:
         fold = np.arange(len(body)) // (2 * per_kind)
         if folds != file_folds:
-            logger.info("%s defines %d folds: using them (--folds applies to single lists only)", path, file_folds)
+            logger.info("%s defines %d folds: using them (`folds` applies to single lists only)", path, file_folds)
         return PairList(tuple(first), tuple(second), is_same, fold, file_folds, True)
     if per_kind < 2:
         raise InputError(f"{path} lists {per_kind} pair of each kind: at least 2 are needed to cut it into folds")
     if not 2 <= folds <= per_kind:
-        raise InputError(f"--folds must be between 2 and {per_kind} (the pairs of each kind); got {folds}")
+        raise InputError(f"`folds` must be between 2 and {per_kind} (the pairs of each kind); got {folds}")
     fold = np.empty(len(body), dtype=np.int64)
     for rows in (np.flatnonzero(is_same), np.flatnonzero(~is_same)):
         for index, chunk in enumerate(np.array_split(rows, folds)):
@@ -173,7 +173,7 @@ def sample_pair_list(images_root: str | Path, people: list[str], per_kind: int, 
     for person in sorted(set(people)):
         folder = images_root / person
         if not folder.is_dir():
-            raise InputError(f"{folder} is missing: --people names someone --images_root does not hold")
+            raise InputError(f"{folder} is missing: `people` names someone `images_root` does not hold")
         count = 0
         while (folder / lfw_file_name(person, count + 1)).is_file():
             count += 1
@@ -183,7 +183,7 @@ def sample_pair_list(images_root: str | Path, people: list[str], per_kind: int, 
         raise InputError("sampling pairs needs two people and someone with two LFW-named images (name_0001.jpg, ...)")
     same_possible = sum(count * (count - 1) // 2 for count in counts.values())
     if per_kind > same_possible:
-        raise InputError(f"--per_kind {per_kind}: these people have only {same_possible} same-person pairs")
+        raise InputError(f"`per_kind` {per_kind}: these people have only {same_possible} same-person pairs")
     rng = np.random.default_rng(seed)
     names = sorted(counts)
     same: set[str] = set()

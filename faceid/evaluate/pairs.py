@@ -19,6 +19,7 @@ from faceid.evaluate.images import MISSING, embed_images
 from faceid.evaluate.methods import Method, build_methods
 from faceid.evaluate.pairlist import ImageKey, PairList, read_pair_list
 from faceid.io.images import UNREADABLE
+from faceid.io.sealed import Key
 from faceid.match.head import HeadArchitecture, SimilarityHead
 from faceid.match.metrics import (
     best_accuracy_threshold,
@@ -155,6 +156,7 @@ def evaluate_pairs(
     seed: int = DEFAULTS.seed,
     progress: bool = True,
     argv: Sequence[str] | None = None,
+    key: Key | None = None,
 ) -> Evaluation:
     """Verification accuracy on an LFW pair list, every method side by side.
 
@@ -171,15 +173,15 @@ def evaluate_pairs(
     if missing not in MISSING_POLICIES:
         raise InputError(f"unknown missing-image policy {missing!r}: choose one of {', '.join(MISSING_POLICIES)}")
     if head_epochs < 1:
-        raise InputError(f"--head_epochs must be at least 1, got {head_epochs}")
+        raise InputError(f"`head_epochs` must be at least 1, got {head_epochs}")
     pairs = read_pair_list(pairs_file, folds)
     images_root = Path(images_root)
     if not images_root.is_dir():
         raise InputError(
-            f"images root {images_root} is not a folder: pass --images_root DIR holding <name>/<name>_0001.jpg"
+            f"images root {images_root} is not a folder: pass `images_root`, a folder holding <name>/<name>_0001.jpg"
         )
     face_options = face_options or FaceOptions()
-    setup = set_up(model_path, classification, features, face_options)
+    setup = set_up(model_path, classification, features, face_options, key=key)
     images = embed_images(
         pairs.images(),
         images_root,
@@ -189,6 +191,7 @@ def evaluate_pairs(
         face_choice=face_choice,
         batch_size=batch_size,
         progress=progress,
+        key=setup.key,
     )
 
     # "Available": the file exists and could be read. Pairs naming an unavailable image are
@@ -214,7 +217,7 @@ def evaluate_pairs(
     if not is_same.any() or is_same.all():
         raise InputError(
             f"after leaving out pairs with missing images, {int(is_same.sum())} same and {int((~is_same).sum())} "
-            f"different pairs remain: --images_root {images_root} must hold the images the pair list names"
+            f"different pairs remain: `images_root` {images_root} must hold the images the pair list names"
         )
     kept_first = [first[row] for row in rows]
     kept_second = [second[row] for row in rows]

@@ -131,7 +131,7 @@ def notes(evaluation: Evaluation) -> list[str]:
         f"Images: {images['total']} named ({images['from_cache']} vectors from the feature cache, {images['embedded']} "
         f"embedded; {images['missing']} missing, {images['unreadable']} unreadable); face taken: the "
         f"{summary['face_choice']} one; no face found in {images['no_face']} ({_percent(images['no_face_share'])} of "
-        f"the images found), handled by --no_face {summary['no_face_policy']}."
+        f"the images found), handled by the no-face policy {summary['no_face_policy']}."
     )
     lines = [first]
     if summary["command"] == "pairs":
@@ -152,7 +152,8 @@ def notes(evaluation: Evaluation) -> list[str]:
         if pairs["same"] != pairs["different"]:
             lines.append(
                 "The evaluated pairs are unbalanced, so plain accuracy leans on the larger kind: 'balanced accuracy' "
-                "weighs both kinds equally (threshold chosen the same way); --missing replace restores a balanced list."
+                "weighs both kinds equally (threshold chosen the same way); the missing-image policy 'replace' restores a "
+                "balanced list."
             )
         if summary.get("head_per_fold"):
             lines.append(
@@ -209,7 +210,7 @@ def notes(evaluation: Evaluation) -> list[str]:
 
 
 def _pyplot():
-    matplotlib = require("matplotlib", "--plots and --html (evaluation plots)")
+    matplotlib = require("matplotlib", "`plots_dir` and `html_path` (evaluation plots)")
 
     matplotlib.use("Agg")  # headless: no display on servers and CI
     import matplotlib.pyplot as plt

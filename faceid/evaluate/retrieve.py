@@ -27,6 +27,7 @@ from faceid.detect.faces import FaceOptions
 from faceid.errors import InputError
 from faceid.evaluate.report import _png, _pyplot
 from faceid.features.cache import describe_extractor
+from faceid.io.sealed import Key
 from faceid.io.store import atomic_path, write_bytes, write_json
 from faceid.match.retrieval import CMC_MAX_RANK, ranking, retrieval_metrics
 from faceid.retrieve.gallery import Gallery, embed_gallery, embed_queries, gallery_layout, identity
@@ -52,17 +53,19 @@ class RetrievalEvaluation:
 
 def query_items(folder: Path) -> list[tuple[Path, str]]:
     """``(path, identity)`` of every query image (flat: by stem; in a person folder: by the folder)."""
-    people = gallery_layout(folder, "--queries")
+    people = gallery_layout(folder, "`queries`")
     return [(path, identity(person, path.name)) for person, paths in people.items() for path in paths]
 
 
 def evaluate_retrieve(queries: Path, gallery: Path, model_path: Path, distractors: Path | None = None,
                       features: Path | None = None, distractor_features: Path | None = None,
                       face_options: FaceOptions = FaceOptions(), workers: int = DEFAULTS.workers, seed: int = 0,
-                      progress: bool = True, argv: list[str] | None = None) -> RetrievalEvaluation:
+                      progress: bool = True, argv: list[str] | None = None, *,
+                      key: Key | None = None) -> RetrievalEvaluation:
+    """``key``: the galleries' caches are encrypted with it, and encrypted images open with it."""
     extractor = load_extractor(model_path)
     items = query_items(Path(queries))
-    photos = embed_gallery(gallery, extractor, features, face_options, workers, progress=progress)
+    photos = embed_gallery(gallery, extractor, features, face_options, workers, progress=progress, key=key)
     known = set(photos.identities)
     matched = [(path, name) for path, name in items if name in known]
     unmatched = [str(path) for path, name in items if name not in known]
@@ -74,7 +77,8 @@ def evaluate_retrieve(queries: Path, gallery: Path, model_path: Path, distractor
     if unmatched:
         logger.warning("%d of %d queries have no photo of their person in the gallery and are left out (e.g. %s)",
                        len(unmatched), len(items), unmatched[0])
-    vectors, kept, failed = embed_queries([path for path, _ in matched], extractor, face_options, strict=False)
+    vectors, kept, failed = embed_queries([path for path, _ in matched], extractor, face_options, strict=False,
+                                          key=key)
     if failed:
         logger.warning("%d queries gave no face and count as misses (e.g. %s)", len(failed), next(iter(failed.values())))
     query_names = np.array([matched[row][1] for row in kept], dtype=object)
@@ -82,13 +86,13 @@ def evaluate_retrieve(queries: Path, gallery: Path, model_path: Path, distractor
     extra = None
     if distractors is not None:
         extra = embed_gallery(distractors, extractor, distractor_features, face_options, workers, progress=progress,
-                              flag="--distractors")
+                              parameter="`distractors`", key=key)
     gallery_vectors = photos.vectors if extra is None else np.concatenate([photos.vectors, extra.vectors])
     gallery_names = np.array(photos.identities + ([] if extra is None else [_DISTRACTOR + n for n in extra.identities]),
                              dtype=object)
     if len(kept) == 0:
         raise InputError(f"none of the {len(matched)} matched queries gave a face: nothing to rank "
-                         "(try --upsample 2, --detector cnn, or --no_detect for crops)")
+                         "(try `upsample` 2 or `detector` cnn, or, for face crops, skip detection: `detect`)")
     scores = vectors @ gallery_vectors.T
     relevant = query_names[:, None] == gallery_names[None, :]
     result = retrieval_metrics(scores, relevant, missed=len(failed), max_rank=CMC_MAX_RANK)
@@ -176,7 +180,7 @@ def render_plots(summary: dict[str, Any]) -> dict[str, bytes]:
 
 
 def write_outputs(evaluation: RetrievalEvaluation, json_path: Path | None, plots_dir: Path | None,
-                  html_path: Path | None) -> list[Path]:
+                  html_path: Path | None, *, key: Key | None = None) -> list[Path]:
     import base64
     import html
 
@@ -198,7 +202,8 @@ def write_outputs(evaluation: RetrievalEvaluation, json_path: Path | None, plots
                   f"<h2>First queries: top {SHEET_TOP} (green frame: the right person)</h2>")
         settings = html.escape(json.dumps({"extractor": evaluation.summary["extractor"],
                                            **evaluation.summary["settings"]}, indent=1))
-        page = render_contact_sheet(evaluation.sheet, "Sketch -> photo retrieval", header + f"<pre>{settings}</pre>")
+        page = render_contact_sheet(evaluation.sheet, "Sketch -> photo retrieval", header + f"<pre>{settings}</pre>",
+                                    key=key)
         with atomic_path(html_path) as temporary:
             temporary.write_text(page, encoding="utf-8")
         written.append(html_path)

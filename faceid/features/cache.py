@@ -70,12 +70,13 @@ class PersonFeatures:
     hashes: list[str]  # sha256 of each file's bytes
     skipped: dict[str, tuple[str, str]] = field(default_factory=dict)  # file -> (sha256, reason)
 
-    def save(self, path: Path, fingerprint: str) -> None:
-        """Write the person file (sealed, bound to its name, when a key is in use)."""
+    def save(self, path: Path, fingerprint: str, *, key: sealed.Key | None = None) -> None:
+        """Write the person file (sealed with ``key``, bound to its name, when a key is given)."""
         skipped_files = sorted(self.skipped)
         save_npz(
             path,
             person_context(path.stem),
+            key=key,
             vectors=self.vectors.astype(np.float32),
             files=np.array(self.files, dtype=str),
             hashes=np.array(self.hashes, dtype=str),
@@ -100,23 +101,23 @@ class PersonFeatures:
         return {name: row for row, name in enumerate(self.files)}
 
     @classmethod
-    def load(cls, path: Path, encrypted: bool | None = False,
-             sha256: str | None = None) -> tuple["PersonFeatures", str]:
+    def load(cls, path: Path, encrypted: bool | None = False, sha256: str | None = None, *,
+             key: sealed.Key | None = None) -> tuple["PersonFeatures", str]:
         """Read a person file; returns it and the fingerprint it was made with.
 
         ``encrypted``: whether the cache is (a plaintext file in an encrypted cache, or the
         reverse, is refused: :func:`faceid.io.store.open_private`). ``sha256``: what the
-        manifest's table says the file's bytes hash to.
+        manifest's table says the file's bytes hash to. ``key``: the key an encrypted file opens with.
         """
         fix = "re-run extract_features.py to rebuild it"
         with mapped_file(path, "feature file", fix) as raw:
             # Authentication first (its errors say what happened: tampered, truncated, moved,
             # plaintext among encrypted), the manifest's hash next (an older or foreign copy).
-            plain = open_private(raw, path, "this feature cache", person_context(path.stem), encrypted)
+            plain = open_private(raw, path, "this feature cache", person_context(path.stem), encrypted, key=key)
             if sha256 is not None and hashlib.sha256(raw).hexdigest() != sha256:
                 raise InputError(f"{path} does not match the hash in its cache's manifest (changed, or replaced by "
                                  f"another copy, after the manifest was written): restore it, or re-run "
-                                 f"extract_features.py --features {path.parent.parent}")
+                                 f"extract_features.py on {path.parent.parent}")
             try:
                 # A plaintext file is read from its mapping, a decrypted one from memory.
                 with np.load(io.BytesIO(plain) if isinstance(plain, bytes) else plain, allow_pickle=False) as data:
@@ -132,7 +133,7 @@ class PersonFeatures:
             except CORRUPT_FILE_ERRORS as error:
                 raise InputError(f"feature file {path} is unreadable or corrupt ({error}): {fix}") from error
         if vectors.ndim != 2 or len(vectors) != len(files) or len(files) != len(hashes):
-            raise InputError(f"feature file {path} is inconsistent: re-run extract_features.py --rebuild")
+            raise InputError(f"feature file {path} is inconsistent: rebuild the cache with extract_features.py (`rebuild`)")
         return cls(path.stem, vectors, files, hashes, skipped), fingerprint
 
 
@@ -163,12 +164,14 @@ class FeatureCache:
 
     @classmethod
     def load(
-        cls, directory: str | Path, extractor_manifest: dict[str, Any] | None = None, for_update: bool = False
+        cls, directory: str | Path, extractor_manifest: dict[str, Any] | None = None, for_update: bool = False, *,
+        key: sealed.Key | None = None,
     ) -> "FeatureCache":
         """Open a cache; with ``extractor_manifest``, insist it was made by that extractor.
 
         ``for_update`` (extraction re-opening its own cache) accepts an empty cache
         and leaves out person files from another extractor, to be re-embedded.
+        ``key``: the key an encrypted cache was made with (``None``: the cache must be plaintext).
 
         Raises:
             InputError: no cache there, or a corrupt file.
@@ -178,22 +181,21 @@ class FeatureCache:
         manifest = read_json(
             directory / MANIFEST_NAME,
             "feature cache manifest",
-            "run extract_features.py --faces_path DIR --model_path EXTRACTOR --features "
-            f"{directory} first",
+            f"make it with extract_features.py first (a folder of faces, an extractor, and {directory} as the cache)",
         )
         if manifest.get("format") != CACHE_FORMAT:
             raise InputError(f"{directory} is not a faceid feature cache (format {manifest.get('format')!r})")
         if extractor_manifest is not None:
             check_same_extractor(
                 manifest["extractor"], extractor_manifest, f"feature cache {directory}",
-                f"pass the extractor that made it, or rebuild the cache with extract_features.py --features {directory} --rebuild",
+                f"pass the extractor that made it, or rebuild the cache {directory} with extract_features.py (`rebuild`)",
             )
-        encrypted = check_encryption(directory, manifest)
+        encrypted = check_encryption(directory, manifest, key=key)
         paths = person_paths(directory)
         table = {} if for_update else check_file_table(directory, manifest, paths)
         people = {}
         for path in paths:
-            person, fingerprint = PersonFeatures.load(path, encrypted, table.get(path.name))
+            person, fingerprint = PersonFeatures.load(path, encrypted, table.get(path.name), key=key)
             if fingerprint != manifest["extractor"]["fingerprint"]:
                 if for_update:
                     logger.info("%s comes from another extractor: re-embedding it", path)
@@ -206,6 +208,11 @@ class FeatureCache:
         if not people and not for_update:
             raise InputError(f"feature cache {directory} holds no people: run extract_features.py")
         return cls(directory, manifest, people)
+
+    @property
+    def not_enrolled(self) -> list[str]:
+        """People the cache lists with no usable vector (every image failed): never identified, sorted."""
+        return sorted(name for name, person in self.people.items() if len(person.vectors) == 0)
 
     def matrix(self, min_images: int = 1) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """All vectors stacked, for people with at least ``min_images`` vectors.
@@ -243,12 +250,36 @@ class FeatureCache:
         return digest.hexdigest()[:32]
 
 
+# Manifest fields that say nothing about the vectors (or are hashes of what the others say).
+_NOT_SETTINGS = ("format", "fingerprint", "sources")
+
+
+def extractor_differences(found: dict[str, Any], expected: dict[str, Any]) -> list[str]:
+    """The settings two extractor manifests disagree on, as ``name: found ≠ expected``.
+
+    Settings first; file hashes (``*_sha256``: other weights) only when no setting differs.
+    """
+    plain = {"tta": "none", "precision": "fp32"}  # what a manifest older than these fields means
+    keys = sorted((set(found) | set(expected)) - set(_NOT_SETTINGS))
+    differing = [key for key in keys if found.get(key, plain.get(key)) != expected.get(key, plain.get(key))]
+    settings = [key for key in differing if not key.endswith("_sha256")]
+    return [f"{key}: {_short(found.get(key, plain.get(key)))} ≠ {_short(expected.get(key, plain.get(key)))}"
+            for key in (settings or differing)]
+
+
+def _short(value: Any) -> str:
+    text = "(none)" if value is None else str(value)
+    return text[:12] if len(text) == 64 and all(c in "0123456789abcdef" for c in text) else text
+
+
 def check_same_extractor(found: dict[str, Any], expected: dict[str, Any], found_from: str, fix: str) -> None:
-    """Stop when two artefacts come from different extractors, naming both and the fix."""
+    """Stop when two artefacts come from different extractors, naming both, what differs, and the fix."""
     if found.get("fingerprint") != expected.get("fingerprint"):
+        differences = extractor_differences(found, expected)
+        differ = f" (they differ in {'; '.join(differences)})" if differences else ""
         raise ManifestMismatchError(
             f"{found_from} was made by {describe_extractor(found)}, but the extractor given is "
-            f"{describe_extractor(expected)}: {fix}"
+            f"{describe_extractor(expected)}{differ}: {fix}"
         )
 
 
@@ -309,11 +340,11 @@ def write_manifest(directory: Path, manifest: dict[str, Any], key: sealed.Key | 
     write_json(Path(directory) / MANIFEST_NAME, manifest)
 
 
-def check_encryption(directory: Path, manifest: dict[str, Any]) -> bool:
-    """Whether the cache at ``directory`` is encrypted, after checking the key in use opens it.
+def check_encryption(directory: Path, manifest: dict[str, Any], *, key: sealed.Key | None = None) -> bool:
+    """Whether the cache at ``directory`` is encrypted, after checking that ``key`` opens it.
 
     Raises:
-        KeyRequiredError / WrongKeyError: encrypted, and no key / another key is in use.
+        KeyRequiredError / WrongKeyError: encrypted, and no key / another key was given.
         TamperedFileError: the manifest was edited after it was sealed.
         SealError: a conversion was interrupted (re-run it to finish).
     """
@@ -327,12 +358,11 @@ def check_encryption(directory: Path, manifest: dict[str, Any]) -> bool:
     if not record.get("complete", True):
         raise sealed.SealError(
             f"feature cache {directory}: an encryption or key change was interrupted half way; run the same "
-            "keys.py (or extract_features.py --encrypt) command again to finish it")
-    key = sealed.active_key()
+            "keys.py (or extract_features.py with `encrypt`) command again to finish it")
     if key is None:
         raise sealed.KeyRequiredError(
-            f"feature cache {directory} is encrypted (key {record.get('key_id')}): pass --key_file FILE "
-            f"or set {sealed.KEY_ENV}")
+            f"feature cache {directory} is encrypted (key {record.get('key_id')}): pass `key` "
+            f"(or set {sealed.KEY_ENV})")
     if key.id != record.get("key_id"):
         raise sealed.WrongKeyError(
             f"feature cache {directory} is encrypted with key {record.get('key_id')}, not with {key.describe()}: "
@@ -347,17 +377,16 @@ def check_encryption(directory: Path, manifest: dict[str, Any]) -> bool:
     return True
 
 
-def check_key_matches(directory: Path, manifest: dict[str, Any]) -> None:
-    """Before writing to an existing cache: the key in use must be the one it is encrypted with,
-    and a plaintext cache takes no key (mixing would leave half of it readable without one)."""
-    if check_encryption(directory, manifest):
+def check_key_matches(directory: Path, manifest: dict[str, Any], *, key: sealed.Key | None = None) -> None:
+    """Before writing to an existing cache: ``key`` must be the one it is encrypted with, and a
+    plaintext cache takes no key (mixing would leave half of it readable without one)."""
+    if check_encryption(directory, manifest, key=key):
         return
-    key = sealed.active_key()
     if key is not None:
         raise sealed.PlaintextFileError(
             f"feature cache {directory} is not encrypted, and {key.describe()} was given: convert it in place "
-            f"first (keys.py encrypt --features {directory} --key_file FILE, or extract_features.py --encrypt), "
-            "or leave out the key (nothing was changed)")
+            f"first (keys.py encrypt on {directory} with that key, or extract_features.py with `encrypt`), "
+            "or leave out `key` (nothing was changed)")
 
 
 def check_file_table(directory: Path, manifest: dict[str, Any], paths: list[Path]) -> dict[str, str]:
@@ -366,7 +395,7 @@ def check_file_table(directory: Path, manifest: dict[str, Any], paths: list[Path
     table = manifest.get("files")
     if table is None:
         return {}  # written before the table existed, or by an extraction still running
-    fix = f"restore the file, or re-run extract_features.py --features {directory} (it re-checks every image)"
+    fix = f"restore the file, or re-run extract_features.py on {directory} (it re-checks every image)"
     found = {f"{PEOPLE_DIR}/{path.name}": path for path in paths}
     for name in sorted(set(table) - set(found)):
         raise InputError(f"feature cache {directory}: {name} is in the manifest but missing: {fix}")
@@ -423,11 +452,7 @@ def reseal_cache(directory: Path, old: sealed.Key | None, new: sealed.Key | None
             raise error(f"feature cache {directory} is {what}: pass "
                         + (f"the key it is encrypted with (from {old_id})" if found_id else "no old key"))
         if old is not None:
-            previous = sealed.use_key(old)
-            try:
-                check_encryption(directory, manifest)
-            finally:
-                sealed.use_key(previous)
+            check_encryption(directory, manifest, key=old)
         progress = dict(manifest)
         progress["encryption"] = {"cipher": sealed.CIPHER, "key_id": new_id, "from_key_id": old_id, "complete": False}
         write_json(directory / MANIFEST_NAME, progress)

@@ -25,7 +25,7 @@ from faceid.detect.faces import NO_FACE, FaceCropper
 from faceid.errors import ImageReadError
 from faceid.features.embedding import ChipBatcher
 from faceid.io.images import UNREADABLE, read_image
-from faceid.io.sealed import active_key, use_key
+from faceid.io.sealed import Key
 from faceid.settings import DEFAULTS
 
 logger = logging.getLogger(__name__)
@@ -40,10 +40,10 @@ class Prepared:
     reason: str | None = None
 
 
-def prepare_image(path: Path, cropper: FaceCropper) -> Prepared:
-    """Decode, detect and align one image (runs in a worker process)."""
+def prepare_image(path: Path, cropper: FaceCropper, key: Key | None = None) -> Prepared:
+    """Decode, detect and align one image (runs in a worker process); ``key`` opens an encrypted crop."""
     try:
-        image = read_image(path)
+        image = read_image(path, key)
     except ImageReadError as error:
         logger.warning("skipping %s", error)
         return Prepared(chip=None, reason=UNREADABLE)
@@ -71,8 +71,11 @@ class ExtractionEngine(ABC):
 
     @abstractmethod
     def extract(self, paths: Sequence[Path], cropper: FaceCropper, extractor: Extractor,
-                batch_size: int = DEFAULTS.batch_size) -> Iterator[list[Extracted]]:
+                batch_size: int = DEFAULTS.batch_size, *, key: Key | None = None) -> Iterator[list[Extracted]]:
         """Every path's :class:`Extracted` exactly once, in batches, in any order.
+
+        ``key``: what encrypted crops among ``paths`` open with (sent to the engine's own workers
+        only, in memory; never written).
 
         The vectors are ``extractor``'s for the chip ``cropper`` cuts from each image, whatever
         the engine (equal within the runtime's float tolerance, 1e-5 for dlib on ONNX Runtime).
@@ -97,7 +100,7 @@ class LocalEngine(ExtractionEngine):
         self.batch_size = batch_size
 
     def extract(self, paths: Sequence[Path], cropper: FaceCropper, extractor: Extractor,
-                batch_size: int = DEFAULTS.batch_size) -> Iterator[list[Extracted]]:
+                batch_size: int = DEFAULTS.batch_size, *, key: Key | None = None) -> Iterator[list[Extracted]]:
         """Chips from the workers, embedded here ``batch_size`` at a time; skipped images at once."""
         done: list[Extracted] = []
 
@@ -105,7 +108,7 @@ class LocalEngine(ExtractionEngine):
             done.extend(Extracted(index, vector, n_faces) for (index, n_faces), vector in zip(indices, vectors))
 
         with ChipBatcher(lambda chips: extractor.embed(chips, batch_size=batch_size), deliver, batch_size) as batcher:
-            for index, prepared in enumerate(self.prepare(paths, cropper)):
+            for index, prepared in enumerate(self.prepare(paths, cropper, key=key)):
                 if prepared.reason is not None:
                     done.append(Extracted(index, None, reason=prepared.reason))
                 else:
@@ -116,15 +119,15 @@ class LocalEngine(ExtractionEngine):
         if done:
             yield done
 
-    def prepare(self, paths: Sequence[Path], cropper: FaceCropper) -> Iterator[Prepared]:
-        """One :class:`Prepared` per path, in the order of ``paths``."""
+    def prepare(self, paths: Sequence[Path], cropper: FaceCropper, *, key: Key | None = None) -> Iterator[Prepared]:
+        """One :class:`Prepared` per path, in the order of ``paths``; ``key`` opens encrypted crops."""
         workers, batch_size = self.workers, self.batch_size
         if workers > 0 and not _spawn_can_start():
             logger.info("no importable main script (stdin or interactive session): extracting in this process")
             workers = 0
         if workers <= 0:
             for path in paths:
-                yield prepare_image(path, cropper)
+                yield prepare_image(path, cropper, key)
             return
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
@@ -133,12 +136,12 @@ class LocalEngine(ExtractionEngine):
         context = multiprocessing.get_context("spawn")
         in_flight: deque = deque()
         limit = max(4 * batch_size, 8 * workers)
-        # Workers open encrypted crops with the parent's key (sent over the pool's pipe, never to disk).
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=use_key,
-                                 initargs=(active_key(),)) as pool:
+        # Workers open encrypted crops with the caller's key, sent with each task over the pool's
+        # pipe (never to disk): a worker holds no key of its own.
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
             try:
                 for path in paths:
-                    in_flight.append(pool.submit(prepare_image, path, cropper))
+                    in_flight.append(pool.submit(prepare_image, path, cropper, key))
                     if len(in_flight) >= limit:
                         yield in_flight.popleft().result()
                 while in_flight:

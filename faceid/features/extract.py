@@ -30,7 +30,7 @@ from faceid.features.cache import (
 )
 from faceid.features.engine import ExtractionEngine, LocalEngine
 from faceid.io.images import image_sha256, list_people
-from faceid.io.sealed import active_key
+from faceid.io.sealed import Key
 from faceid.io.store import read_json, remove_leftovers
 from faceid.settings import DEFAULTS
 
@@ -49,7 +49,8 @@ class ExtractionSummary:
     removed_people: list[str] = field(default_factory=list)
     several_faces: list[str] = field(default_factory=list)  # largest face used
     skipped: dict[str, list[str]] = field(default_factory=dict)  # reason -> files
-    too_few: dict[str, int] = field(default_factory=dict)  # person -> usable images (< 2)
+    too_few: dict[str, int] = field(default_factory=dict)  # person -> usable images (1: no pair for training)
+    not_enrolled: list[str] = field(default_factory=list)  # people with no usable image: not identifiable
 
     def skip(self, reason: str, file: str) -> None:
         self.skipped.setdefault(reason, []).append(file)
@@ -68,6 +69,10 @@ class ExtractionSummary:
             if files:
                 shown = ", ".join(files[:examples]) + (f", ... (+{len(files) - examples})" if len(files) > examples else "")
                 lines.append(f"  {reason}: {len(files)}: {shown}")
+        if self.not_enrolled:
+            names = sorted(self.not_enrolled)
+            lines.append(f"  not enrolled (no usable image, so never identified): {len(names)}: "
+                         + ", ".join(names[:examples]) + (" ..." if len(names) > examples else ""))
         if self.too_few:
             names = sorted(self.too_few)
             lines.append(
@@ -88,22 +93,24 @@ class ExtractionSummary:
             "several_faces": len(self.several_faces),
             "skipped": {reason: len(files) for reason, files in self.skipped.items()},
             "people_with_fewer_than_2_images": self.too_few,
+            "not_enrolled": sorted(self.not_enrolled),
         }
 
 
-def _open_or_start_cache(features_dir: Path, extractor: Extractor, rebuild: bool) -> dict[str, PersonFeatures]:
-    """Previous per-person entries that can be reused, after checking the extractor."""
+def _open_or_start_cache(features_dir: Path, extractor: Extractor, rebuild: bool,
+                         key: Key | None) -> dict[str, PersonFeatures]:
+    """Previous per-person entries that can be reused, after checking the extractor and the key."""
     manifest_path = features_dir / MANIFEST_NAME
     if not manifest_path.exists():
         return {}
-    check_key_matches(features_dir, read_json(manifest_path, "feature cache manifest", "pass --rebuild, or another "
-                                              "--features folder"))
+    check_key_matches(features_dir, read_json(manifest_path, "feature cache manifest", "pass `rebuild`, or another "
+                                              "`features_dir` folder"), key=key)
     if rebuild:
         return {}
-    cache = FeatureCache.load(features_dir, for_update=True)
+    cache = FeatureCache.load(features_dir, for_update=True, key=key)
     check_same_extractor(
         cache.manifest["extractor"], extractor.manifest, f"feature cache {features_dir}",
-        "nothing was changed; pass --rebuild to re-embed every image with this extractor, or --features a new folder",
+        "nothing was changed; pass `rebuild` to re-embed every image with this extractor, or `features_dir` a new folder",
     )
     return cache.people
 
@@ -120,6 +127,8 @@ def extract_features(
     engine: ExtractionEngine | None = None,
     progress: bool = True,
     people_files: dict[str, list[Path]] | None = None,
+    add: bool = False,
+    key: Key | None = None,
 ) -> ExtractionSummary:
     """Embed every person's images into the cache, re-using what is already there.
 
@@ -136,6 +145,11 @@ def extract_features(
     cluster: :class:`faceid.features.ray_engine.RayEngine`): only the images planned
     here (new or changed) are sent to it, and this process writes every file.
     ``people_files`` replaces the listing of ``faces_root`` (a retrieval gallery's layout).
+    ``key`` (:class:`faceid.io.sealed.Key`): a new cache is encrypted with it, an existing one must
+    be encrypted with it, and encrypted crops among the images are opened with it; ``None``: the
+    cache is plaintext (and must be). Nothing here reads a key from the environment.
+    ``add`` (with ``people_files``; :meth:`faceid.FaceID.enrol`): the images listed are added to
+    what the cache holds: people not listed and images not listed are kept, not removed.
 
     Raises:
         InputError: ``faces_root`` missing or without person folders.
@@ -146,16 +160,16 @@ def extract_features(
 
     faces_root, features_dir = Path(faces_root), Path(features_dir)
     people_files = list_people(faces_root) if people_files is None else people_files
-    previous = _open_or_start_cache(features_dir, extractor, rebuild)
+    previous = _open_or_start_cache(features_dir, extractor, rebuild, key)
     # Hashing every image first: an encrypted crop without its key stops the run before anything is written.
     summary = ExtractionSummary(people=len(people_files))
-    plans = {name: _plan_person(name, files, previous.get(name), summary) for name, files in people_files.items()}
+    plans = {name: _plan_person(name, files, previous.get(name), summary, add, key)
+             for name, files in people_files.items()}
     people_dir = features_dir / PEOPLE_DIR
     people_dir.mkdir(parents=True, exist_ok=True)
     remove_leftovers(people_dir)  # temporary files of an interrupted run: never valid data
     # The manifest goes first, so person files written below are always checked
     # against the extractor that wrote them, even if this run stops half-way.
-    key = active_key()
     write_manifest(features_dir, cache_manifest(extractor.manifest, {}), key, table=False)
     cropper = FaceCropper(face_options, extractor.chip_size, extractor.align_padding)
     counts: dict[str, int] = {}
@@ -165,10 +179,13 @@ def extract_features(
         if plan.remaining or plan.written:
             return
         person = plan.result(extractor.output_dim)
-        person.save(people_dir / f"{plan.name}.npz", extractor.fingerprint)
+        person.save(people_dir / f"{plan.name}.npz", extractor.fingerprint, key=key)
         plan.written = True
         counts[plan.name] = len(person.vectors)
-        if len(person.vectors) < 2:
+        if len(person.vectors) == 0:
+            summary.not_enrolled.append(plan.name)
+            logger.warning("%s is not enrolled: no usable image (%d file(s))", plan.name, len(plan.files))
+        elif len(person.vectors) < 2:
             summary.too_few[plan.name] = len(person.vectors)
 
     tasks = [(plan.name, path) for plan in plans.values() for path in plan.pending]
@@ -176,7 +193,7 @@ def extract_features(
     with tqdm(total=len(tasks), desc="extract", unit="img", disable=None if progress else True) as bar:
         for plan in plans.values():  # people with nothing new: unchanged, or with removals applied
             finish(plan)
-        for results in engine.extract([path for _, path in tasks], cropper, extractor, batch_size):
+        for results in engine.extract([path for _, path in tasks], cropper, extractor, batch_size, key=key):
             touched: dict[str, _PersonPlan] = {}
             for result in results:
                 name, path = tasks[result.index]
@@ -196,6 +213,9 @@ def extract_features(
             for plan in touched.values():  # only these people can have just been completed
                 finish(plan)
     for stale in sorted(set(previous) - set(people_files)):
+        if add:  # kept as they are
+            counts[stale] = len(previous[stale].vectors)
+            continue
         (people_dir / f"{stale}.npz").unlink(missing_ok=True)
         summary.removed_people.append(stale)
     write_manifest(features_dir, cache_manifest(extractor.manifest, counts), key)
@@ -226,13 +246,24 @@ class _PersonPlan:
         )
 
 
-def _plan_person(name: str, files: list[Path], previous: PersonFeatures | None, summary: ExtractionSummary) -> _PersonPlan:
-    if previous is not None:
-        summary.removed_images += len(set(previous.files) - {path.name for path in files})
+def _plan_person(name: str, files: list[Path], previous: PersonFeatures | None, summary: ExtractionSummary,
+                 add: bool = False, key: Key | None = None) -> _PersonPlan:
     plan = _PersonPlan(name=name, files=[path.name for path in files], hashes={}, vectors={}, skipped={}, pending=[])
+    if previous is not None and add:
+        # Adding: what the person already has stays, unless a listed file of the same name replaces it.
+        listed = set(plan.files)
+        kept = [file for file in previous.files if file not in listed]
+        rows = {file: row for row, file in enumerate(previous.files)}
+        plan.files = kept + plan.files
+        for file in kept:
+            plan.vectors[file] = previous.vectors[rows[file]]
+            plan.hashes[file] = previous.hashes[rows[file]]
+        plan.skipped.update({file: record for file, record in previous.skipped.items() if file not in listed})
+    elif previous is not None:
+        summary.removed_images += len(set(previous.files) - {path.name for path in files})
     for path in files:
         summary.images += 1
-        digest = image_sha256(path)
+        digest = image_sha256(path, key)
         plan.hashes[path.name] = digest
         known = None if previous is None else previous.lookup(path.name, digest)
         if isinstance(known, np.ndarray):

@@ -38,10 +38,10 @@ import numpy as np
 import faceid
 from faceid.backbones import Extractor
 from faceid.detect.faces import FaceCropper
-from faceid.errors import FaceIdError
+from faceid.errors import ClusterError, FaceIdError  # ClusterError: importable from here too
 from faceid.extras import require
 from faceid.features.engine import Extracted, ExtractionEngine, prepare_image
-from faceid.io.sealed import Key, active_key, use_key
+from faceid.io.sealed import Key
 from faceid.settings import DEFAULTS
 
 logger = logging.getLogger(__name__)
@@ -59,10 +59,6 @@ ENGINES = ("local", "ray")
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's node address is 127.0.0.1
 
 
-class ClusterError(FaceIdError):
-    """The Ray cluster could not be reached, or a stage failed there for good."""
-
-
 def extractor_files(model_path: str | Path) -> dict[str, bytes]:
     """The files of an extractor directory (network.py's output), to load it on another node."""
     path = Path(model_path)
@@ -73,10 +69,10 @@ def extractor_files(model_path: str | Path) -> dict[str, bytes]:
 
 
 def _prepare_batch(batch: dict[str, np.ndarray], cropper: FaceCropper, key: Key | None) -> dict[str, np.ndarray]:
-    """Ray task: decode, detect and align each path (a row's chip is zeros where ``reason`` says why not)."""
-    use_key(key)  # encrypted enrolment crops open with the driver's key
+    """Ray task: decode, detect and align each path (a row's chip is zeros where ``reason`` says why not);
+    encrypted enrolment crops open with ``key``, the driver's, sent with the task."""
     size = cropper.chip_size
-    results = [prepare_image(Path(path), cropper) for path in batch["path"]]
+    results = [prepare_image(Path(path), cropper, key) for path in batch["path"]]
     return {
         "index": np.asarray(batch["index"], dtype=np.int64),
         "chip": np.stack([np.zeros((size, size, 3), np.uint8) if r.chip is None else r.chip for r in results]),
@@ -153,17 +149,17 @@ class RayEngine(ExtractionEngine):
             # A local instance serves this machine only: Ray's processes listen on loopback
             # (Ray reads this when imported; its workers inherit it).
             os.environ.setdefault(LOOPBACK_ENV, "0")
-        self.ray = require("ray", "--engine ray (extraction on a Ray cluster)")
-        require("ray.data", "--engine ray (extraction on a Ray cluster)")
+        self.ray = require("ray", "`engine` ray (extraction on a Ray cluster)")
+        require("ray.data", "`engine` ray (extraction on a Ray cluster)")
 
     def extract(self, paths: Sequence[Path], cropper: FaceCropper, extractor: Extractor,
-                batch_size: int = DEFAULTS.batch_size) -> Iterator[list[Extracted]]:
+                batch_size: int = DEFAULTS.batch_size, *, key: Key | None = None) -> Iterator[list[Extracted]]:
         if not paths:
             return
         ray = self.ray
-        started = self.connect()
+        started = self.connect(encrypted=key is not None)
         try:
-            yield from self._run(list(paths), cropper, extractor, batch_size)
+            yield from self._run(list(paths), cropper, extractor, batch_size, key)
         except ray.exceptions.RayError as error:
             cause = getattr(error, "cause", None)
             if isinstance(cause, FaceIdError):
@@ -173,9 +169,13 @@ class RayEngine(ExtractionEngine):
             if started:
                 ray.shutdown()
 
-    def connect(self) -> bool:
+    def connect(self, *, encrypted: bool = False) -> bool:
         """Join the cluster (or start a local instance) unless Ray is already up in this process;
-        True when this call started it (:meth:`extract` calls it, and stops what it started)."""
+        True when this call started it (:meth:`extract` calls it, and stops what it started).
+
+        ``encrypted``: a key is in use (faces must not reach a disk): a local instance never spills
+        objects, and a cluster's spilling is warned about.
+        """
         ray = self.ray
         if ray.is_initialized():
             return False
@@ -183,7 +183,6 @@ class RayEngine(ExtractionEngine):
         if self.quiet:  # Ray's C++ core logs to stderr too; its failures still raise, and are reported
             os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
         logs = {"logging_level": level, "log_to_driver": not self.quiet}
-        encrypted = active_key() is not None
         try:
             if self.address:
                 if encrypted:
@@ -197,7 +196,9 @@ class RayEngine(ExtractionEngine):
                 # "local": a new instance, even where another runs on this machine or $RAY_ADDRESS names one.
                 ray.init(address="local", num_cpus=self.num_cpus or os.cpu_count() or 1, include_dashboard=False,
                          _system_config=system, **logs)
-        except (ConnectionError, RuntimeError, ValueError) as error:
+        except Exception as error:
+            # Ray raises ConnectionError, RuntimeError, ValueError, its AuthenticationError (no token), and a
+            # bare Exception when a local node does not register in time (a busy machine).
             where = self.address or "a local instance"
             raise ClusterError(f"cannot start Ray on {where} ({type(error).__name__}: {error})") from error
         context = ray.data.DataContext.get_current()
@@ -212,13 +213,13 @@ class RayEngine(ExtractionEngine):
         return max(1, int(cpus // CPUS_PER_ACTOR))
 
     def _run(self, paths: list[Path], cropper: FaceCropper, extractor: Extractor,
-             batch_size: int) -> Iterator[list[Extracted]]:
+             batch_size: int, key: Key | None) -> Iterator[list[Extracted]]:
         ray = self.ray
         rows = [{"index": index, "path": str(path.absolute())} for index, path in enumerate(paths)]
         dataset = ray.data.from_items(rows, override_num_blocks=math.ceil(len(rows) / PATHS_PER_TASK))
         dataset = dataset.map_batches(
             _prepare_batch, batch_size=None, batch_format="numpy",
-            fn_kwargs={"cropper": cropper, "key": active_key()},
+            fn_kwargs={"cropper": cropper, "key": key},
             num_cpus=DETECT_CPUS,  # unlike the actors' share: keeps Ray Data from fusing the two stages
         )
         embedder: dict[str, Any] = {

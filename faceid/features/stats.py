@@ -16,6 +16,7 @@ import numpy as np
 
 from faceid.errors import InputError, ManifestMismatchError
 from faceid.features.cache import MANIFEST_NAME, STATS_FILE, FeatureCache, check_encryption, check_key_matches
+from faceid.io.sealed import Key
 from faceid.io.store import load_npz, read_json, save_npz, write_json
 
 STATS_MANIFEST = "stats.json"
@@ -53,10 +54,11 @@ class Normalizer:
         np.savez(path, **self.as_arrays())
 
     @classmethod
-    def read(cls, path: Path, fix: str, context: str | None = None, encrypted: bool | None = None) -> "Normalizer":
-        """Read what :meth:`write` (or :func:`save_stats`, ``context``: a private file) wrote; missing or
-        corrupt: an error naming ``fix``."""
-        arrays = load_npz(path, "normalisation statistics", fix, context, encrypted)
+    def read(cls, path: Path, fix: str, context: str | None = None, encrypted: bool | None = None, *,
+             key: Key | None = None) -> "Normalizer":
+        """Read what :meth:`write` (or :func:`save_stats`, ``context``: a private file, opened with ``key``)
+        wrote; missing or corrupt: an error naming ``fix``."""
+        arrays = load_npz(path, "normalisation statistics", fix, context, encrypted, key=key)
         try:
             return cls.from_arrays(arrays["mean"], arrays["std"])
         except KeyError as error:
@@ -87,13 +89,14 @@ def compute_stats(cache: FeatureCache) -> FeatureStats:
     )
 
 
-def save_stats(stats: FeatureStats, features_dir: str | Path) -> Path:
-    """Write ``stats.npz`` (sealed in an encrypted cache: with a handful of people enrolled, the mean
-    is close to one person's vector) and ``stats.json`` (two numbers, counts, digests: plain)."""
+def save_stats(stats: FeatureStats, features_dir: str | Path, *, key: Key | None = None) -> Path:
+    """Write ``stats.npz`` (sealed with ``key`` in an encrypted cache, which must be its key: with a
+    handful of people enrolled, the mean is close to one person's vector) and ``stats.json`` (two
+    numbers, counts, digests: plain)."""
     features_dir = Path(features_dir)
     check_key_matches(features_dir, read_json(features_dir / MANIFEST_NAME, "feature cache manifest",
-                                              "run extract_features.py first"))
-    save_npz(features_dir / STATS_FILE, STATS_FILE, **stats.normalizer.as_arrays())
+                                              "run extract_features.py first"), key=key)
+    save_npz(features_dir / STATS_FILE, STATS_FILE, key=key, **stats.normalizer.as_arrays())
     write_json(
         features_dir / STATS_MANIFEST,
         {
@@ -108,13 +111,15 @@ def save_stats(stats: FeatureStats, features_dir: str | Path) -> Path:
     return features_dir / STATS_FILE
 
 
-def load_stats(features_dir: str | Path, cache: FeatureCache | None = None) -> FeatureStats:
-    """Read saved statistics; with ``cache``, insist they were computed from it as it is now."""
+def load_stats(features_dir: str | Path, cache: FeatureCache | None = None, *, key: Key | None = None) -> FeatureStats:
+    """Read saved statistics; with ``cache``, insist they were computed from it as it is now.
+    ``key``: the key of an encrypted cache."""
     features_dir = Path(features_dir)
-    fix = f"run compute_mean.py --features_path {features_dir}"
+    fix = f"run compute_mean.py on {features_dir}"
     manifest: dict[str, Any] = read_json(features_dir / STATS_MANIFEST, "normalisation statistics", fix)
-    encrypted = check_encryption(features_dir, read_json(features_dir / MANIFEST_NAME, "feature cache manifest", fix))
-    normalizer = Normalizer.read(features_dir / STATS_FILE, fix, STATS_FILE, encrypted)
+    encrypted = check_encryption(features_dir, read_json(features_dir / MANIFEST_NAME, "feature cache manifest", fix),
+                                 key=key)
+    normalizer = Normalizer.read(features_dir / STATS_FILE, fix, STATS_FILE, encrypted, key=key)
     stats = FeatureStats(
         normalizer=normalizer,
         global_mean=float(manifest["global_mean"]),

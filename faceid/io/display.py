@@ -14,7 +14,7 @@ from faceid.errors import InputError
 if TYPE_CHECKING:  # annotations only: typing.Self needs Python 3.11
     from typing_extensions import Self
 
-NO_DISPLAY_HINT = "pass --no_display (and --output/--jsonl) to run without a window"
+NO_DISPLAY_HINT = "run without a window (`display`), writing the results to `output_path` or `jsonl_path`"
 
 # Both OpenCV builds install the same cv2 package; whichever was installed last is the one imported.
 GUI_INSTALL_HINT = (

@@ -9,44 +9,67 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 from pathlib import Path
 
 import numpy as np
 
 from faceid.errors import ImageReadError, InputError
+from faceid.io.sealed import Key
 from faceid.io.store import open_private
 
 # Why a file gave no image: the reason every report (extraction, evaluation, audit) uses.
 UNREADABLE = "unreadable or not an image"
 
 
-def read_image(path: str | Path) -> np.ndarray:
+def read_image(path: str | Path, key: Key | None = None) -> np.ndarray:
     """Decode an image file into ``(height, width, 3) uint8`` RGB.
 
     EXIF orientation is applied (phone photos are often stored sideways) and
     greyscale or palette images are expanded to three channels.  Anything that is
-    not a complete, decodable image raises :class:`ImageReadError`.
+    not a complete, decodable image raises :class:`ImageReadError`. ``key``: the key
+    an encrypted crop was sealed with (:func:`image_bytes`).
+    """
+    path = Path(path)
+    return decode_image(image_bytes(path, key), str(path))
+
+
+def decode_image(data: bytes, source: str = "image bytes") -> np.ndarray:
+    """Decode an encoded image (PNG, JPEG, ...) into ``(height, width, 3) uint8`` RGB, as :func:`read_image`.
+
+    ``source`` names the image in messages (its path, or ``"image bytes"``).
+
+    Raises:
+        ImageReadError: empty, not an image, truncated, or no usable pixels; the message names
+            ``source`` (never the in-memory buffer Pillow read from).
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
-    path = Path(path)
+    if not data:
+        raise ImageReadError(f"{source}: not a readable image (empty: 0 bytes)")
     try:
-        with Image.open(io.BytesIO(image_bytes(path))) as image:
+        with Image.open(io.BytesIO(data)) as image:
             # load() forces a full decode: a truncated JPEG fails here, not later.
             image.load()
             image = ImageOps.exif_transpose(image)
             rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
-    except FileNotFoundError as error:
-        raise ImageReadError(f"{path}: no such file") from error
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise ImageReadError(f"{path}: not a readable image ({error})") from error
+    except UnidentifiedImageError as error:
+        # Pillow's message names the BytesIO it read from ("<_io.BytesIO object at 0x...>"): not the user's file.
+        raise ImageReadError(f"{source}: not a readable image (not in any image format Pillow decodes)") from error
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ImageReadError(f"{source}: not a readable image ({_without_object_reprs(error)})") from error
     if rgb.ndim != 3 or rgb.shape[0] < 2 or rgb.shape[1] < 2:
-        raise ImageReadError(f"{path}: image has no usable pixels (shape {rgb.shape})")
+        raise ImageReadError(f"{source}: image has no usable pixels (shape {rgb.shape})")
     return rgb
 
 
-def image_bytes(path: str | Path) -> bytes:
-    """An image file's content: decrypted when it is an encrypted crop (:mod:`faceid.io.sealed`).
+def _without_object_reprs(error: BaseException) -> str:
+    """A library's error message without Python object representations (``<... object at 0x...>``)."""
+    return re.sub(r"<[^<>]* at 0x[0-9a-fA-F]+>", "the image", str(error)) or type(error).__name__
+
+
+def image_bytes(path: str | Path, key: Key | None = None) -> bytes:
+    """An image file's content: decrypted with ``key`` when it is an encrypted crop (:mod:`faceid.io.sealed`).
 
     Raises:
         ImageReadError: no such file, or unreadable.
@@ -60,13 +83,14 @@ def image_bytes(path: str | Path) -> bytes:
         raise ImageReadError(f"{path}: no such file") from error
     except OSError as error:
         raise ImageReadError(f"{path}: not a readable image ({error})") from error
-    return open_private(data, path, "an enrolment folder")
+    return open_private(data, path, "an enrolment folder", key=key)
 
 
-def image_sha256(path: str | Path) -> str:
-    """SHA-256 of an image's content (of the plaintext, for an encrypted crop: re-encrypting it with
-    a new key, which changes every byte on disk, does not make it new to the feature cache)."""
-    return hashlib.sha256(image_bytes(path)).hexdigest()
+def image_sha256(path: str | Path, key: Key | None = None) -> str:
+    """SHA-256 of an image's content (of the plaintext, for an encrypted crop, opened with ``key``:
+    re-encrypting it with a new key, which changes every byte on disk, does not make it new to the
+    feature cache)."""
+    return hashlib.sha256(image_bytes(path, key)).hexdigest()
 
 
 def encode_png(image_rgb: np.ndarray) -> bytes:
@@ -99,9 +123,10 @@ def list_people(faces_root: str | Path) -> dict[str, list[Path]]:
     """
     faces_root = Path(faces_root)
     if not faces_root.exists():
-        raise InputError(f"faces folder {faces_root} does not exist: pass --faces_path DIR with one sub-folder per person")
+        raise InputError(f"faces folder {faces_root} does not exist: pass `faces_root`, a folder with one sub-folder "
+                         "per person")
     if not faces_root.is_dir():
-        raise InputError(f"{faces_root} is not a folder: pass --faces_path DIR with one sub-folder per person")
+        raise InputError(f"{faces_root} is not a folder: pass `faces_root`, a folder with one sub-folder per person")
     people = {
         folder.name: list_image_files(folder)
         for folder in sorted(faces_root.iterdir())
@@ -119,16 +144,18 @@ def list_people(faces_root: str | Path) -> dict[str, list[Path]]:
 FLAT = "_flat"
 
 
-def list_photos(folder: str | Path, flag: str) -> dict[str, list[Path]]:
+def list_photos(folder: str | Path, parameter: str) -> dict[str, list[Path]]:
     """``{person: files}`` of a folder of photos that is flat, one sub-folder per person, or both:
     flat files under :data:`FLAT` (retrieval galleries and queries, photo2sketch.py, synthetic pairs).
+    ``parameter``: how messages name the folder, the caller's parameter in backticks (`` "`gallery`" ``).
 
     Raises:
         InputError: not a folder, no photo in it, or a sub-folder named :data:`FLAT`.
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise InputError(f"{flag} {folder} is not a folder: pass a folder of photos (flat, or one sub-folder per person)")
+        raise InputError(f"{parameter} {folder} is not a folder: pass a folder of photos (flat, or one sub-folder per "
+                         "person)")
     people: dict[str, list[Path]] = {}
     flat = list_image_files(folder)
     if flat:
@@ -136,12 +163,13 @@ def list_photos(folder: str | Path, flag: str) -> dict[str, list[Path]]:
     for child in sorted(folder.iterdir()):
         if child.is_dir() and not child.name.startswith("."):
             if child.name == FLAT:
-                raise InputError(f"{flag} {folder}: a sub-folder may not be named {FLAT!r} (the name of its flat photos)")
+                raise InputError(f"{parameter} {folder}: a sub-folder may not be named {FLAT!r} (the name of its flat "
+                                 "photos)")
             files = list_image_files(child)
             if files:
                 people[child.name] = files
     if not people:
-        raise InputError(f"{flag} {folder} holds no photos")
+        raise InputError(f"{parameter} {folder} holds no photos")
     return people
 
 
@@ -157,7 +185,7 @@ def reseal_images(folder: str | Path, old, new) -> dict[str, int]:
 
     folder = Path(folder)
     if not folder.is_dir():
-        raise InputError(f"--faces_path {folder} is not a folder")
+        raise InputError(f"`folder` {folder} is not a folder")
     counts = {"rewritten": 0, "already": 0}
     for path in sorted(folder.rglob("*")):
         if (path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.match(TEMPORARY_GLOB)

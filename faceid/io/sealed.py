@@ -23,9 +23,11 @@ feature file swapped for another person's, or renamed, fails as *moved* instead 
 silently naming the wrong person. A fresh random 96-bit nonce per file, as NIST SP 800-38D
 allows for up to 2^32 messages per key (a cache re-sealed daily for a century is 36,500).
 
-One key is *in use* per process (:func:`use_key`): the scripts set it once from
-``--key_file`` / ``FACEID_KEY`` (:func:`resolve_key`); worker processes get it through their
-initialiser. The store asks :func:`active_key` when it writes.
+There is no key "in use": every function that writes or reads a private file takes its key as
+an argument (``key=None``: plaintext), and passes it on. Only the boundary reads a key from where
+the user keeps it: the scripts from ``--key_file`` / ``FACEID_KEY``
+(:func:`faceid.cli.script_key`), :class:`faceid.FaceID` from its ``key`` argument or
+``FACEID_KEY``. The package never reads the environment for a key.
 """
 
 from __future__ import annotations
@@ -39,7 +41,13 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from faceid.errors import InputError
+from faceid.errors import (  # the seal errors are defined in errors.py; importable from here too
+    KeyRequiredError,
+    PlaintextFileError,
+    SealError,
+    TamperedFileError,
+    WrongKeyError,
+)
 
 MAGIC = b"FACEID\x00\x01"  # faceid sealed file, format 1
 CIPHER = "AES-256-GCM"
@@ -47,26 +55,6 @@ KEY_ENV = "FACEID_KEY"
 _KEY_ID_LABEL = b"faceid key id v1\x00"
 _HEADER = struct.Struct(">8s8s12sQH")  # magic, key id, nonce, body length, context length
 _TAG_BYTES = 16
-
-
-class SealError(InputError):
-    """A sealed (encrypted) file or a key could not be used; the message names the file and the fix."""
-
-
-class KeyRequiredError(SealError):
-    """The file or cache is encrypted and no key was given."""
-
-
-class WrongKeyError(SealError):
-    """The file was sealed with another key than the one given."""
-
-
-class TamperedFileError(SealError):
-    """The file fails authentication: changed, truncated, or moved from another place."""
-
-
-class PlaintextFileError(SealError):
-    """A plaintext file where only encrypted ones may be (or an encrypted one among plaintext)."""
 
 
 @dataclass(frozen=True)
@@ -107,11 +95,11 @@ def key_from_text(text: str, source: str) -> Key:
     """Parse a key from its base64 text (URL-safe or standard alphabet, padding optional)."""
     text = "".join(text.split())
     if not text:
-        raise SealError(f"{source} is empty: create a key file with keys.py new --output FILE")
+        raise SealError(f"{source} is empty: create a key file with keys.py new")
     try:
         secret = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
     except (binascii.Error, ValueError) as error:
-        raise SealError(f"{source} is not a base64 key ({error}): create one with keys.py new --output FILE") from error
+        raise SealError(f"{source} is not a base64 key ({error}): create one with keys.py new") from error
     return Key(secret, source)
 
 
@@ -138,7 +126,7 @@ def read_key_file(path: str | Path) -> Key:
         text = path.read_text()
     except FileNotFoundError as error:
         raise SealError(f"key file {path} not found: pass the key file the data was encrypted with, "
-                        "or create a new key with keys.py new --output FILE") from error
+                        "or create a new key with keys.py new") from error
     except (OSError, UnicodeDecodeError) as error:
         raise SealError(f"key file {path} is unreadable ({error})") from error
     mode = stat.S_IMODE(path.stat().st_mode)
@@ -148,43 +136,6 @@ def read_key_file(path: str | Path) -> Key:
         logging.getLogger(__name__).warning(
             "key file %s is readable by others (mode %o): chmod 600 %s", path, mode, path)
     return key_from_text(text, f"key file {path}")
-
-
-def resolve_key(key_file: str | Path | None) -> Key | None:
-    """The key a script uses: ``--key_file``, else ``FACEID_KEY``, else none."""
-    if key_file:
-        return read_key_file(key_file)
-    text = os.environ.get(KEY_ENV)
-    if text:
-        return key_from_text(text, f"${KEY_ENV}")
-    return None
-
-
-_active: Key | None = None
-_resolved = False  # False: read --key_file / $FACEID_KEY when first needed
-_key_file: str | Path | None = None
-
-
-def configure_key(key_file: str | Path | None) -> None:
-    """A script's key: ``key_file``, else ``$FACEID_KEY``; read (and checked) when first needed."""
-    global _active, _resolved, _key_file
-    _active, _resolved, _key_file = None, False, key_file
-
-
-def use_key(key: Key | None) -> Key | None:
-    """Make ``key`` the process's key (``None``: no encryption); returns the previous one."""
-    global _active, _resolved
-    previous = _active if _resolved else None
-    _active, _resolved = key, True
-    return previous
-
-
-def active_key() -> Key | None:
-    """The key in use, or ``None`` (no encryption)."""
-    global _active, _resolved
-    if not _resolved:
-        _active, _resolved = resolve_key(_key_file), True
-    return _active
 
 
 def encryption_record(key: Key | None, complete: bool = True) -> dict | None:
@@ -234,7 +185,7 @@ def unseal(data: bytes, path: str | Path, key: Key | None, context: str | None =
     if magic != MAGIC:
         raise PlaintextFileError(f"{path} is not a faceid encrypted file")
     if key is None:
-        raise KeyRequiredError(f"{path} is encrypted (key {key_id.hex()}): pass --key_file FILE or set {KEY_ENV}")
+        raise KeyRequiredError(f"{path} is encrypted (key {key_id.hex()}): pass `key` (or set {KEY_ENV})")
     if key_id != key.id_bytes:
         raise WrongKeyError(f"{path} was encrypted with key {key_id.hex()}, not with {key.describe()}: "
                             "pass the key it was encrypted with")

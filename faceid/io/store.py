@@ -20,10 +20,11 @@ Readers: :func:`read_json` and :func:`load_npz` turn a missing or corrupt file i
 
 **Private files** (anything holding a face or a vector of one) are written with
 :func:`write_private`, :func:`write_new_private` or ``save_npz(..., context=...)`` and read with
-:func:`read_private` / ``load_npz(..., context=...)``: with a key in use
-(:func:`faceid.io.sealed.use_key`) their bytes are sealed with AES-256-GCM *before* the
-temporary file is written, so nothing decrypted ever reaches the disk, and opened (checked
-for the right key, tampering, truncation, place) when read. Without a key they are plain.
+:func:`read_private` / ``load_npz(..., context=...)``, each given the caller's ``key``
+(a :class:`faceid.io.sealed.Key`; nothing here looks for one): with a key their bytes are sealed
+with AES-256-GCM *before* the temporary file is written, so nothing decrypted ever reaches the
+disk, and opened (checked for the right key, tampering, truncation, place) when read. With
+``key=None`` they are written plain, and an encrypted one cannot be read.
 """
 
 from __future__ import annotations
@@ -131,56 +132,57 @@ def npz_bytes(**arrays: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def save_npz(path: str | Path, context: str | None = None, **arrays: np.ndarray) -> None:
+def save_npz(path: str | Path, context: str | None = None, *, key: sealed.Key | None = None,
+             **arrays: np.ndarray) -> None:
     """Write plain arrays as ``.npz``, atomically (nothing that needs pickle: load with :func:`load_npz`).
 
-    ``context`` (e.g. ``people/alice.npz``) makes it a private file: sealed when a key is in use.
+    ``context`` (e.g. ``people/alice.npz``) makes it a private file: sealed with ``key`` when one is given.
     """
     if context is not None:
-        write_private(path, npz_bytes(**arrays), context)
+        write_private(path, npz_bytes(**arrays), context, key=key)
         return
     with atomic_path(path) as temporary:
         np.savez(temporary, **arrays)
 
 
 def load_npz(
-    path: str | Path, what: str, fix: str, context: str | None = None, encrypted: bool | None = None
+    path: str | Path, what: str, fix: str, context: str | None = None, encrypted: bool | None = None, *,
+    key: sealed.Key | None = None,
 ) -> dict[str, np.ndarray]:
     """Every array of an ``.npz`` file (read without pickle); missing or corrupt: :class:`InputError`.
 
-    ``context``: a private file, opened by :func:`read_private` (``encrypted`` as there).
+    ``context``: a private file, opened by :func:`read_private` with ``key`` (``encrypted`` as there).
     """
     path = Path(path)
     try:
         if context is None:
             source: Any = path
         else:
-            source = io.BytesIO(read_private(path, what, fix, context, encrypted))
+            source = io.BytesIO(read_private(path, what, fix, context, encrypted, key=key))
         with np.load(source, allow_pickle=False) as data:
             return {name: data[name] for name in data.files}
     except CORRUPT_FILE_ERRORS as error:
         raise InputError(f"{what} {path} is missing, unreadable or corrupt ({error}): {fix}") from error
 
 
-def private_bytes(data: bytes, context: str = "") -> bytes:
-    """What a private file holds on disk: ``data`` sealed with the key in use, or ``data`` without one."""
-    key = sealed.active_key()
+def private_bytes(data: bytes, context: str = "", *, key: sealed.Key | None = None) -> bytes:
+    """What a private file holds on disk: ``data`` sealed with ``key``, or ``data`` itself when ``key`` is ``None``."""
     return data if key is None else sealed.seal(data, key, context)
 
 
-def write_private(path: str | Path, data: bytes, context: str = "") -> None:
-    """Replace ``path`` with ``data``, atomically, sealed first when a key is in use."""
-    write_bytes(path, private_bytes(data, context))
+def write_private(path: str | Path, data: bytes, context: str = "", *, key: sealed.Key | None = None) -> None:
+    """Replace ``path`` with ``data``, atomically, sealed first with ``key`` (``None``: plaintext)."""
+    write_bytes(path, private_bytes(data, context, key=key))
 
 
-def write_new_private(path: Path, data: bytes, context: str = "") -> None:
-    """:func:`write_new_file` for a private file (enrolment crops and frames)."""
-    write_new_file(path, private_bytes(data, context))
+def write_new_private(path: Path, data: bytes, context: str = "", *, key: sealed.Key | None = None) -> None:
+    """:func:`write_new_file` for a private file (enrolment crops and frames), sealed with ``key`` when given."""
+    write_new_file(path, private_bytes(data, context, key=key))
 
 
 def open_private(data: bytes, path: str | Path, what: str, context: str | None = None,
-                 encrypted: bool | None = None) -> bytes:
-    """The plaintext of a private file's bytes.
+                 encrypted: bool | None = None, *, key: sealed.Key | None = None) -> bytes:
+    """The plaintext of a private file's bytes (a sealed one opened with ``key``).
 
     ``encrypted``: ``True`` the file must be sealed (a plaintext file among encrypted ones is an
     error), ``False`` it must be plain (an encrypted file in a plaintext cache is an error),
@@ -192,7 +194,7 @@ def open_private(data: bytes, path: str | Path, what: str, context: str | None =
             raise sealed.PlaintextFileError(
                 f"{path} is encrypted (key {sealed.sealed_key_id(data)}) but {what} is not: a file from another, "
                 "encrypted cache; remove it or rebuild")
-        return sealed.unseal(data, path, sealed.active_key(), context)
+        return sealed.unseal(data, path, key, context)
     if encrypted and len(data) < len(sealed.MAGIC):
         raise sealed.TamperedFileError(f"{path} is truncated ({len(data)} bytes): restore it from a copy or rebuild it")
     if encrypted:
@@ -203,9 +205,10 @@ def open_private(data: bytes, path: str | Path, what: str, context: str | None =
 
 
 def read_private(path: str | Path, what: str, fix: str, context: str | None = None,
-                 encrypted: bool | None = None) -> bytes:
-    """Read a private file and open it (:func:`open_private`); missing: :class:`InputError` naming ``fix``."""
-    return open_private(read_file_bytes(path, what, fix), path, what, context, encrypted)
+                 encrypted: bool | None = None, *, key: sealed.Key | None = None) -> bytes:
+    """Read a private file and open it with ``key`` (:func:`open_private`); missing: :class:`InputError`
+    naming ``fix``."""
+    return open_private(read_file_bytes(path, what, fix), path, what, context, encrypted, key=key)
 
 
 def reseal_file(path: Path, old: sealed.Key | None, new: sealed.Key | None, context: str = "") -> bool:
@@ -227,7 +230,7 @@ def reseal_file(path: Path, old: sealed.Key | None, new: sealed.Key | None, cont
         if old is None or found != old.id:
             keys = " or ".join(key.describe() for key in (old, new) if key is not None) or "no key"
             raise sealed.WrongKeyError(f"{path} is encrypted with key {found}, not with {keys}: pass the key it was "
-                                       "encrypted with as --key_file")
+                                       "encrypted with as `old`")
         plain = sealed.unseal(data, path, old, context)
     else:
         if new is None:
@@ -373,12 +376,13 @@ def remove_leftovers(folder: Path) -> None:
         leftover.unlink(missing_ok=True)
 
 
-def check_output_folder(output: Path, output_flag: str, source: Path, source_flag: str, why: str) -> None:
+def check_output_folder(output: Path, output_name: str, source: Path, source_name: str, why: str) -> None:
     """Refuse an output folder inside (or equal to) a source folder, or one that is a file.
 
-    Raises :class:`InputError` naming both options and ``why`` the place is wrong.
+    Raises :class:`InputError` naming both parameters (``output_name``, ``source_name``: the
+    caller's parameter names, in backticks) and ``why`` the place is wrong.
     """
     if output.resolve() == source.resolve() or source.resolve() in output.resolve().parents:
-        raise InputError(f"{output_flag} {output} is inside {source_flag} {source}: {why}; pass a folder outside it")
+        raise InputError(f"{output_name} {output} is inside {source_name} {source}: {why}; pass a folder outside it")
     if output.exists() and not output.is_dir():
-        raise InputError(f"{output_flag} {output} is a file: pass a folder")
+        raise InputError(f"{output_name} {output} is a file: pass a folder")

@@ -18,6 +18,7 @@ import numpy as np
 
 from faceid.errors import ImageReadError, InputError
 from faceid.io.images import list_image_files, read_image
+from faceid.io.sealed import Key
 
 if TYPE_CHECKING:  # annotations only: typing.Self needs Python 3.11
     from typing_extensions import Self
@@ -143,7 +144,7 @@ class CameraSource(_CaptureSource):
         self._open_capture(
             self.device,
             f"cannot open camera {self.device}: check that it is connected and not used by another program, "
-            "try another --camera number, or pass --video_path FILE to read a video instead",
+            "try another `camera` number, or pass `video_path` to read a video file instead",
         )
 
     def __iter__(self) -> Iterator[Frame]:
@@ -169,9 +170,9 @@ class VideoSource(_CaptureSource):
         super().__init__()
         self.path = Path(path)
         if not self.path.exists():
-            raise InputError(f"video file {self.path} does not exist: pass --video_path to an existing video file")
+            raise InputError(f"video file {self.path} does not exist: pass `video_path`, an existing video file")
         if not self.path.is_file():
-            raise InputError(f"{self.path} is not a file: --video_path takes a video file (use --images for a folder)")
+            raise InputError(f"{self.path} is not a file: `video_path` takes a video file (use `images` for a folder)")
         self._frame_count: int | None = None
 
     @property
@@ -206,18 +207,20 @@ class ImageFolderSource(FrameSource):
 
     Files that are not readable images are reported (a warning, and
     :attr:`skipped`) and left out; frame indices count the images yielded.
+    Encrypted images (enrolment crops) are opened with ``key``.
     """
 
     kind = "images"
 
-    def __init__(self, folder: str | Path):
+    def __init__(self, folder: str | Path, key: Key | None = None):
         self.folder = Path(folder)
+        self.key = key
         if not self.folder.exists():
             raise InputError(
-                f"image folder {self.folder} does not exist: pass --images DIR with the photos to identify"
+                f"image folder {self.folder} does not exist: pass `images`, a folder with the photos to identify"
             )
         if not self.folder.is_dir():
-            raise InputError(f"{self.folder} is not a folder: --images takes a folder (use --video_path for a video)")
+            raise InputError(f"{self.folder} is not a folder: `images` takes a folder (use `video_path` for a video)")
         self.files = list_image_files(self.folder)
         if not self.files:
             raise InputError(f"image folder {self.folder} is empty: put the photos to identify in it")
@@ -239,7 +242,7 @@ class ImageFolderSource(FrameSource):
         self.skipped, self._names = [], []
         for path in self.files:
             try:
-                image_rgb = read_image(path)
+                image_rgb = read_image(path, self.key)
             except ImageReadError as error:
                 logger.warning("skipping %s", error)
                 self.skipped.append(f"{path.name}: {error}")
@@ -249,13 +252,61 @@ class ImageFolderSource(FrameSource):
 
 
 def frame_source(
-    *, camera: int = 0, video_path: str | Path | None = None, images: str | Path | None = None
+    *, camera: int = 0, video_path: str | Path | None = None, images: str | Path | None = None,
+    key: Key | None = None,
 ) -> FrameSource:
-    """The source a script's options name: ``images``, else ``video_path``, else the ``camera``."""
+    """The source a script's options name: ``images`` (encrypted ones opened with ``key``), else
+    ``video_path``, else the ``camera``."""
     if images is not None and video_path is not None:
         raise InputError("pass either a video file or an image folder, not both")
     if images is not None:
-        return ImageFolderSource(images)
+        return ImageFolderSource(images, key)
     if video_path is not None:
         return VideoSource(video_path)
     return CameraSource(camera)
+
+
+class StreamSource(CameraSource):
+    """A network stream (``rtsp://``, ``http://``, ``udp://``, ...) read by OpenCV's FFmpeg backend.
+
+    Like a camera: ``time`` is seconds since the first frame, and a stream that stops
+    delivering frames ends the run with a warning. The URL's user and password are never
+    shown (the description keeps the scheme, host and path).
+    """
+
+    kind = "stream"
+
+    def __init__(self, url: str):
+        super().__init__()
+        self.url = str(url)
+
+    @property
+    def description(self) -> str:
+        scheme, _, rest = self.url.partition("://")
+        return f"{scheme}://{rest.rpartition('@')[2]}"
+
+    def open(self) -> None:
+        self._open_capture(
+            self.url,
+            f"cannot open stream {self.description}: check the address, that the sender is running and reachable, "
+            "and that this OpenCV build has FFmpeg (opencv-python does)",
+        )
+
+
+def is_url(target: str | Path) -> bool:
+    """Whether ``target`` names a network stream rather than a file (``scheme://...``)."""
+    return isinstance(target, str) and "://" in target
+
+
+def open_source(target: int | str | Path) -> FrameSource:
+    """A frame source for ``target``: a camera number, a stream URL, a folder of images or a video file."""
+    if isinstance(target, bool) or not isinstance(target, (int, str, Path)):
+        raise InputError(f"a video source is a camera number, a stream URL, a video file or an image folder, "
+                         f"not a {type(target).__name__}")
+    if isinstance(target, int):
+        return CameraSource(target)
+    if is_url(target):
+        return StreamSource(str(target))
+    if Path(target).is_dir():
+        return ImageFolderSource(target)
+    return VideoSource(target)

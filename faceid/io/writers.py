@@ -34,10 +34,10 @@ class AnnotatedVideo:
 
     def __init__(self, path: Path, fps: float = FALLBACK_FPS):
         if path.is_dir():
-            raise InputError(f"--output {path} is a folder: for a video or camera pass a file name such as out.mp4")
+            raise InputError(f"`output_path` {path} is a folder: for a video or camera pass a file name such as out.mp4")
         if path.suffix.lower() not in VIDEO_SUFFIXES:
             raise InputError(
-                f"--output {path}: for a video or camera pass a video file name ending in "
+                f"`output_path` {path}: for a video or camera pass a video file name ending in "
                 f"{', '.join(sorted(VIDEO_SUFFIXES))} (e.g. out.mp4)"
             )
         self.path = path
@@ -81,11 +81,12 @@ class AnnotatedStills:
     def __init__(self, folder: Path, source_folder: Path):
         if folder.exists() and not folder.is_dir():
             raise InputError(
-                f"--output {folder} is a file: for --images pass a folder to write the annotated images to"
+                f"`output_path` {folder} is a file: for a folder of images pass a folder to write the annotated "
+                "images to"
             )
         if folder.resolve() == source_folder.resolve():
             raise InputError(
-                f"--output {folder} is the input folder: the originals would be overwritten; pass another folder"
+                f"`output_path` {folder} is the input folder: the originals would be overwritten; pass another folder"
             )
         folder.mkdir(parents=True, exist_ok=True)
         self.folder = folder
@@ -116,7 +117,7 @@ class JsonLines:
 
     def __init__(self, path: Path):
         if path.is_dir():
-            raise InputError(f"--jsonl {path} is a folder: pass a file name such as faces.jsonl")
+            raise InputError(f"`jsonl_path` {path} is a folder: pass a file name such as faces.jsonl")
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         # Open for the whole run (closed by __exit__): each face is one line, flushed as it comes.

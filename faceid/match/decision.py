@@ -77,7 +77,7 @@ class Decision:
             return cls(float(threshold), rule, ">=", GIVEN, scorer=scorer)
         if rule.name == "vote":
             return replace(cls.original_vote(rule), scorer=scorer)
-        raise InputError("no decision threshold: pass one (--threshold), or use the calibrated one saved by train.py")
+        raise InputError("no decision threshold: pass `threshold`, or use the calibrated one saved by train.py")
 
     def statistic(self, person_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The best person of each row of ``person_scores (m, people)`` and the score the
@@ -120,7 +120,7 @@ class Decision:
         if threshold is None and rule.name != "vote":
             raise InputError(
                 f"this model's threshold was calibrated for the {self.rule.name} rule, not {rule.name}: "
-                f"pass --threshold T, or train a head with train.py --rule {rule.name}"
+                f"pass `threshold`, or train a head with train.py for the {rule.name} rule (`rule` {rule.name})"
             )
         return Decision.for_rule(rule, threshold, self.scorer)
 

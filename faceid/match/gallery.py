@@ -115,7 +115,7 @@ class Gallery:
             if self.rule is not None and self.rule != self.calibration.rule and self.threshold is None:
                 raise InputError(
                     f"the calibration was measured for the rule {self.calibration.rule}, not {self.rule}: "
-                    "keep the calibrated rule, or pass --threshold T"
+                    "keep the calibrated rule, or pass `threshold`"
                 )
             self.decision_ = self.calibration.decision(np.bincount(self.labels_), self.target_fpir)
             if self.threshold is not None:
@@ -127,10 +127,10 @@ class Gallery:
         if self.decision_.scorer not in SCORERS:
             raise InputError(f"unknown scorer {self.decision_.scorer!r}: choose one of {', '.join(SCORERS)}")
         if self.decision_.scorer == "head" and self.head is None:
-            raise InputError("the head scorer needs a similarity head (train.py --output_model DIR, then "
-                             "--classification DIR), or choose --scorer euclidean or cosine")
+            raise InputError("the head scorer needs a similarity head: pass `head` (of a similarity model written by "
+                             "train.py), or choose `scorer` euclidean or cosine")
         if self.shortlist is not None and self.shortlist < 0:
-            raise InputError(f"--shortlist must be a number of people (0 = exhaustive), got {self.shortlist}")
+            raise InputError(f"`shortlist` must be a number of people (0 = exhaustive), got {self.shortlist}")
         if self.search_backend not in BACKENDS:
             raise InputError(f"unknown search backend {self.search_backend!r}: choose one of {', '.join(BACKENDS)}")
         self.vectors_ = X

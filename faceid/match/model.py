@@ -114,7 +114,7 @@ class SimilarityModel:
         directory = Path(directory)
         head, manifest = SimilarityHead.load(directory)
         if manifest.get("format") != MODEL_FORMAT:
-            raise InputError(f"{directory} is not a faceid similarity model: train one with train.py --output_model {directory}")
+            raise InputError(f"{directory} is not a faceid similarity model: train one there with train.py")
         manifest_path = directory / HEAD_MANIFEST_FILE
         normalizer = None
         if manifest["normalize"]:
@@ -174,7 +174,7 @@ class SimilarityModel:
             decision = self.decision.overridden(rule, threshold)
             return Gallery(head=self.head, normalizer=self.normalizer, decision=decision, shortlist=shortlist)
         if threshold is None:
-            raise InputError(f"no calibration of the {scorer} scorer for this model and extractor: pass --threshold T, "
+            raise InputError(f"no calibration of the {scorer} scorer for this model and extractor: pass `threshold`, "
                              "or re-run train.py (it calibrates every scorer)")
         decision = Decision.for_rule(rule or self.rule, threshold, scorer)
         return Gallery(head=self.head, normalizer=self.normalizer, decision=decision, shortlist=shortlist)

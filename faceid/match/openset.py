@@ -301,7 +301,7 @@ class OpenSetCalibration:
 
 def check_target_fpir(target_fpir: float) -> None:
     if not 0.0 < target_fpir < 1.0:
-        raise InputError(f"--target_fpir is a share of strangers, strictly between 0 and 1; got {target_fpir}")
+        raise InputError(f"`target_fpir` is a share of strangers, strictly between 0 and 1; got {target_fpir}")
 
 
 def calibration_arrays(calibrations: dict[str, OpenSetCalibration]) -> dict[str, np.ndarray]:
@@ -364,7 +364,7 @@ def backbone_calibrations(extractor_manifest: dict[str, Any], extractor_dir: str
     for path in places:
         if not path.is_file():
             continue
-        fix = f"re-create it with evaluate.py calibrate --output {path}"
+        fix = f"re-create it with evaluate.py calibrate, writing {path}"
         if path.parent != PACKAGED_CALIBRATIONS:
             check_file_sha256(path, extractor_manifest, "calibration_sha256", path.parent / EXTRACTOR_MANIFEST, fix)
         calibrations = load_calibrations(path, fix)
@@ -372,7 +372,7 @@ def backbone_calibrations(extractor_manifest: dict[str, Any], extractor_dir: str
             if calibration.fingerprint != fingerprint:
                 raise InputError(
                     f"{path} calibrates the {scorer} scorer for extractor {calibration.fingerprint}, not this one "
-                    f"({fingerprint}): re-create it with evaluate.py calibrate --output {path}"
+                    f"({fingerprint}): {fix}"
                 )
         return calibrations
     return {}

@@ -50,7 +50,7 @@ class Rule:
         if self.name not in RULES:
             raise InputError(f"unknown rule {self.name!r}: choose one of {', '.join(RULES)}")
         if self.top_k < 1:
-            raise InputError(f"--top_k must be at least 1, got {self.top_k}")
+            raise InputError(f"`top_k` must be at least 1, got {self.top_k}")
 
 
 def pairwise_scores(
@@ -87,8 +87,8 @@ def pairwise_scores(
         )
         return -np.sqrt(np.maximum(squared, 0.0)).astype(np.float32)
     if head is None:
-        raise InputError("the head scorer needs a similarity head (train.py): pass --classification, "
-                         "or choose --scorer euclidean or cosine")
+        raise InputError("the head scorer needs a similarity head (of a similarity model written by train.py): "
+                         "pass `head`, or choose `scorer` euclidean or cosine")
     if head.input_dim != queries.shape[1]:
         raise InputError(
             f"the similarity head takes {head.input_dim}-d vectors but the features are {queries.shape[1]}-d: "

@@ -29,15 +29,18 @@ from faceid.errors import ImageReadError, InputError
 from faceid.features.cache import FeatureCache
 from faceid.features.extract import ExtractionSummary, extract_features
 from faceid.io.images import FLAT, list_photos, read_image
+from faceid.io.sealed import Key
 from faceid.match.retrieval import top_matches
 from faceid.match.scoring import unit_vectors
 from faceid.settings import DEFAULTS
 
 logger = logging.getLogger(__name__)
 
-def gallery_layout(folder: Path, flag: str = "--gallery") -> dict[str, list[Path]]:
-    """``{person: files}`` of a gallery folder: flat photos under :data:`FLAT`, each sub-folder a person."""
-    return list_photos(folder, flag)
+def gallery_layout(folder: Path, parameter: str = "`gallery`") -> dict[str, list[Path]]:
+    """``{person: files}`` of a gallery folder: flat photos under :data:`FLAT`, each sub-folder a person.
+
+    ``parameter``: how messages name the folder (the caller's parameter, in backticks)."""
+    return list_photos(folder, parameter)
 
 
 def identity(person: str, file_name: str) -> str:
@@ -93,15 +96,18 @@ class Gallery:
 
 def embed_gallery(folder: Path, extractor: Extractor, features: Path | None = None,
                   face_options: FaceOptions = FaceOptions(), workers: int = DEFAULTS.workers, rebuild: bool = False,
-                  progress: bool = True, flag: str = "--gallery") -> Gallery:
-    """The gallery's vectors through its feature cache (incremental); raises when no photo gave a face."""
+                  progress: bool = True, parameter: str = "`gallery`", *, key: Key | None = None) -> Gallery:
+    """The gallery's vectors through its feature cache (incremental); raises when no photo gave a face.
+
+    ``key``: the cache is encrypted with it, and encrypted photos open with it (``None``: plaintext).
+    """
     folder = Path(folder)
-    people = gallery_layout(folder, flag)
+    people = gallery_layout(folder, parameter)
     features = Path(features) if features is not None else default_cache(folder)
     side = gallery_side(extractor)
     summary = extract_features(folder, side, features, face_options=face_options, rebuild=rebuild, workers=workers,
-                               progress=progress, people_files=people)
-    cache = FeatureCache.load(features, side.manifest)
+                               progress=progress, people_files=people, key=key)
+    cache = FeatureCache.load(features, side.manifest, key=key)
     vectors, paths, identities, skipped = [], [], [], {}
     for person in people:
         cached = cache.people.get(person)
@@ -113,11 +119,11 @@ def embed_gallery(folder: Path, extractor: Extractor, features: Path | None = No
         identities += [identity(person, name) for name in cached.files]
         skipped.update({f"{person}/{name}": reason for name, (_, reason) in cached.skipped.items()})
     if not paths:
-        raise InputError(f"{flag} {folder}: no photo gave a face ({len(skipped)} tried: {summary.report()})")
+        raise InputError(f"{parameter} {folder}: no photo gave a face ({len(skipped)} tried: {summary.report()})")
     return Gallery(unit_vectors(np.concatenate(vectors)), paths, identities, summary, skipped)
 
 
-def query_chip(path: Path, cropper: FaceCropper) -> tuple[np.ndarray, int]:
+def query_chip(path: Path, cropper: FaceCropper, key: Key | None = None) -> tuple[np.ndarray, int]:
     """The aligned chip of the largest face in a query image and how many faces it holds
     (searched again one upsampling step finer when none is found).
 
@@ -125,7 +131,7 @@ def query_chip(path: Path, cropper: FaceCropper) -> tuple[np.ndarray, int]:
         InputError: unreadable file, or no face found.
     """
     try:
-        image = read_image(path)
+        image = read_image(path, key)
     except ImageReadError as error:
         raise InputError(f"query {path}: {error}") from error
     faces = cropper.find_faces(image)
@@ -134,21 +140,22 @@ def query_chip(path: Path, cropper: FaceCropper) -> tuple[np.ndarray, int]:
         retry = dataclasses.replace(cropper.options, upsample=cropper.options.upsample + 1)
         faces = dataclasses.replace(cropper, options=retry).find_faces(image)
     if not faces:
-        raise InputError(f"no face found in query {path}: crop it closer to the face, try --upsample 2 or "
-                         "--detector cnn, or pass --no_detect if it already is a face crop")
+        raise InputError(f"no face found in query {path}: crop it closer to the face, try `upsample` 2 or "
+                         "`detector` cnn, or skip detection if it already is a face crop (`detect`)")
     return cropper.chips(image, faces[:1])[0], len(faces)
 
 
 def embed_queries(paths: list[Path], extractor: Extractor, face_options: FaceOptions,
-                  strict: bool = True) -> tuple[np.ndarray, list[int], dict[int, str]]:
+                  strict: bool = True, *, key: Key | None = None) -> tuple[np.ndarray, list[int], dict[int, str]]:
     """Query-side vectors of ``paths``: ``(vectors, rows embedded, {row: why not})``. ``strict``
-    raises on the first query without a face; otherwise such queries are reported and left out."""
+    raises on the first query without a face; otherwise such queries are reported and left out.
+    ``key``: encrypted query images open with it."""
     side = query_side(extractor)
     cropper = FaceCropper(face_options, side.chip_size, side.align_padding)
     chips, kept, failed = [], [], {}
     for row, path in enumerate(paths):
         try:
-            chip, count = query_chip(Path(path), cropper)
+            chip, count = query_chip(Path(path), cropper, key)
         except InputError as error:
             if strict:
                 raise

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from faceid.errors import ImageReadError
 from faceid.io.images import read_image
+from faceid.io.sealed import Key
 
 THUMBNAIL_HEIGHT = 160
 
@@ -35,12 +36,13 @@ class SheetRow:
     note: str = ""  # e.g. "no face found"
 
 
-def thumbnail_uri(path: Path, height: int = THUMBNAIL_HEIGHT) -> str | None:
-    """A ``data:`` URI of a small JPEG of the image, or None when it cannot be read."""
+def thumbnail_uri(path: Path, height: int = THUMBNAIL_HEIGHT, key: Key | None = None) -> str | None:
+    """A ``data:`` URI of a small JPEG of the image (an encrypted one opened with ``key``), or None when
+    it cannot be read."""
     from PIL import Image
 
     try:
-        image = Image.fromarray(read_image(path))
+        image = Image.fromarray(read_image(path, key))
     except ImageReadError:
         return None
     width = max(1, round(image.width * height / image.height))
@@ -49,21 +51,23 @@ def thumbnail_uri(path: Path, height: int = THUMBNAIL_HEIGHT) -> str | None:
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _figure(path: Path, caption: str, frame: str) -> str:
-    uri = thumbnail_uri(path)
+def _figure(path: Path, caption: str, frame: str, key: Key | None) -> str:
+    uri = thumbnail_uri(path, key=key)
     image = f'<img src="{uri}" alt="{html.escape(path.name)}">' if uri else '<div class="missing">unreadable</div>'
     return (f'<figure class="{frame}" title="{html.escape(str(path))}">{image}'
             f"<figcaption>{caption}</figcaption></figure>")
 
 
-def render_contact_sheet(rows: list[SheetRow], title: str, header_html: str = "") -> str:
-    """The page: ``header_html`` (e.g. an evaluation's numbers) above one row per query."""
+def render_contact_sheet(rows: list[SheetRow], title: str, header_html: str = "", *, key: Key | None = None) -> str:
+    """The page: ``header_html`` (e.g. an evaluation's numbers) above one row per query. ``key``: encrypted
+    images open with it (the page itself is not encrypted: it shows the faces it is asked to)."""
     body = []
     for row in rows:
-        cells = [_figure(row.query, f"<b>query</b><br>{html.escape(row.query.name)}", "query")]
+        cells = [_figure(row.query, f"<b>query</b><br>{html.escape(row.query.name)}", "query", key)]
         for rank, candidate in enumerate(row.candidates, start=1):
             frame = {None: "candidate", True: "candidate hit", False: "candidate miss"}[candidate.correct]
-            cells.append(_figure(candidate.path, f"#{rank} {html.escape(candidate.name)}<br>{candidate.score:.3f}", frame))
+            cells.append(_figure(candidate.path, f"#{rank} {html.escape(candidate.name)}<br>{candidate.score:.3f}", frame,
+                                 key))
         note = f'<p class="note">{html.escape(row.note)}</p>' if row.note else ""
         body.append(f'<section><div class="row">{"".join(cells)}</div>{note}</section>')
     generated = datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")

@@ -33,6 +33,7 @@ from faceid.detect.faces import FaceCropper
 from faceid.errors import InputError
 from faceid.extras import require
 from faceid.io.manifest import library_versions
+from faceid.io.sealed import Key
 from faceid.io.store import write_json
 from faceid.match.retrieval import retrieval_metrics
 from faceid.match.scoring import pairwise_scores
@@ -64,11 +65,11 @@ class HogOptions:
 
     def check(self) -> None:
         if self.cell < 2 or HOG_CHIP // self.cell < 2:
-            raise InputError(f"--cell {self.cell}: choose 2 to {HOG_CHIP // 2} pixels")
+            raise InputError(f"`cell` {self.cell}: choose 2 to {HOG_CHIP // 2} pixels")
         if self.dims < 0:
-            raise InputError(f"--dims {self.dims} must be 0 (whole descriptor) or positive")
+            raise InputError(f"`dims` {self.dims} must be 0 (whole descriptor) or positive")
         if self.synthetic is not None and self.dims == 0:
-            raise InputError("--synthetic pairs only shape the PCA: give --dims N too (with --dims 0 the whole "
+            raise InputError("`synthetic` pairs only shape the PCA: give `dims` too (with `dims` 0 the whole "
                              "descriptor is kept and synthetic pairs change nothing)")
 
 
@@ -79,7 +80,8 @@ def descriptors_of(chips: np.ndarray, options: HogOptions) -> np.ndarray:
 def paired_rows(faces: FaceSet) -> np.ndarray:
     """Rows of people who still have an image on both sides (after faces were found)."""
     if faces.domains is None:
-        raise InputError("--init hog matches two domains (sketches with photos): use --pairs_path DIR --domains A B")
+        raise InputError("`init` hog matches two domains (sketches with photos): use a folder of pairs in two domains "
+                         "(`pairs_path`, `domains`)")
     both = [label for label in np.unique(faces.labels)
             if len(np.unique(faces.domains[faces.labels == label])) == 2]
     rows = np.flatnonzero(np.isin(faces.labels, both))
@@ -90,11 +92,11 @@ def paired_rows(faces: FaceSet) -> np.ndarray:
 
 
 def synthetic_descriptors(folder: Path, cropper: FaceCropper, chips_dir: Path, options: HogOptions, workers: int,
-                          progress: bool) -> tuple[np.ndarray, np.ndarray]:
+                          progress: bool, key: Key | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Descriptors of synthetic sketch-photo pairs (:func:`faceid.train.siamese_data.synthetic_pairs`):
     ``(descriptors, domains)``, domain 0 the sketches."""
     sketch_chips, photo_chips = synthetic_pairs(folder, cropper, chips_dir, options.synthetic_limit, options.seed,
-                                                workers, progress)
+                                                workers, progress, key=key)
     descriptors = np.concatenate([descriptors_of(sketch_chips, options), descriptors_of(photo_chips, options)])
     return descriptors, np.repeat([0, 1], len(photo_chips))
 
@@ -114,11 +116,11 @@ def fit_hog(descriptors: np.ndarray, domains: np.ndarray, options: HogOptions,
 
 
 def _pca(centred: np.ndarray, options: HogOptions) -> dict[str, np.ndarray]:
-    PCA = require("sklearn.decomposition", "--dims (the PCA of a HOG sketch model)").PCA
+    PCA = require("sklearn.decomposition", "`dims` (the PCA of a HOG sketch model)").PCA
 
     if options.dims >= min(centred.shape):
-        raise InputError(f"--dims {options.dims} needs more than {options.dims} training images (have "
-                         f"{len(centred)}): lower --dims, add --synthetic photos, or use 0 for the whole descriptor")
+        raise InputError(f"`dims` {options.dims} needs more than {options.dims} training images (have "
+                         f"{len(centred)}): lower `dims`, add `synthetic` photos, or use 0 for the whole descriptor")
     pca = PCA(n_components=options.dims, random_state=options.seed).fit(centred)
     return {"mean": pca.mean_.astype(np.float32), "components": pca.components_.astype(np.float32)}
 
@@ -145,26 +147,27 @@ def hog_extractor(projection: dict[str, np.ndarray], faces: FaceSet, options: Ho
 
 
 def train_hog(faces: FaceSet, output: Path, options: HogOptions, face_options, workers: int,
-              progress: bool, synthetic_chips: Path | None = None) -> dict[str, Any]:
+              progress: bool, synthetic_chips: Path | None = None, *, key: Key | None = None) -> dict[str, Any]:
     """Fit the HOG extractor on ``faces`` (a pairs layout) and write it to ``output``; returns the report.
 
     The projection is fitted on the training people and checked on the held-out ones (``report.json``:
     ``val``, against ``start``, the same descriptors with no learned centring), then fitted again on
     every person, which is the extractor written (nothing else is chosen on the held-out people).
     ``synthetic_chips``: where the synthetic photos' chips are kept (default ``output/training/synthetic``;
-    cross-validation shares one folder between its folds).
+    cross-validation shares one folder between its folds). ``key``: the chips are sealed with it
+    (:func:`faceid.train.siamese_data.prepare_chips`).
     """
     options.check()
     started = time.perf_counter()
     output = Path(output)
     cropper = FaceCropper(face_options, HOG_CHIP, HOG_PADDING)
-    chipset = prepare_chips(faces, cropper, output / TRAINING_DIR, workers, progress)
+    chipset = prepare_chips(faces, cropper, output / TRAINING_DIR, workers, progress, key=key)
     rows = paired_rows(chipset.faces)
     usable = chipset.faces.subset(rows)
     descriptors = descriptors_of(np.asarray(chipset.chips)[rows], options)
     domains, labels = usable.domains, usable.labels
     chips_dir = synthetic_chips or output / TRAINING_DIR / "synthetic"
-    synthetic = (synthetic_descriptors(options.synthetic, cropper, chips_dir, options, workers, progress)
+    synthetic = (synthetic_descriptors(options.synthetic, cropper, chips_dir, options, workers, progress, key)
                  if options.synthetic is not None else None)
 
     train_rows, val_rows = split_faceset(usable, options.val_people, options.seed)
@@ -210,24 +213,26 @@ def person_folds(labels: np.ndarray, folds: int, seed: int) -> list[np.ndarray]:
     """``folds`` disjoint groups of people (their label values), shuffled by ``seed``."""
     people = np.unique(labels)
     if folds < 2 or folds > len(people) // 2:
-        raise InputError(f"--cross_validate {folds}: choose 2 to {len(people) // 2} folds for {len(people)} people")
+        raise InputError(f"`folds` {folds}: choose 2 to {len(people) // 2} folds for {len(people)} people")
     return np.array_split(np.random.default_rng(seed).permutation(people), folds)
 
 
 def cross_validate(faces: FaceSet, output: Path, folds: int, seed: int, train_fold, face_options, workers: int,
-                   progress: bool) -> dict[str, Any]:
+                   progress: bool, *, key: Key | None = None) -> dict[str, Any]:
     """Train on all folds but one, score retrieval on the held-out people, for every fold.
 
     ``train_fold(faces, directory)`` trains one model (the method under test) into ``directory``.
     Each fold reports retrieval against the held-out people's photos, and against every photo (the
     held-out people's plus the training people's, which makes a gallery as large as the data);
     frozen dlib is measured on the same held-out images. Every image is found and aligned once (per chip
-    shape), each fold's model embeds it once. Folds already trained are reused.
+    shape), each fold's model embeds it once. Folds already trained are reused. ``key``: the chips
+    are sealed with it (``train_fold`` is given its own).
     """
     from faceid.backbones.registry import create_extractor, load_extractor
 
     if faces.domains is None:
-        raise InputError("--cross_validate scores sketch -> photo retrieval: use --pairs_path DIR --domains A B")
+        raise InputError("`cross_validate` scores sketch -> photo retrieval: use a folder of pairs in two domains "
+                         "(`pairs_path`, `domains`)")
     started = time.perf_counter()
     output = Path(output) / CROSSVAL_DIR
     results: dict[str, list[dict[str, Any]]] = {"method": [], "method_all_photos": [], "frozen_dlib": [],
@@ -237,10 +242,11 @@ def cross_validate(faces: FaceSet, output: Path, folds: int, seed: int, train_fo
     chip_sets: dict[tuple[int, float], tuple[np.ndarray, FaceSet]] = {}
 
     def chips_for(extractor) -> tuple[np.ndarray, FaceSet]:
-        key = (extractor.chip_size, extractor.align_padding)
-        if key not in chip_sets:
-            chip_sets[key] = _chips(faces, extractor, output / f"chips_{key[0]}_{key[1]}", face_options, workers)
-        return chip_sets[key]
+        shape = (extractor.chip_size, extractor.align_padding)
+        if shape not in chip_sets:
+            chip_sets[shape] = _chips(faces, extractor, output / f"chips_{shape[0]}_{shape[1]}", face_options, workers,
+                                      key)
+        return chip_sets[shape]
 
     dlib = create_extractor("dlib")
     dlib_chips, dlib_kept = chips_for(dlib)
@@ -282,9 +288,10 @@ def _score_fold(results: dict[str, list[dict[str, Any]]], name: str, query: np.n
     results[f"{name}_all_photos"].append(pair_retrieval(query, query_labels, photos, photo_labels))
 
 
-def _chips(faces: FaceSet, extractor, folder: Path, face_options, workers: int) -> tuple[np.ndarray, FaceSet]:
+def _chips(faces: FaceSet, extractor, folder: Path, face_options, workers: int,
+           key: Key | None) -> tuple[np.ndarray, FaceSet]:
     chipset: ChipSet = prepare_chips(faces, FaceCropper(face_options, extractor.chip_size, extractor.align_padding),
-                                     folder, workers, progress=False)
+                                     folder, workers, progress=False, key=key)
     return np.asarray(chipset.chips), chipset.faces
 
 

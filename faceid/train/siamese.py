@@ -37,6 +37,7 @@ from faceid.detect.faces import FaceCropper, FaceOptions
 from faceid.errors import InputError
 from faceid.extras import require_all
 from faceid.io.manifest import library_versions
+from faceid.io.sealed import Key
 from faceid.io.store import StagedFiles, json_bytes, load_npz, read_json, save_npz, write_json
 from faceid.match.metrics import accuracy_at, best_accuracy_threshold, roc_auc
 from faceid.settings import DEFAULTS
@@ -102,19 +103,19 @@ class SiameseOptions:
     synthetic_limit: int = 2000
 
     def check(self) -> None:
-        for value, choices, flag in ((self.init, TOWERS, "--init"), (self.loss, LOSSES, "--loss"),
-                                     (self.mining, MINING, "--mining"), (self.fine_tune, FINE_TUNE, "--fine_tune"),
-                                     (self.color, COLORS, "--color"), (self.augment, AUGMENT, "--augment")):
+        for value, choices, name in ((self.init, TOWERS, "init"), (self.loss, LOSSES, "loss"),
+                                     (self.mining, MINING, "mining"), (self.fine_tune, FINE_TUNE, "fine_tune"),
+                                     (self.color, COLORS, "color"), (self.augment, AUGMENT, "augment")):
             if value not in choices:
-                raise InputError(f"unknown {flag} {value!r}: choose one of {', '.join(choices)}")
+                raise InputError(f"unknown `{name}` {value!r}: choose one of {', '.join(choices)}")
         if self.epochs < 1:
-            raise InputError(f"--epochs {self.epochs}: train at least one epoch")
+            raise InputError(f"`epochs` {self.epochs}: train at least one epoch")
         if self.patience < 1:
-            raise InputError(f"--patience {self.patience}: must be at least 1 epoch")
+            raise InputError(f"`patience` {self.patience}: must be at least 1 epoch")
         if self.margin is not None and self.margin <= 0:
-            raise InputError(f"--margin {self.margin} must be positive")
+            raise InputError(f"`margin` {self.margin} must be positive")
         if self.learning_rate is not None and self.learning_rate <= 0:
-            raise InputError(f"--learning_rate {self.learning_rate} must be positive")
+            raise InputError(f"`learning_rate` {self.learning_rate} must be positive")
 
     @property
     def lr(self) -> float:
@@ -159,7 +160,7 @@ def _koch(options: SiameseOptions):
     for kernel in (10, 7, 4):
         side = (side - kernel + 1) // 2
     if side - 3 < 1:
-        raise InputError(f"--input_size {size} is too small for Koch's network: use at least 68 (the paper uses 105)")
+        raise InputError(f"`input_size` {size} is too small for Koch's network: use at least 68 (the paper uses 105)")
     channels = 1 if options.color == "grey" else 3
     # No L2 penalty (the paper tuned one per layer for SGD): with Adam, the paper's 1e-3 on the
     # 38 M-weight dense layer outweighs the data loss (measured: it stalled LFW training at the
@@ -212,7 +213,7 @@ def build_tower(options: SiameseOptions) -> Tower:
     if options.init == "koch":
         inputs, outputs, preprocess_name, fields = _koch(options)
     elif options.init == "dlib":
-        from faceid.backbones.dlib_keras import face_resnet_keras
+        from faceid.nets.dlib_keras import face_resnet_keras
         from faceid.backbones.dlib_resnet import face_resnet
 
         base = face_resnet_keras(face_resnet())
@@ -315,7 +316,7 @@ def _weights(model) -> list[np.ndarray]:
 
 def _assign(variables, arrays: list[np.ndarray], what: str) -> None:
     if len(variables) != len(arrays) or any(tuple(v.shape) != a.shape for v, a in zip(variables, arrays)):
-        raise InputError(f"the checkpoint's {what} does not fit this network: train again without --resume")
+        raise InputError(f"the checkpoint's {what} does not fit this network: train again without `resume`")
     for variable, array in zip(variables, arrays):
         variable.assign(array)
 
@@ -483,7 +484,7 @@ class SiameseTrainer:
         save_npz(self.folder / "best.npz", **self._network_arrays())
 
     def _load_arrays(self, name: str, optimizer: bool) -> None:
-        arrays = load_npz(self.folder / name, "training checkpoint", "train again without --resume")
+        arrays = load_npz(self.folder / name, "training checkpoint", "train again without `resume`")
 
         def part(prefix: str) -> list[np.ndarray]:
             keys = sorted((key for key in arrays if key.startswith(prefix + ".")), key=lambda key: int(key.split(".")[1]))
@@ -496,10 +497,10 @@ class SiameseTrainer:
             _assign(self.optimizer.variables, part("optimizer"), "optimiser state")
 
     def load_checkpoint(self) -> dict[str, Any]:
-        state = read_json(self.folder / "state.json", "training state", "train again without --resume")
+        state = read_json(self.folder / "state.json", "training state", "train again without `resume`")
         if state.get("options") != json.loads(json.dumps(self.options.identity())):
             raise InputError(f"{self.output} was trained with other settings ({state.get('options')}): resume with the "
-                             "same options (only --epochs and --patience may change), or use another --output")
+                             "same options (only `epochs` and `patience` may change), or use another `output`")
         self._load_arrays("checkpoint.npz", optimizer=True)
         return state
 
@@ -587,32 +588,35 @@ class DataOptions:
 
 def train_siamese(faces: FaceSet, output: Path, options: SiameseOptions = SiameseOptions(),
                   data: DataOptions = DataOptions(), resume: bool = False, progress: bool = True,
-                  save_augmented: int = 0, synthetic_chips: Path | None = None) -> dict[str, Any]:
+                  save_augmented: int = 0, synthetic_chips: Path | None = None, *,
+                  key: Key | None = None) -> dict[str, Any]:
     """Train, keep the best epoch, write the extractor directory and ``report.json``; returns the report.
 
     ``save_augmented``: also write that many augmented training chips to ``output/augmented/``.
     ``synthetic_chips``: where ``options.synthetic``'s photo chips are kept (default
     ``output/training/synthetic``; cross-validation shares one folder between folds).
+    ``key``: the training chips and augmented chips (faces) are sealed with it, and encrypted
+    crops among the images open with it (:mod:`faceid.io.sealed`); ``None``: plaintext.
     """
     options.check()
     require_all(("tensorflow", "keras"), "train_siamese.py (a Keras tower)")
     started = time.perf_counter()
     output = Path(output)
     if (output / TRAINING_DIR / "state.json").is_file() and not resume:
-        raise InputError(f"{output} holds a training run: pass --resume to continue it, or choose another --output")
+        raise InputError(f"{output} holds a training run: pass `resume` to continue it, or choose another `output`")
     if resume and not (output / TRAINING_DIR / "state.json").is_file():
-        raise InputError(f"--resume: {output} has no checkpoint ({TRAINING_DIR}/state.json): train without --resume first")
+        raise InputError(f"`resume`: {output} has no checkpoint ({TRAINING_DIR}/state.json): train without `resume` first")
     tower = build_tower(options)
     padding = DEFAULTS.align_padding
     cropper = FaceCropper(data.face_options, tower.chip_size, padding)
     check_for_loss(faces, options.loss, usable=False)
-    chipset = prepare_chips(faces, cropper, output / TRAINING_DIR, data.workers, progress)
+    chipset = prepare_chips(faces, cropper, output / TRAINING_DIR, data.workers, progress, key=key)
     check_for_loss(chipset.faces, options.loss, usable=True)
     train_rows, val_rows = split_faceset(chipset.faces, options.val_people, options.seed)
     if options.synthetic is not None:
         sketches, photos = synthetic_pairs(Path(options.synthetic), cropper,
                                            synthetic_chips or output / TRAINING_DIR / "synthetic",
-                                           options.synthetic_limit, options.seed, data.workers, progress)
+                                           options.synthetic_limit, options.seed, data.workers, progress, key=key)
         chipset, train_rows = with_synthetic(chipset, train_rows, sketches, photos)
     augment = options.augment == "on" or (options.augment == "auto" and len(train_rows) < AUGMENT_BELOW)
     trainer = SiameseTrainer(chipset, train_rows, val_rows, options, output, tower, augment)
@@ -621,7 +625,7 @@ def train_siamese(faces: FaceSet, output: Path, options: SiameseOptions = Siames
         "val": sorted({chipset.faces.names[label] for label in chipset.faces.labels[val_rows]}),
     })
     if save_augmented > 0:
-        write_augmented(trainer, output / "augmented", save_augmented)
+        write_augmented(trainer, output / "augmented", save_augmented, key=key)
     state = trainer.load_checkpoint() if resume else None
     interrupted = False
     try:
@@ -637,15 +641,15 @@ def train_siamese(faces: FaceSet, output: Path, options: SiameseOptions = Siames
     return report
 
 
-def write_augmented(trainer: SiameseTrainer, folder: Path, count: int) -> None:
-    """``count`` augmented training chips as PNG files (to see what the network is shown)."""
+def write_augmented(trainer: SiameseTrainer, folder: Path, count: int, *, key: Key | None = None) -> None:
+    """``count`` augmented training chips as PNG files (to see what the network is shown), sealed with ``key``."""
     from faceid.io.images import encode_png
     from faceid.io.store import write_private
 
     rng = np.random.default_rng([trainer.options.seed, 0])
     rows = np.sort(rng.choice(trainer.train_rows, min(count, len(trainer.train_rows)), replace=False))
     for row, chip in zip(rows, trainer.augmentation.apply(np.asarray(trainer.chipset.chips[rows]), rng)):
-        write_private(folder / f"{row:06d}.png", encode_png(chip))
+        write_private(folder / f"{row:06d}.png", encode_png(chip), key=key)
 
 
 def finish(trainer: SiameseTrainer, state: dict[str, Any], chipset: ChipSet, data: DataOptions, padding: float,
@@ -735,7 +739,7 @@ def calibrate_tower(output: Path, manifest: dict[str, Any], vectors: np.ndarray,
         calibrations, winner, open_set = calibrate_scorers(vectors, labels, scorers, rule=Rule(),
                                                            target_fpir=options.target_fpir, seed=options.seed, source=source)
     except InputError as error:
-        logger.warning("no open-set calibration (%s): test.py will need --threshold", error)
+        logger.warning("no open-set calibration (%s): test.py will need a `threshold`", error)
         return {"error": str(error)}
     save_calibrations(output / CALIBRATION_FILE, {name: cal for name, cal in calibrations.items() if name != "head"})
     if head is not None:

@@ -28,7 +28,7 @@ from faceid.detect.faces import FaceCropper
 from faceid.errors import InputError
 from faceid.features.engine import LocalEngine
 from faceid.io.images import list_image_files, list_people, list_photos
-from faceid.io.sealed import active_key
+from faceid.io.sealed import Key
 from faceid.io.store import atomic_path, is_sealed_file, private_bytes, read_json, read_private, write_json
 from faceid.train.trainer import split_people
 
@@ -86,12 +86,13 @@ def load_faces(faces_path: Path) -> FaceSet:
     return _from_people(people, "faces")
 
 
-def _files(folder: Path, flag: str) -> list[Path]:
+def _files(folder: Path, parameter: str) -> list[Path]:
+    """The images of one folder of a layout; ``parameter``: how messages name it (in backticks)."""
     if not folder.is_dir():
-        raise InputError(f"{flag} {folder} is not a folder: pass the folder of that layout's images")
+        raise InputError(f"{parameter} {folder} is not a folder: pass the folder of that layout's images")
     files = list_image_files(folder)
     if not files and not any(child.is_dir() for child in folder.iterdir()):
-        raise InputError(f"{flag} {folder} is empty: put that layout's images in it (capture.py writes a person's)")
+        raise InputError(f"{parameter} {folder} is empty: put that layout's images in it (capture.py writes a person's)")
     return files
 
 
@@ -101,9 +102,9 @@ def load_anchor_layout(anchor: Path, positive: Path, negative: Path) -> FaceSet:
     Anchor and positive are one person; the negative folder holds everyone else, either as
     person sub-folders (e.g. LFW's) or flat, one unnamed person per image.
     """
-    own = _files(anchor, "--anchor") + _files(positive, "--positive")
+    own = _files(anchor, "`anchor`") + _files(positive, "`positive`")
     people: dict[str, list[Path]] = {ANCHOR_PERSON: own}
-    flat = _files(negative, "--negative")
+    flat = _files(negative, "`negative`")
     for path in flat:
         people[f"negative/{path.name}"] = [path]
     for folder in sorted(child for child in negative.iterdir() if child.is_dir() and not child.name.startswith(".")):
@@ -111,17 +112,17 @@ def load_anchor_layout(anchor: Path, positive: Path, negative: Path) -> FaceSet:
         if files:
             people[f"negative/{folder.name}"] = files
     if len(people) < 2:
-        raise InputError(f"--negative {negative} holds no images: put other people's faces in it (e.g. LFW photos)")
+        raise InputError(f"`negative` {negative} holds no images: put other people's faces in it (e.g. LFW photos)")
     return _from_people(people, "anchor")
 
 
 def load_domain_pairs(pairs_path: Path, domains: tuple[str, str]) -> FaceSet:
     """``--pairs_path DIR --domains A B``: ``DIR/A/NN.png`` and ``DIR/B/NN.png`` are one person."""
     if len(domains) != 2 or domains[0] == domains[1]:
-        raise InputError(f"--domains needs two different folder names, got {list(domains)}")
+        raise InputError(f"`domains` needs two different folder names, got {list(domains)}")
     by_stem: list[dict[str, Path]] = []
     for domain in domains:
-        files = _files(pairs_path / domain, f"--pairs_path {pairs_path} --domains: folder")
+        files = _files(pairs_path / domain, f"`pairs_path` {pairs_path}, `domains`: folder")
         by_stem.append({path.stem: path for path in files})
     common = sorted(set(by_stem[0]) & set(by_stem[1]))
     if not common:
@@ -179,7 +180,7 @@ def check_for_loss(faces: FaceSet, loss: str, usable: bool) -> None:
         if single and not usable:
             raise InputError(
                 f"triplet loss needs at least two images per person; {len(single)} have one "
-                f"(e.g. {', '.join(single[:3])}): add photos, remove those folders, or use --loss bce or contrastive"
+                f"(e.g. {', '.join(single[:3])}): add photos, remove those folders, or use `loss` bce or contrastive"
             )
         if single:
             logger.warning("%d people have one usable face (the others had none found): they serve as negatives only "
@@ -187,7 +188,7 @@ def check_for_loss(faces: FaceSet, loss: str, usable: bool) -> None:
     if not np.any(counts >= 2):
         raise InputError("no person has two usable faces: same-person pairs are what the network learns from")
     if len(np.unique(faces.labels)) < 2:
-        raise InputError("all faces are of one person: different-person pairs need other people (--negative)")
+        raise InputError("all faces are of one person: different-person pairs need other people (`negative`)")
 
 
 # ---------------------------------------------------------------- chips
@@ -213,25 +214,27 @@ def _chip_key(faces: FaceSet, cropper: FaceCropper) -> str:
     return digest.hexdigest()[:32]
 
 
-def prepare_chips(faces: FaceSet, cropper: FaceCropper, folder: Path, workers: int, progress: bool = True) -> ChipSet:
+def prepare_chips(faces: FaceSet, cropper: FaceCropper, folder: Path, workers: int, progress: bool = True, *,
+                  key: Key | None = None) -> ChipSet:
     """Detect and align every image once; chips go to ``folder/chips.npy`` (reused while the
     images and detection settings are unchanged, e.g. by ``--resume``).
 
-    Without a key the file is memory-mapped; with one (:mod:`faceid.io.sealed`) the chips are
-    faces, so the file is sealed and held decrypted in memory only.
+    Without a key the file is memory-mapped; with ``key`` (:mod:`faceid.io.sealed`) the chips are
+    faces, so the file is sealed with it and held decrypted in memory only; encrypted crops among
+    the images open with it too.
     """
     from tqdm import tqdm
 
     folder.mkdir(parents=True, exist_ok=True)
-    key = _chip_key(faces, cropper)
+    chip_key = _chip_key(faces, cropper)
     index_path, chips_path = folder / "chips.json", folder / "chips.npy"
-    encrypt = active_key() is not None
+    encrypt = key is not None
     if index_path.is_file() and chips_path.is_file():
         index = read_json(index_path, "chip index", "delete the chips folder")
-        if index.get("key") == key and (is_sealed_file(chips_path) or not encrypt):  # sealed, no key: KeyRequiredError
+        if index.get("key") == chip_key and (is_sealed_file(chips_path) or not encrypt):  # sealed, no key: KeyRequiredError
             kept = np.asarray(index["kept"], dtype=np.int64)
             logger.info("reusing %d prepared chips from %s", len(kept), chips_path)
-            return ChipSet(_read_chips(chips_path), faces.subset(kept), dict(index["skipped"]))
+            return ChipSet(_read_chips(chips_path, key), faces.subset(kept), dict(index["skipped"]))
         if encrypt and not is_sealed_file(chips_path):
             logger.info("%s is not encrypted: preparing the chips again, encrypted", chips_path)
     size = cropper.chip_size
@@ -241,7 +244,7 @@ def prepare_chips(faces: FaceSet, cropper: FaceCropper, folder: Path, workers: i
     with atomic_path(chips_path) as temporary:
         store = np.empty(shape, np.uint8) if encrypt else np.lib.format.open_memmap(
             temporary, mode="w+", dtype=np.uint8, shape=shape)
-        prepared = LocalEngine(workers).prepare(faces.paths, cropper)
+        prepared = LocalEngine(workers).prepare(faces.paths, cropper, key=key)
         for row, result in enumerate(tqdm(prepared, total=len(faces), desc="faces", unit="img",
                                           disable=None if progress else True)):
             if result.chip is None:
@@ -252,43 +255,45 @@ def prepare_chips(faces: FaceSet, cropper: FaceCropper, folder: Path, workers: i
         if encrypt:
             buffer = io.BytesIO()
             np.save(buffer, store)
-            temporary.write_bytes(private_bytes(buffer.getvalue(), CHIPS_CONTEXT))  # sealed before the write
+            temporary.write_bytes(private_bytes(buffer.getvalue(), CHIPS_CONTEXT, key=key))  # sealed before the write
         else:
             store.flush()
         del store
-    write_json(index_path, {"key": key, "kept": kept, "skipped": skipped, "size": size})
+    write_json(index_path, {"key": chip_key, "kept": kept, "skipped": skipped, "size": size})
     if skipped:
         logger.warning("%d of %d images gave no face and are left out: %s", sum(skipped.values()), len(faces),
                        ", ".join(f"{count} {reason}" for reason, count in skipped.items()))
     if not kept:
-        raise InputError(f"none of the {len(faces)} images gave a face: check the folders, or pass --no_detect for crops")
-    return ChipSet(_read_chips(chips_path), faces.subset(np.array(kept)), skipped)
+        raise InputError(f"none of the {len(faces)} images gave a face: check the folders, or, for face crops, skip "
+                         "detection (`detect`)")
+    return ChipSet(_read_chips(chips_path, key), faces.subset(np.array(kept)), skipped)
 
 
 CHIPS_CONTEXT = "chips.npy"
 
 
-def _read_chips(path: Path) -> np.ndarray:
-    """The chips file: memory-mapped when plain, decrypted into memory when sealed."""
+def _read_chips(path: Path, key: Key | None) -> np.ndarray:
+    """The chips file: memory-mapped when plain, decrypted with ``key`` into memory when sealed."""
     if not is_sealed_file(path):
         return np.load(path, mmap_mode="r", allow_pickle=False)
-    data = read_private(path, "training chips", "delete the chips folder to prepare them again", CHIPS_CONTEXT, True)
+    data = read_private(path, "training chips", "delete the chips folder to prepare them again", CHIPS_CONTEXT, True,
+                        key=key)
     return np.load(io.BytesIO(data), allow_pickle=False)
 
 
 def synthetic_pairs(folder: Path, cropper: FaceCropper, chips_dir: Path, limit: int, seed: int, workers: int,
-                    progress: bool) -> tuple[np.ndarray, np.ndarray]:
+                    progress: bool, *, key: Key | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Synthetic sketch-photo pairs from up to ``limit`` photos of ``folder`` (flat or one sub-folder per
     person; a seeded sample): each photo's aligned chip and its rendering by
     :func:`faceid.sketch.synthesis.photo_to_sketch`. Returns ``(sketch_chips, photo_chips)``, row i one pair."""
     from faceid.sketch.synthesis import photo_to_sketch
 
-    paths = [path for files in list_photos(folder, "--synthetic").values() for path in files]
+    paths = [path for files in list_photos(folder, "`synthetic`").values() for path in files]
     if len(paths) > limit:
         keep = np.sort(np.random.default_rng(seed).choice(len(paths), limit, replace=False))
         paths = [paths[index] for index in keep]
     photos = FaceSet(paths=paths, labels=np.arange(len(paths)), names=[str(path) for path in paths], layout="synthetic")
-    photo_chips = np.asarray(prepare_chips(photos, cropper, chips_dir, workers, progress).chips)
+    photo_chips = np.asarray(prepare_chips(photos, cropper, chips_dir, workers, progress, key=key).chips)
     return np.stack([photo_to_sketch(chip) for chip in photo_chips]), photo_chips
 
 
@@ -298,7 +303,8 @@ def with_synthetic(chipset: ChipSet, train_rows: np.ndarray, sketches: np.ndarra
     stays on real pairs)."""
     faces, count, pairs = chipset.faces, len(chipset.faces), len(photos)
     if faces.domains is None:
-        raise InputError("--synthetic adds sketch-photo pairs: use it with --pairs_path DIR --domains A B")
+        raise InputError("`synthetic` adds sketch-photo pairs: use it with a folder of pairs in two domains "
+                         "(`pairs_path`, `domains`)")
     labels = len(faces.names) + np.arange(pairs)
     extended = FaceSet(
         paths=faces.paths + [Path(f"synthetic/{index}") for index in range(2 * pairs)],
@@ -322,9 +328,9 @@ class BatchSampler:
 
     def __init__(self, labels: np.ndarray, batch_size: int, per_person: int, seed: int):
         if batch_size < 4:
-            raise InputError(f"--batch_size {batch_size} is too small: a batch needs positives and negatives (use >= 4)")
+            raise InputError(f"`batch_size` {batch_size} is too small: a batch needs positives and negatives (use >= 4)")
         if per_person < 2:
-            raise InputError(f"--per_person {per_person}: a person needs at least 2 images in a batch to give a positive")
+            raise InputError(f"`per_person` {per_person}: a person needs at least 2 images in a batch to give a positive")
         self.labels = np.asarray(labels)
         self.batch_size = batch_size
         self.per_person = per_person

@@ -59,13 +59,13 @@ def split_people(labels: np.ndarray, val_share: float, seed: int) -> tuple[np.nd
     The validation side gets ``round(val_share * people)`` people, at least two.
     """
     if not 0.0 < val_share < 1.0:
-        raise InputError(f"--val_people must be between 0 and 1 (a share of people), got {val_share}")
+        raise InputError(f"`val_people` must be between 0 and 1 (a share of people), got {val_share}")
     people = np.unique(labels)
     n_val = max(2, int(round(val_share * len(people))))
     if len(people) - n_val < 2:
         raise InputError(
             f"{len(people)} people are too few to hold {n_val} out for validation and still train: "
-            "enrol more people (4 at the very least; LFW DevTrain has 1,184) or lower --val_people"
+            "enrol more people (4 at the very least; LFW DevTrain has 1,184) or lower `val_people`"
         )
     shuffled = np.random.default_rng(seed).permutation(people)
     val_people = np.isin(labels, shuffled[:n_val])
@@ -152,7 +152,7 @@ def train_similarity(
     """
     started = time.perf_counter()
     if options.normalize and stats is None:
-        raise InputError("--normalize 1 needs the cache's statistics: run compute_mean.py first")
+        raise InputError("`normalize` 1 needs the cache's statistics: run compute_mean.py first")
     vectors, labels, names = cache.matrix(min_images=1)
     train_rows, val_rows = split_people(labels, options.val_people, options.seed)
     normalizer = stats.normalizer if options.normalize else None

@@ -21,7 +21,7 @@ outermost first; what this reader relies on, checked against dlib's sources:
   innermost, then the input layer, then each layer's details from the bottom up.
 
 The topology is therefore not in the file: which tensor a ``tag``/``skip``/``add_prev`` refers to
-comes from the network's C++ type. This module reads; :mod:`faceid.backbones.dlib_graph` holds
+comes from the network's C++ type. This module reads; :mod:`faceid.nets.dlib_graph` holds
 the types it knows and checks a file against them.
 """
 
@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from faceid.errors import InputError
+from faceid.errors import DlibModelError  # defined in errors.py; importable from here too
 
 LOSS_VERSION = 1  # add_loss_layer
 TAG_OR_SKIP_VERSION = 1  # add_tag_layer, add_skip_layer (indistinguishable in the bytes)
@@ -45,10 +45,6 @@ ALIAS_TENSOR_VERSION = 1
 FLOAT_SPECIAL = {32000: math.inf, 32001: -math.inf, 32002: math.nan}
 # An int64 dimension above this in a face network is corruption, not a layer.
 MAX_TENSOR_ELEMENTS = 1 << 31
-
-
-class DlibModelError(InputError):
-    """A file that is not a dlib DNN model this reader understands (truncated, another format...)."""
 
 
 @dataclass

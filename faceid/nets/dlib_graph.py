@@ -1,12 +1,12 @@
 """dlib's face ResNet as a program of steps, checked against the file and run by any graph builder.
 
-A dlib file holds the layers but not how they connect (see :mod:`faceid.backbones.dlib_format`):
+A dlib file holds the layers but not how they connect (see :mod:`faceid.nets.dlib_format`):
 which tensor a ``tag``/``skip``/``add_prev`` refers to is the network's C++ type. This module
 writes that type down — ``anet_type`` in dlib's ``tools/python/src/face_recognition.cpp`` —
 checks a parsed file against it layer by layer (so another network, or a file of another
 shape, is refused with the first difference named), and walks the result as a list of
-:class:`Step` that a builder turns into a graph: :mod:`faceid.backbones.dlib_onnx` (ONNX, for
-ONNX Runtime) and :mod:`faceid.backbones.dlib_keras` (Keras 3, trainable) both use
+:class:`Step` that a builder turns into a graph: :mod:`faceid.nets.dlib_onnx` (ONNX, for
+ONNX Runtime) and :mod:`faceid.nets.dlib_keras` (Keras 3, trainable) both use
 :func:`walk`, so the two graphs are the same network by construction.
 
 Semantics, from dlib's sources: ``tagN`` marks the current tensor; ``skipN`` makes the latest
@@ -28,7 +28,7 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from faceid.backbones.dlib_format import DlibLayer, DlibModelError, DlibNetwork, read_dlib_network
+from faceid.nets.dlib_format import DlibLayer, DlibModelError, DlibNetwork, read_dlib_network
 
 Tensor = TypeVar("Tensor")
 

@@ -2,8 +2,8 @@
 
 No TensorFlow: this is what identification with the dlib backbone runs (through ONNX Runtime,
 batched, on every core). The graph takes the NHWC output of
-:func:`faceid.backbones.dlib_graph.preprocess_face_resnet`, transposes it to NCHW, and runs
-:func:`faceid.backbones.dlib_graph.walk`'s steps. Each ``affine`` that follows a convolution
+:func:`faceid.nets.dlib_graph.preprocess_face_resnet`, transposes it to NCHW, and runs
+:func:`faceid.nets.dlib_graph.walk`'s steps. Each ``affine`` that follows a convolution
 is folded into that convolution's weights (``gamma * (W x + b) + beta``), which is exact up to
 float rounding; the Keras model keeps them apart so they can be trained.
 """
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from faceid.backbones.dlib_graph import FaceResNet, MmodDetector, Step, walk
 from faceid.errors import InputError
 from faceid.io.store import write_bytes
+from faceid.nets.dlib_graph import FaceResNet, MmodDetector, Step, walk
 
 OPSET = 17
 IR_VERSION = 8  # readable by every onnxruntime this project supports (>= 1.18)

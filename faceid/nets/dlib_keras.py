@@ -1,7 +1,7 @@
 """dlib's face ResNet as a Keras 3 model: the same steps as the ONNX graph, trainable end to end.
 
-Built by :func:`faceid.backbones.dlib_graph.walk` from the parsed layers, channels last (the
-input is :func:`faceid.backbones.dlib_graph.preprocess_face_resnet`'s output). Convolutions pad
+Built by :func:`faceid.nets.dlib_graph.walk` from the parsed layers, channels last (the
+input is :func:`faceid.nets.dlib_graph.preprocess_face_resnet`'s output). Convolutions pad
 explicitly (dlib's ``k // 2`` at stride 1, none at stride 2); ``affine`` is its own trainable
 layer (:class:`Affine`); shortcuts of another shape are zero-padded by :class:`PadAdd`. Both
 layers are registered Keras serialisables, so a fine-tuned model saves and reloads with
@@ -13,7 +13,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from faceid.backbones.dlib_graph import FaceResNet, Step, walk
+from faceid.nets.dlib_graph import FaceResNet, Step, walk
 
 
 @keras.saving.register_keras_serializable(package="faceid")
