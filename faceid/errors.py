@@ -4,7 +4,7 @@ This module is the one place the package's exception classes are defined (``face
 other modules import them from here. Every message says what went wrong *and* what to do about it,
 in library terms: a parameter is named in backticks (`` `key` ``, `` `scorer` ``), and a script that
 prints the message (``error: <message>``, exit non-zero) turns each such name into its own flag
-(``--key_file``, ``--scorer``): see :func:`faceid.cli.run_reporting_errors`. No message embeds a
+(``--key_file``, ``--scorer``): see `faceid.cli.run_reporting_errors`. No message embeds a
 Python object's representation (``<_io.BytesIO object at 0x...>``): a file is named by its path.
 """
 
