@@ -9,6 +9,8 @@
 - Every shell line that calls one of our scripts (``python network.py …``, ``faceid <command> …``,
   ``./run.sh …``) is parsed by that script's own argparse parser, abbreviations off: an option renamed
   or removed in the code fails here until the docs follow.
+- README's own command lines (capture → check → network → extract → identify, on video files) are run
+  for real, in README's order; only the lines that would open a webcam are left out (and parsed).
 - README.md has at most 200 lines, and no page gives line counts of code.
 """
 
@@ -341,3 +343,41 @@ def test_readme_is_short():
 def test_no_page_gives_line_counts(page):
     for number, line in enumerate(page.read_text(encoding="utf-8").splitlines(), 1):
         assert not LINE_COUNT.search(line), f"{page_name(page)}:{number}: {line.strip()}"
+
+
+# --- (e) README's own CLI path, run for real on files -----------------------------------------------
+
+def _needs_a_camera(module: str, args: list[str]) -> bool:
+    """capture.py and test.py read the webcam unless given a video or a folder of images."""
+    return module in ("capture", "identify") and not {"--video_path", "--images"} & set(args)
+
+
+def test_readme_commands_run_on_files(tmp_path):
+    """Every `python <script>.py` line of README runs, in README's order, in a folder laid out as README
+    assumes (faces/<person>/, alice.mp4 and clip.mp4 are the Hamilton clip); only the lines that open the
+    webcam are left out (they are parsed above), their result laid out by hand: two people's photos."""
+    for person, lfw_person in (("alice", "Arminio_Fraga"), ("bob", "Bashar_Assad")):
+        (tmp_path / "faces" / person).mkdir(parents=True)
+        for photo in sorted((LFW / lfw_person).iterdir())[:3]:
+            shutil.copy2(photo, tmp_path / "faces" / person / photo.name)
+    for name in ("alice.mp4", "clip.mp4"):
+        (tmp_path / name).symlink_to(VIDEO)
+    ran, left_out = [], []
+    for line, command in command_lines(REPO / "README.md"):
+        words = shlex.split(command, comments=True)
+        ours = _our_command(words)
+        if ours is None or ours[0] == "run.sh" or Path(words[0]).name == "faceid":
+            continue
+        if _needs_a_camera(*ours):
+            left_out.append(line)
+            continue
+        argv = [sys.executable, str(REPO / Path(words[1]).name), *words[2:]]
+        result = run_process(argv, cwd=tmp_path, env=_example_env(), what=f"README.md:{line}: {command.strip()}")
+        assert result.returncode == 0, f"README.md:{line}: {command.strip()}\n{result.stdout}\n{result.stderr}"
+        ran.append(ours[0])
+    # the newcomer's path ran whole: extractor, cache, a capture from a video, identification of a video
+    assert {"check_faces", "network", "extract_features", "capture", "identify"} <= set(ran), ran
+    assert len(left_out) <= 3, left_out
+    records = [json.loads(row) for row in (tmp_path / "faces.jsonl").read_text().splitlines()]
+    assert records and (tmp_path / "annotated.mp4").stat().st_size > 0
+    assert len(list((tmp_path / "faces" / "alice").iterdir())) > 3  # capture.py added crops from alice.mp4
