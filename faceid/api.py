@@ -48,8 +48,6 @@ logger = logging.getLogger(__name__)
 
 #: What the API accepts as an image.
 ImageLike = Union[str, os.PathLike, np.ndarray, "PILImage"]
-#: The environment variable an encryption key is read from when ``key`` is not given.
-KEY_ENV = "FACEID_KEY"
 
 __all__ = ["FaceID", "Face", "Verification", "Frame", "embed", "load_image", "ImageLike"]
 
@@ -537,7 +535,7 @@ def _check_name(name: Any) -> None:
 
 def _resolve_key(key: Key | str | os.PathLike | None) -> Key | None:
     """The API's boundary for keys: a `Key`, a key file, else ``$FACEID_KEY``, else none."""
-    from faceid.io.sealed import Key, key_from_text, read_key_file
+    from faceid.io.sealed import KEY_ENV, Key, key_from_text, read_key_file
 
     if isinstance(key, Key):
         return key
