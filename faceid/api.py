@@ -385,7 +385,7 @@ class FaceID:
         Raises:
             InputError: nobody is enrolled.
         """
-        from faceid.match.fitting import GalleryOptions, fit_gallery
+        from faceid.match.fitting import fit_gallery
 
         if self._gallery is None:
             cache = self._load_cache()
@@ -394,10 +394,16 @@ class FaceID:
             if self.not_enrolled:
                 logger.warning("left out (no usable face): %s", ", ".join(self.not_enrolled))
             vectors, labels, names = cache.matrix(min_images=1)
-            options = GalleryOptions(classification=self.classification, scorer=self.scorer,
-                                     target_fpir=self.target_fpir, threshold=self.threshold)
-            self._gallery = fit_gallery(vectors, np.array(names)[labels], self.extractor.manifest, self.model, options)
+            self._gallery = fit_gallery(vectors, np.array(names)[labels], self.extractor.manifest, self.model,
+                                        self._gallery_options())
         return self._gallery
+
+    def _gallery_options(self):
+        """What this object's parameters say about deciding (identification and verification alike)."""
+        from faceid.match.fitting import GalleryOptions
+
+        return GalleryOptions(classification=self.classification, scorer=self.scorer,
+                              target_fpir=self.target_fpir, threshold=self.threshold)
 
     def _face_embedder(self) -> FaceEmbedder:
         from faceid.features.embedding import FaceEmbedder
@@ -462,19 +468,19 @@ class FaceID:
         Raises:
             NoFaceError: an image holds no face (the message says which).
         """
-        from faceid.match.fitting import GalleryOptions, fit_gallery
+        from faceid.match.fitting import fit_gallery
 
+        embedder = self._face_embedder()
         vectors = []
         for which, image in (("image_a", image_a), ("image_b", image_b)):
-            found = self.embed(image)
-            if len(found) == 0:
+            image_rgb = load_image(image, key=self.key)
+            faces = embedder.find_faces(image_rgb)
+            if not faces:
                 described = str(image) if isinstance(image, (str, os.PathLike)) else "the image given"
                 raise NoFaceError(f"no face found in `{which}` ({described}): give a photo where the face is visible "
                                   "and large enough, or try `detector` 'cnn'")
-            vectors.append(found[:1])
-        options = GalleryOptions(classification=self.classification, scorer=self.scorer,
-                                 target_fpir=self.target_fpir, threshold=self.threshold)
-        gallery = fit_gallery(vectors[0], ["a"], self.extractor.manifest, self.model, options)
+            vectors.append(embedder.embed_faces(image_rgb, faces[:1]))  # only the largest face is compared
+        gallery = fit_gallery(vectors[0], ["a"], self.extractor.manifest, self.model, self._gallery_options())
         decision = gallery.identify(vectors[1])[0]
         return Verification(same=bool(decision.known), score=float(decision.score), threshold=float(gallery.threshold_))
 
