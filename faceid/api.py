@@ -162,11 +162,11 @@ def _extractor(model: str | os.PathLike | None) -> Extractor:
 
 
 def _face_options(detector: str | None, live: bool = False):
-    from faceid.detect.faces import FaceOptions, live_upsample
+    from faceid.detect.faces import FaceOptions
 
     if live:
         detector = detector or DEFAULTS.live_detector
-        return FaceOptions(detector=detector, upsample=live_upsample(detector))
+        return FaceOptions.live(detector)
     return FaceOptions(detector=detector or DEFAULTS.detector)
 
 
@@ -181,7 +181,7 @@ def embed(image: ImageLike, model: str | os.PathLike | None = None, *, detector:
     Args:
         image: a path, an RGB ``uint8`` array ``(height, width, 3)`` or a PIL image.
         model: an extractor directory (``network.py --output``); ``None``: dlib's face model (128-d).
-        detector: ``hog`` (default), ``cnn`` or ``cnn-dlib`` (see `faceid.detect.faces`).
+        detector: ``blazeface`` (default), ``hog``, ``cnn`` or ``cnn-dlib`` (see `faceid.detect.faces`).
 
     Returns:
         ``(n_faces, dim) float32``; ``(0, dim)`` when the image holds no face.
@@ -205,7 +205,9 @@ class FaceID:
         features: the feature cache directory of the enrolled people (``extract_features.py``
             writes the same format); created by the first `enrol`. ``None``: a temporary
             cache that lives as long as this object (nothing is kept).
-        detector: ``hog`` (default; fast, frontal faces), ``cnn`` (also turned faces) or ``cnn-dlib``.
+        detector: ``blazeface`` (default; MediaPipe's BlazeFace: turned faces, profiles and small faces in a
+            few milliseconds), ``hog`` (dlib's, frontal faces), ``cnn`` (dlib's CNN: turned faces, slower) or
+            ``cnn-dlib``.
         scorer: ``euclidean``, ``cosine`` or ``head`` (a trained similarity head); ``None``: what
             the model or the backbone's calibration recommends.
         target_fpir: share of strangers that may be given a name, whatever the number of people
@@ -478,7 +480,7 @@ class FaceID:
             if not faces:
                 described = str(image) if isinstance(image, (str, os.PathLike)) else "the image given"
                 raise NoFaceError(f"no face found in `{which}` ({described}): give a photo where the face is visible "
-                                  "and large enough, or try `detector` 'cnn'")
+                                  "and large enough, or try another `detector` ('cnn', 'hog')")
             vectors.append(embedder.embed_faces(image_rgb, faces[:1]))  # only the largest face is compared
         gallery = fit_gallery(vectors[0], ["a"], self.extractor.manifest, self.model, self._gallery_options())
         decision = gallery.identify(vectors[1])[0]

@@ -91,15 +91,19 @@ def test_verify_says_which_image_has_no_face(enrolled, tmp_path):
 
 def test_embed_gives_one_128_d_vector_per_face_largest_first(tmp_path):
     vectors = faceid.embed(BLAIR)
-    assert vectors.shape == (1, 128) and vectors.dtype == np.float32
+    # Tony_Blair_0001 holds two faces: Blair, and a man cut off at the photo's left edge (x < 64)
+    # whom BlazeFace finds (HOG did not); Blair's, the larger, comes first (checked on the canvas below).
+    assert vectors.shape == (2, 128) and vectors.dtype == np.float32
     # two faces side by side, the second smaller: two rows, the larger face's vector first
-    big = np.asarray(Image.open(BLAIR).convert("RGB"))
+    big = np.asarray(Image.open(BLAIR).convert("RGB")).copy()
+    big[:, :70] = 0  # the man at the left edge blanked: the canvas holds exactly Blair and Powell
     small = np.asarray(Image.open(POWELL[0]).convert("RGB").resize((160, 160)))
     canvas = np.zeros((250, 420, 3), np.uint8)
     canvas[:, :250], canvas[45:205, 260:] = big, small
     both = faceid.embed(canvas)
     assert both.shape == (2, 128)
     assert np.linalg.norm(both[0] - vectors[0]) < np.linalg.norm(both[1] - vectors[0])
+    assert np.linalg.norm(both[0] - vectors[0]) < np.linalg.norm(both[0] - vectors[1])
     assert faceid.embed(np.full((100, 100, 3), 200, np.uint8)).shape == (0, 128)
 
 

@@ -304,7 +304,11 @@ def test_crops_are_written_encrypted_and_read_back_by_worker_processes(world, tm
     key = ["--key_file", str(world["k1"])]
     assert selfies_script.main(["--face_selfies", str(world["faces"]), "--faces_path", str(crops), "-q", *key]) == 0
     files = sorted(crops.rglob("*.png"))
-    assert len(files) == 4 * len(PEOPLE) and all(sealed.is_sealed(path.read_bytes()) for path in files)
+    # A crop for every photo but Alejandro_Toledo_0003: selfies2face skips a photo with several faces
+    # (--multi skip), and the woman at its right edge is a real second face (BlazeFace finds her, HOG did not).
+    photos = sorted(path.stem for path in world["faces"].rglob("*.jpg"))
+    assert sorted(path.stem for path in files) == [stem for stem in photos if stem != "Alejandro_Toledo_0003"]
+    assert all(sealed.is_sealed(path.read_bytes()) for path in files)
     base = ["--faces_path", str(crops), "--model_path", str(world["extractor"]), "--no_detect", "-q"]
     capsys.readouterr()
     assert extract_script.main([*base, "--features", str(tmp_path / "none"), "--workers", "0"]) == 1
@@ -411,7 +415,10 @@ def test_forget_removes_a_person_from_the_cache_the_galleries_the_stats_and_the_
     for extra in ([], ["--shortlist", "2"]):
         assert run_identify(features, world["extractor"], own, tmp_path / "after.jsonl", *key, *extra) == 0
         seen = faces_seen(tmp_path / "after.jsonl")
-        assert len(seen) == 5 and not any(gone in (face["name"], face["best_person"]) for face in seen)
+        # A face in each of the 5 photos (test.py --images searches them at BlazeFace's photo score: the
+        # turned man at the right edge of Al_Gore_0003 scores under it). None is named the forgotten person.
+        assert sorted(face["source"] for face in seen) == sorted(path.name for path in own.iterdir())
+        assert not any(gone in (face["name"], face["best_person"]) for face in seen)
     assert forget_script.main(["--person", gone, "--features", str(features), *key]) == 1
     assert "nothing was removed" in capsys.readouterr().err
     assert forget_script.main(["--person", PEOPLE[1], "--features", str(features)]) == 1  # no key: refused

@@ -432,9 +432,11 @@ def test_identify_reports_closed_and_open_set_rates(
         assert 0.85 < metrics["rank1"] <= metrics["rank5"] <= 1.0
         assert np.all(np.diff(metrics["cmc"]) >= 0) and 0.0 <= metrics["dir_at_far"] <= metrics["rank1"]
     euclidean, head = result["methods"]["euclidean"], result["methods"]["head"]
-    # dlib's customary distance 0.6 turns away nearly every stranger and keeps the known people.
+    # dlib's customary distance 0.6 turns away nearly every stranger and keeps the known people: 46 of the 49
+    # strangers' probes. Of the 3 named, two are within 0.02 of 0.6; the third, Abdoulaye_Wade_0003, is a dark,
+    # turned face that BlazeFace finds and HOG did not (with HOG it was no probe, and 47 of 48 were turned away).
     assert euclidean["threshold"] == -0.6
-    assert euclidean["stranger_rejection_at_threshold"] >= 0.95 and euclidean["identified_at_threshold"] >= 0.95
+    assert euclidean["stranger_rejection_at_threshold"] >= 0.93 and euclidean["identified_at_threshold"] >= 0.95
     # The head is judged at the decision train.py saved; a threshold below the one that admits 1% of
     # these strangers must admit more than 1% of them (and the other way round).
     saved = json.loads((trained_model_dir / "head.json").read_text())["decision"]

@@ -210,7 +210,8 @@ def _inspect_images(
                 image.faces = len(faces)
                 if not faces:
                     report.findings.append(Finding("no_face", person, path.name, f"{crop.detector} detector, "
-                                                   f"upsample {crop.upsample}: try upsample 2 or the cnn detector"))
+                                                   f"upsample {crop.cropper().options.effective_upsample}: try a larger upsample or the "
+                                                   "blazeface detector"))
                     continue
                 face = faces[0]
                 if len(faces) > 1:

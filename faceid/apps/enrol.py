@@ -55,7 +55,8 @@ class CropOptions:
     # Saved crop side in pixels (see the module docstring: any size is the same crop).
     size: int = CROP_SIZE
     padding: float = DEFAULTS.align_padding
-    upsample: int = DEFAULTS.upsample
+    # None: the detector's own default (faceid.detect.faces.default_upsample).
+    upsample: int | None = None
     detector: str = DEFAULTS.detector
     # Photos wider than this are searched for faces downscaled to this width; the crop
     # is still cut from the full-resolution image. 0 searches at full size. The same

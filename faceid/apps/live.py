@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from faceid.detect.faces import FaceBox, face_at
+from faceid.detect.faces import FaceBox, default_detect_every, face_at
 from faceid.detect.tracking import PENDING, FaceTracker, iou
 from faceid.errors import InputError
 from faceid.features.embedding import FaceEmbedder
@@ -111,7 +111,8 @@ def identify_frame(embedder: FaceEmbedder, gallery: Gallery, frame_rgb: np.ndarr
 class LiveOptions:
     """How much work live identification does per frame (see :class:`LiveIdentifier`)."""
 
-    detect_every: int = DEFAULTS.detect_every
+    # None: the detector's own default (faceid.detect.faces.default_detect_every).
+    detect_every: int | None = None
     detect_width: int | None = DEFAULTS.detect_width
     reid_every: int = DEFAULTS.reid_every
     reid_iou: float = DEFAULTS.reid_iou
@@ -126,7 +127,7 @@ class LiveOptions:
 
     def __post_init__(self) -> None:
         for name in ("detect_every", "reid_every", "vote_window", "min_evidence", "switch_margin"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise InputError(f"--{name} must be at least 1, got {getattr(self, name)}")
 
     @classmethod
@@ -163,6 +164,7 @@ class LiveIdentifier:
         )
         # Same detector and settings as the embedder, searching downscaled frames.
         self._detection = FaceEmbedder(embedder.extractor, replace(embedder.options, max_width=options.detect_width))
+        self.detect_every = options.detect_every or default_detect_every(embedder.options.detector)
         self.timings: dict[str, float] = {}
         self.switches: dict[int, int] = {}  # track id -> name changes after its first name
         self._frames = 0
@@ -184,7 +186,7 @@ class LiveIdentifier:
             # A cut to another shot: every track's face is gone, whatever a
             # correlation tracker would still latch onto. Start afresh.
             self.tracker.tracks.clear()
-        detected = cut or self._frames % options.detect_every == 0
+        detected = cut or self._frames % self.detect_every == 0
         if detected:
             faces = self._detection.find_faces(frame_rgb)
             timings["detect"] = _elapsed_ms(started)

@@ -11,6 +11,7 @@ SUBCOMMANDS = {
     "extract": "faceid.benchmarks.extract",
     "match": "faceid.benchmarks.match",
     "detect": "faceid.benchmarks.detect",
+    "align": "faceid.benchmarks.align",
     "retrieve": "faceid.benchmarks.retrieve",
     "encryption": "faceid.benchmarks.encryption",
     "startup": "faceid.benchmarks.startup",

@@ -62,7 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="dlib backbone: share of strangers ours may name (threshold set for the people enrolled)")
     parser.add_argument("--detector", default=DEFAULTS.live_detector,
                         help=f"comma-separated detectors for our pipeline, each measured against the same baseline "
-                             f"(hog, cnn, cnn-dlib; default {DEFAULTS.live_detector}); the baseline is always HOG")
+                             f"(hog, cnn, cnn-dlib, blazeface; default {DEFAULTS.live_detector}); the baseline is always HOG")
     parser.add_argument("--truth", type=Path, default=None,
                         help="JSON of shots and who is in them, to score labels (built in for the Hamilton clip)")
 
@@ -178,7 +178,8 @@ def _time_baseline(video, max_frames, extractor, embed, enrolled, keras_head):
     rule = Rule("vote", vote_score=DEFAULTS.vote_score, vote_share=DEFAULTS.vote_share)
     latencies, results, counts = [], [], []
     for frame, started in _timed_frames(video, max_frames):
-        faces = detect_faces(frame, upsample=DEFAULTS.upsample)
+        # The original design: dlib's HOG at upsample 1, whatever our defaults are.
+        faces = detect_faces(frame, upsample=1, detector="hog")
         frame_results = []
         for face in faces:
             vector = embed(align_face(frame, face, extractor.chip_size, extractor.align_padding))
@@ -201,7 +202,7 @@ def _time_baseline(video, max_frames, extractor, embed, enrolled, keras_head):
 
 
 def _time_ours(video, max_frames, extractor, gallery: Gallery, detector: str):
-    face_options = FaceOptions(detector=detector, upsample=live_upsample(detector))
+    face_options = FaceOptions.live(detector)
     identifier = LiveIdentifier(FaceEmbedder(extractor, face_options), gallery, LiveOptions())
     latencies, results = [], []
     stage_totals: dict[str, float] = {}

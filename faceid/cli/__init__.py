@@ -37,15 +37,18 @@ def add_detection_options(parser, live: bool = False) -> None:
     from faceid.detect.faces import DETECTORS
     from faceid.settings import DEFAULTS
 
-    upsample_default = (f"default: {DEFAULTS.upsample} with hog, {DEFAULTS.live_cnn_upsample} with the cnn detectors "
-                        "(video speed)") if live else f"default {DEFAULTS.upsample}"
-    parser.add_argument("--upsample", type=int, default=None if live else DEFAULTS.upsample,
-                        help="detector upsampling: 0 is fastest (faces > ~80 px), 1 finds ~40 px faces, 2 ~20 px, "
-                             f"each step ~4x the time; {upsample_default}")
+    live_cnn = f", {DEFAULTS.live_cnn_upsample} with the cnn detectors (video speed)" if live else ""
+    parser.add_argument("--upsample", type=int, default=None,
+                        help="finding smaller faces, each step at ~4x the time: dlib's detectors double the image "
+                             "(0: faces > ~80 px, 1: ~40 px, 2: ~20 px); blazeface also searches a grid of squares "
+                             "twice as fine (0: faces down to ~1/16 of the longer side, 1: ~1/32); default: "
+                             f"{DEFAULTS.upsample} with hog{live_cnn or ' and cnn'}, {DEFAULTS.blazeface_upsample} "
+                             "with blazeface")
     parser.add_argument("--detector", choices=DETECTORS, default=DEFAULTS.live_detector if live else DEFAULTS.detector,
                         help="hog: dlib's HOG, fast, frontal faces only; cnn: dlib's CNN detector on our ONNX "
                              "graph, also finds three-quarter views and profiles; cnn-dlib: the same CNN run by "
-                             "dlib (the reference, ~25x slower)")
+                             "dlib (the reference, ~25x slower); blazeface: MediaPipe's BlazeFace on our ONNX graph, "
+                             "turned faces, profiles and small faces in a few ms a frame")
 
 
 def warn_if_no_window(no_display: bool) -> None:

@@ -5,6 +5,7 @@ Usage:
     python bench.py extract                 images/s of feature extraction
     python bench.py match                   per-face gallery search latency at 1k-100k vectors
     python bench.py detect                  per-frame detection time and faces per shot, per detector
+    python bench.py align                   LFW accuracy of chips aligned from BlazeFace: dlib's landmarks or its keypoints
     python bench.py retrieve                per-sketch search latency at 1k-100k gallery photos
     python bench.py encryption              what encryption at rest costs: extraction, loading 100k vectors
     python bench.py startup                 import time of faceid and of test.py --help (run with each venv)

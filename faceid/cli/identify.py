@@ -28,7 +28,7 @@ from faceid.cli import (
     setup_script,
     warn_if_no_window,
 )
-from faceid.detect.faces import FaceOptions, live_upsample
+from faceid.detect.faces import FaceOptions
 from faceid.features.cache import FeatureCache
 from faceid.features.embedding import FaceEmbedder
 from faceid.io.display import display_available
@@ -78,9 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--normalize", type=int, choices=(0, 1),
                         help="must match how the head was trained (default: read from the model)")
     add_detection_options(parser, live=True)
-    parser.add_argument("--detect_every", type=int, default=DEFAULTS.detect_every,
+    parser.add_argument("--detect_every", type=int, default=None,
                         help="full detection every N frames, faces tracked in between; 1 = every frame "
-                             "(slowest, catches new faces soonest)")
+                             f"(slowest, catches new faces soonest); default {DEFAULTS.detect_every}, "
+                             f"{DEFAULTS.blazeface_detect_every} with blazeface")
     parser.add_argument("--detect_width", type=int, default=DEFAULTS.detect_width,
                         help="wider frames are searched downscaled to this width (0 = full size); "
                              "lower is faster but misses small faces")
@@ -149,9 +150,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"not enrolled (no usable image in their folder): {', '.join(cache.not_enrolled)}", file=sys.stderr)
         # What the threshold promises, before the first frame (stderr with --json: stdout stays one JSON line).
         print(gallery.decision_.describe(), file=sys.stderr if args.json else sys.stdout, flush=True)
+        # Photos are searched as photos (BlazeFace at its photo score); video with live's settings.
+        face_options = (FaceOptions(detector=args.detector, upsample=args.upsample) if args.images
+                        else FaceOptions.live(args.detector, args.upsample))
         summary = run_live(
-            source, FaceEmbedder(extractor, FaceOptions(upsample=live_upsample(args.detector) if args.upsample is None else args.upsample,
-                                                 detector=args.detector)), gallery,
+            source, FaceEmbedder(extractor, face_options), gallery,
             output_path=args.output, jsonl_path=args.jsonl, display=not args.no_display and display_available(),
             max_frames=args.max_frames or None, progress=not args.quiet, options=live_options(args),
         )

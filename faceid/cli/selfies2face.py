@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.size < 32 or args.upsample < 0 or args.max_width < 0:
+    if args.size < 32 or (args.upsample or 0) < 0 or args.max_width < 0:
         parser.error("--size must be at least 32, --upsample and --max_width 0 or more")
     setup_script(args, parser)
 

@@ -23,8 +23,9 @@ logger = logging.getLogger(__name__)
 
 # hog: dlib's frontal HOG detector; cnn: dlib's MMOD CNN detector on our ONNX graph
 # (faceid.detect.mmod, the same boxes as dlib's); cnn-dlib: dlib's own CNN implementation
-# (the reference: ~25x slower, bench.py detect).
-DETECTORS = ("hog", "cnn", "cnn-dlib")
+# (the reference: ~25x slower, bench.py detect); blazeface: MediaPipe's BlazeFace on our ONNX
+# graph (faceid.detect.blazeface: every face a person would see, turned ones included, in a few ms).
+DETECTORS = ("hog", "cnn", "cnn-dlib", "blazeface")
 # Why an image gave no vector: the reason every report (extraction, evaluation, audit) uses.
 NO_FACE = "no face found"
 
@@ -56,11 +57,14 @@ class FaceBox:
 
 @dataclass(frozen=True)
 class DetectedFace:
-    """A detected face: its box and its 5 landmarks ``(5, 2) float32`` as ``(x, y)``."""
+    """A detected face: its box and its 5 landmarks ``(5, 2) float32`` as ``(x, y)``; BlazeFace's faces
+    also carry its 6 keypoints ``(6, 2) float32`` (:data:`faceid.detect.blazeface.KEYPOINTS`), which the
+    pose check reads."""
 
     box: FaceBox
     landmarks: np.ndarray
     detector_score: float = 0.0
+    keypoints: np.ndarray | None = None
 
 
 def dlib_model_path(file_name: str) -> Path:
@@ -105,16 +109,27 @@ def _cnn_detector():
     return cnn_detector(str(dlib_model_path(CNN_DETECTOR_MODEL)))
 
 
-def _find(searched: np.ndarray, upsample: int, detector: str) -> list[tuple[int, int, int, int, float]]:
-    """``(left, top, right, bottom, score)`` of each face, corners inclusive (dlib's rectangles)."""
+def _find(searched: np.ndarray, upsample: int, detector: str, min_score: float,
+          blazeface_models: str) -> list[tuple[int, int, int, int, float, np.ndarray | None]]:
+    """``(left, top, right, bottom, score, keypoints)`` of each face, corners inclusive (dlib's
+    rectangles); ``keypoints``: BlazeFace's 6, else ``None``."""
     if detector == "hog":
         rectangles, scores, _ = _hog_detector().run(searched, upsample, 0.0)
         found = zip(rectangles, scores)
+    elif detector == "blazeface":
+        from faceid.detect import blazeface
+
+        # BlazeFace's boxes are continuous (exclusive right/bottom); dlib's corners are inclusive.
+        # Landmarks: dlib's 5-point predictor on BlazeFace's box, not its keypoints (bench.py align).
+        return [(round(left), round(top), round(right) - 1, round(bottom) - 1, found.score, found.keypoints)
+                for found in blazeface.detect(searched, blazeface_models, upsample, min_score)
+                for left, top, right, bottom in [found.box]]
     elif detector == "cnn-dlib":
         found = ((detection.rect, detection.confidence) for detection in _dlib_cnn_detector()(searched, upsample))
     else:
-        return [(rect.left, rect.top, rect.right, rect.bottom, score) for rect, score in _cnn_detector().detect(searched, upsample)]
-    return [(rect.left(), rect.top(), rect.right(), rect.bottom(), float(score)) for rect, score in found]
+        return [(rect.left, rect.top, rect.right, rect.bottom, score, None)
+                for rect, score in _cnn_detector().detect(searched, upsample)]
+    return [(rect.left(), rect.top(), rect.right(), rect.bottom(), float(score), None) for rect, score in found]
 
 
 @functools.lru_cache(maxsize=None)
@@ -124,10 +139,28 @@ def _landmark_predictor():
     return dlib.shape_predictor(str(dlib_model_path(LANDMARKS_MODEL)))
 
 
+def default_upsample(detector: str, live: bool = False) -> int:
+    """The ``upsample`` used when none is given: dlib's detectors double the image once
+    (``DEFAULTS.upsample``: HOG then finds ~40 px faces), except the CNN in live video
+    (``DEFAULTS.live_cnn_upsample``, 0, to stay at video speed); BlazeFace searches the whole
+    frame once (``DEFAULTS.blazeface_upsample``, 0: faces down to ~1/16 of the longer side)."""
+    if detector == "blazeface":
+        return DEFAULTS.blazeface_upsample
+    if live and detector != "hog":
+        return DEFAULTS.live_cnn_upsample
+    return DEFAULTS.upsample
+
+
+def default_detect_every(detector: str) -> int:
+    """Live video's full detection every N frames for ``detector`` (faces are tracked in between):
+    ``DEFAULTS.detect_every`` (5), or ``DEFAULTS.blazeface_detect_every`` (2) for BlazeFace, whose
+    detection costs about as much as tracking and whose turned faces a tracker loses."""
+    return DEFAULTS.blazeface_detect_every if detector == "blazeface" else DEFAULTS.detect_every
+
+
 def live_upsample(detector: str) -> int:
-    """The default ``--upsample`` of live identification for ``detector``: HOG keeps the
-    enrolment default (1), the CNN runs at ``DEFAULTS.live_cnn_upsample`` (0) to stay at video speed."""
-    return DEFAULTS.upsample if detector == "hog" else DEFAULTS.live_cnn_upsample
+    """The default ``upsample`` of live identification for ``detector`` (:func:`default_upsample`)."""
+    return default_upsample(detector, live=True)
 
 
 def _to_dlib_rectangle(box: FaceBox):
@@ -143,28 +176,40 @@ def _landmarks_for(image_rgb: np.ndarray, box: FaceBox) -> np.ndarray:
 
 def detect_faces(
     image_rgb: np.ndarray,
-    upsample: int = DEFAULTS.upsample,
+    upsample: int | None = None,
     detector: str = DEFAULTS.detector,
     max_width: int | None = None,
+    min_score: float | None = None,
+    blazeface_models: str | None = None,
 ) -> list[DetectedFace]:
     """Find every face in an image, largest first.
 
     Args:
         image_rgb: ``(height, width, 3) uint8`` RGB image.
-        upsample: times dlib doubles the image before searching; each step finds
-            faces half as small at about four times the cost.
+        upsample: each step finds faces half as small at about four times the cost: dlib's
+            detectors double the image, BlazeFace also searches a grid of squares twice as fine.
+            ``None``: the detector's default (:func:`default_upsample`).
         detector: ``"hog"`` (fast, frontal faces), ``"cnn"`` (dlib's MMOD CNN on our ONNX
-            graph: also finds turned faces and profiles) or ``"cnn-dlib"`` (the same network
-            run by dlib, the slow reference).
+            graph: also finds turned faces and profiles), ``"cnn-dlib"`` (the same network
+            run by dlib, the slow reference) or ``"blazeface"`` (MediaPipe's BlazeFace on our
+            ONNX graph: turned faces and profiles too, a few milliseconds a frame).
         max_width: search a copy downscaled to this width when the image is wider
             (detection cost grows with the pixel count); boxes and landmarks are
             still in full-resolution coordinates, landmarks found on the full image.
+        min_score: BlazeFace only: the score (0-1) a detection needs; ``None``:
+            ``DEFAULTS.blazeface_min_score`` (live video passes ``DEFAULTS.live_blazeface_min_score``).
+        blazeface_models: BlazeFace only: which of MediaPipe's networks search
+            (:func:`faceid.detect.blazeface.parse_models`: ``back``, ``short``, ``full``, or several
+            joined by ``+``); ``None``: ``DEFAULTS.blazeface_model``. ``bench.py detect`` compares them.
 
     Returns:
-        Faces sorted by box area, descending, each with its 5 landmarks.
+        Faces sorted by box area, descending, each with its 5 landmarks (dlib's 5-point
+        predictor on the box, whichever detector found it).
     """
     if detector not in DETECTORS:
         raise InputError(f"unknown detector {detector!r}: choose one of {', '.join(DETECTORS)}")
+    if upsample is None:
+        upsample = default_upsample(detector)
     image_rgb = np.ascontiguousarray(image_rgb)
     height, width = image_rgb.shape[:2]
     searched, scale = image_rgb, 1.0
@@ -174,7 +219,9 @@ def detect_faces(
         scale = width / max_width
         searched = cv2.resize(image_rgb, (max_width, round(height / scale)), interpolation=cv2.INTER_AREA)
     faces = []
-    for left, top, right, bottom, score in _find(searched, upsample, detector):
+    min_score = DEFAULTS.blazeface_min_score if min_score is None else min_score
+    blazeface_models = DEFAULTS.blazeface_model if blazeface_models is None else blazeface_models
+    for left, top, right, bottom, score, keypoints in _find(searched, upsample, detector, min_score, blazeface_models):
         # dlib may return boxes partly outside the image; clip so crops and
         # reported coordinates are always valid pixels.
         box = clip_box(
@@ -189,7 +236,10 @@ def detect_faces(
         )
         if box.width < 2 or box.height < 2:
             continue
-        faces.append(DetectedFace(box=box, landmarks=_landmarks_for(image_rgb, box), detector_score=score))
+        if keypoints is not None:
+            keypoints = (keypoints * scale).astype(np.float32)
+        faces.append(DetectedFace(box=box, landmarks=_landmarks_for(image_rgb, box), detector_score=score,
+                                  keypoints=keypoints))
     faces.sort(key=lambda face: face.box.area, reverse=True)
     return faces
 
@@ -246,11 +296,27 @@ class FaceOptions:
 
     # False: every image already is a face crop (--no_detect); it is resized, not searched.
     detect: bool = True
-    upsample: int = DEFAULTS.upsample
+    # None: the detector's own default (default_upsample).
+    upsample: int | None = None
     detector: str = DEFAULTS.detector
     # Images wider than this are searched downscaled (boxes and landmarks are still in
     # full-size coordinates); None searches at full size. Live video passes --detect_width.
     max_width: int | None = DEFAULTS.max_search_width
+    # BlazeFace only: the score a detection needs (None: DEFAULTS.blazeface_min_score).
+    min_score: float | None = None
+
+    @classmethod
+    def live(cls, detector: str = DEFAULTS.live_detector, upsample: int | None = None) -> "FaceOptions":
+        """Live video's options for ``detector``: its live upsample (:func:`live_upsample`) unless
+        given, and BlazeFace's live score (``DEFAULTS.live_blazeface_min_score``), lower than for
+        stills because a track's vote, not one detection, decides what is shown."""
+        return cls(detector=detector, upsample=live_upsample(detector) if upsample is None else upsample,
+                   min_score=DEFAULTS.live_blazeface_min_score if detector == "blazeface" else None)
+
+    @property
+    def effective_upsample(self) -> int:
+        """``upsample``, or the detector's default when it is ``None``."""
+        return default_upsample(self.detector) if self.upsample is None else self.upsample
 
 
 @dataclass(frozen=True)
@@ -271,7 +337,8 @@ class FaceCropper:
         if not self.options.detect:
             return [whole_image_face(image_rgb)]
         return detect_faces(
-            image_rgb, upsample=self.options.upsample, detector=self.options.detector, max_width=self.options.max_width
+            image_rgb, upsample=self.options.upsample, detector=self.options.detector, max_width=self.options.max_width,
+            min_score=self.options.min_score,
         )
 
     def chips(self, image_rgb: np.ndarray, faces: list[DetectedFace]) -> np.ndarray:

@@ -91,7 +91,7 @@ def run_settings(
         "feature_cache": setup.cache_info,
         "detection": {
             "detect": face_options.detect,
-            "upsample": face_options.upsample,
+            "upsample": face_options.effective_upsample,
             "detector": face_options.detector,
         },
         **extra,

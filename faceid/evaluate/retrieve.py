@@ -121,7 +121,7 @@ def evaluate_retrieve(queries: Path, gallery: Path, model_path: Path, distractor
                       "description": describe_extractor(extractor.manifest), "domains": list(extractor.domains)},
         "settings": {"queries": str(queries), "gallery": str(gallery),
                      "distractors": None if distractors is None else str(distractors), "seed": seed,
-                     "detector": face_options.detector, "upsample": face_options.upsample,
+                     "detector": face_options.detector, "upsample": face_options.effective_upsample,
                      "detect": face_options.detect,
                      "command_line": None if argv is None else " ".join(["evaluate.py", *argv])},
     }

@@ -67,4 +67,8 @@ class OnnxModel:
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """The model's first output for one input batch (``float32``)."""
-        return np.asarray(self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0])
+        return self.run_all(batch)[0]
+
+    def run_all(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Every output of the model for one input batch, in the graph's order (a detector's boxes and scores)."""
+        return [np.asarray(output) for output in self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})]

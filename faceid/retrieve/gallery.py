@@ -137,7 +137,7 @@ def query_chip(path: Path, cropper: FaceCropper, key: Key | None = None) -> tupl
     faces = cropper.find_faces(image)
     if not faces and cropper.options.detect:
         # A search has few queries and each matters: look once more for a smaller face.
-        retry = dataclasses.replace(cropper.options, upsample=cropper.options.upsample + 1)
+        retry = dataclasses.replace(cropper.options, upsample=cropper.options.effective_upsample + 1)
         faces = dataclasses.replace(cropper, options=retry).find_faces(image)
     if not faces:
         raise InputError(f"no face found in query {path}: crop it closer to the face, try `upsample` 2 or "

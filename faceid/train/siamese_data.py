@@ -206,7 +206,7 @@ class ChipSet:
 def _chip_key(faces: FaceSet, cropper: FaceCropper) -> str:
     digest = hashlib.sha256()
     options = cropper.options
-    digest.update(json.dumps([cropper.chip_size, cropper.padding, options.detect, options.upsample, options.detector,
+    digest.update(json.dumps([cropper.chip_size, cropper.padding, options.detect, options.effective_upsample, options.detector,
                               options.max_width]).encode())
     for path in faces.paths:
         stat = path.stat()
