@@ -54,15 +54,16 @@ class Settings:
     # --detector blazeface: MediaPipe's network (faceid/detect/blazeface.py: short, full or back,
     # or several joined by "+"), its upsample (0: the whole frame once; each step adds a grid of
     # squares twice as fine) and the score a detection needs: MediaPipe's 0.5 for photos (at 0.4,
-    # 8 % of ORL's one-face photos get a second, false box; 3 % at 0.5), 0.4 in live video, where
-    # a track's vote decides and 0.5 loses Lacamoire's profile in most frames (docs/results.md).
-    # "back" (256 px) finds all four audience faces at frame 240 of the clip and Miranda's far shot.
+    # 15 % of LFW photos show several faces instead of 11 %), 0.4 in live video, where a track's vote
+    # decides and 0.5 loses Lacamoire's profile in most frames (docs/results.md). "back" (256 px)
+    # finds all four audience faces at frame 240 of the clip and Miranda's far shot.
     blazeface_model: str = "back"
     blazeface_upsample: int = 0
     blazeface_min_score: float = 0.5
     live_blazeface_min_score: float = 0.4
-    # Live video detects with BlazeFace every other frame (its ~5 ms are about a tracker's cost).
-    blazeface_detect_every: int = 2
+    # Live video detects with BlazeFace on every frame: a whole frame (~5 ms) costs less than
+    # tracking two faces (~3.7 ms each), and a face it keeps finding is never correlation-tracked.
+    blazeface_detect_every: int = 1
     # Still images wider than this are searched for faces downscaled to it (a 12-megapixel
     # phone photo at upsample 1 takes seconds and gigabytes); crops are still cut from the
     # full-size image. Extraction, enrolment, the audit and evaluation share it, so they

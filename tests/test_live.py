@@ -152,14 +152,16 @@ def test_miranda_is_named_in_most_frames_with_a_face(clip_run):
     # Observed: Lacamoire (enrolled) is named alex-lacamoire in his shot (frames 46-51), else unknown
     # (distance 0.59-0.67), as is the face at the piano (0.64).
     assert {record["name"] for record in records} <= {MIRANDA, LACAMOIRE, UNKNOWN, PENDING}
-    # A new track shows PENDING ("…") until it has enough votes: its first frame only (observed: 9 tracks,
-    # one "…" each; a shot change starts new tracks).
-    first_frame: dict[int, int] = {}
+    # A new track shows PENDING ("…") until it has enough votes, and only then: never after its first name.
+    # A face the detector misses in a frame is not identified there, so a flickering profile can stay
+    # pending a frame or two longer (observed: at most 3 frames; 23 tracks over 120 frames).
+    named_since: dict[int, int] = {}
     for record in records:
-        first_frame.setdefault(record["track"], record["frame"])
+        if record["name"] != PENDING:
+            named_since.setdefault(record["track"], record["frame"])
     pending = [record for record in records if record["name"] == PENDING]
-    assert all(record["frame"] - first_frame[record["track"]] <= 1 for record in pending)
-    assert max(Counter(record["track"] for record in pending).values()) <= 2
+    assert not [record for record in pending if record["frame"] > named_since.get(record["track"], CLIP_FRAMES)]
+    assert max(Counter(record["track"] for record in pending).values()) <= 4
     assert summary.names[MIRANDA] == sum(record["name"] == MIRANDA for record in records)
 
 

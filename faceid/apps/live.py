@@ -163,7 +163,9 @@ class LiveIdentifier:
             switch_margin=options.switch_margin, unknown_label=gallery.unknown_label,
         )
         # Same detector and settings as the embedder, searching downscaled frames.
-        self._detection = FaceEmbedder(embedder.extractor, replace(embedder.options, max_width=options.detect_width))
+        # Boxes only: landmarks are found for the faces due for embedding (face_at), not for every face found.
+        self._detection = FaceEmbedder(embedder.extractor, replace(embedder.options, max_width=options.detect_width,
+                                                                   landmarks=False))
         self.detect_every = options.detect_every or default_detect_every(embedder.options.detector)
         self.timings: dict[str, float] = {}
         self.switches: dict[int, int] = {}  # track id -> name changes after its first name
@@ -218,7 +220,8 @@ class LiveIdentifier:
                 or track.frames_since_embed + 1 >= options.reid_every
                 or iou(track.box, track.embedded_box) < options.reid_iou
             ):
-                face = track.face or face_at(frame_rgb, track.box)
+                # A face detected this frame comes as a box: its landmarks are found now, once.
+                face = face_at(frame_rgb, track.box)
                 if face is not None:
                     due.append(track)
                     due_faces.append(face)

@@ -143,9 +143,12 @@ def letterbox(image_rgb: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
     resized = cv2.resize(image_rgb, (new_width, new_height), interpolation=interpolation)
     pad_x, pad_y = (size - new_width) // 2, (size - new_height) // 2
     # Padding is black in pixels (-1 after normalisation), as MediaPipe's letterbox.
-    canvas = np.full((size, size, 3), -1.0, np.float32)
-    canvas[pad_y : pad_y + new_height, pad_x : pad_x + new_width] = resized.astype(np.float32) / 127.5 - 1.0
-    return canvas[None], Letterbox(new_width / width, new_height / height, pad_x, pad_y)
+    canvas = cv2.copyMakeBorder(resized, pad_y, size - new_height - pad_y, pad_x, size - new_width - pad_x,
+                                cv2.BORDER_CONSTANT, value=(0, 0, 0))
+    batch = canvas[None].astype(np.float32)
+    batch *= 1.0 / 127.5
+    batch -= 1.0
+    return batch, Letterbox(new_width / width, new_height / height, pad_x, pad_y)
 
 
 def decode(raw_boxes: np.ndarray, raw_scores: np.ndarray, model: BlazeFaceModel,

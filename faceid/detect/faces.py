@@ -153,8 +153,9 @@ def default_upsample(detector: str, live: bool = False) -> int:
 
 def default_detect_every(detector: str) -> int:
     """Live video's full detection every N frames for ``detector`` (faces are tracked in between):
-    ``DEFAULTS.detect_every`` (5), or ``DEFAULTS.blazeface_detect_every`` (2) for BlazeFace, whose
-    detection costs about as much as tracking and whose turned faces a tracker loses."""
+    ``DEFAULTS.detect_every`` (5), or ``DEFAULTS.blazeface_detect_every`` (1) for BlazeFace, whose
+    detection of a whole frame (~5 ms) costs less than tracking two faces (dlib's correlation tracker:
+    ~3.7 ms a face) and whose turned faces a tracker loses."""
     return DEFAULTS.blazeface_detect_every if detector == "blazeface" else DEFAULTS.detect_every
 
 
@@ -181,6 +182,7 @@ def detect_faces(
     max_width: int | None = None,
     min_score: float | None = None,
     blazeface_models: str | None = None,
+    landmarks: bool = True,
 ) -> list[DetectedFace]:
     """Find every face in an image, largest first.
 
@@ -201,6 +203,8 @@ def detect_faces(
         blazeface_models: BlazeFace only: which of MediaPipe's networks search
             (:func:`faceid.detect.blazeface.parse_models`: ``back``, ``short``, ``full``, or several
             joined by ``+``); ``None``: ``DEFAULTS.blazeface_model``. ``bench.py detect`` compares them.
+        landmarks: False returns boxes only (``landmarks`` of shape ``(0, 2)``): live video finds
+            them with :func:`face_at` for the few faces it embeds (~0.4 ms a face).
 
     Returns:
         Faces sorted by box area, descending, each with its 5 landmarks (dlib's 5-point
@@ -238,8 +242,8 @@ def detect_faces(
             continue
         if keypoints is not None:
             keypoints = (keypoints * scale).astype(np.float32)
-        faces.append(DetectedFace(box=box, landmarks=_landmarks_for(image_rgb, box), detector_score=score,
-                                  keypoints=keypoints))
+        found = _landmarks_for(image_rgb, box) if landmarks else np.zeros((0, 2), dtype=np.float32)
+        faces.append(DetectedFace(box=box, landmarks=found, detector_score=score, keypoints=keypoints))
     faces.sort(key=lambda face: face.box.area, reverse=True)
     return faces
 
@@ -304,6 +308,8 @@ class FaceOptions:
     max_width: int | None = DEFAULTS.max_search_width
     # BlazeFace only: the score a detection needs (None: DEFAULTS.blazeface_min_score).
     min_score: float | None = None
+    # False: boxes only, no landmarks (live video finds them for the faces it embeds).
+    landmarks: bool = True
 
     @classmethod
     def live(cls, detector: str = DEFAULTS.live_detector, upsample: int | None = None) -> "FaceOptions":
@@ -338,7 +344,7 @@ class FaceCropper:
             return [whole_image_face(image_rgb)]
         return detect_faces(
             image_rgb, upsample=self.options.upsample, detector=self.options.detector, max_width=self.options.max_width,
-            min_score=self.options.min_score,
+            min_score=self.options.min_score, landmarks=self.options.landmarks,
         )
 
     def chips(self, image_rgb: np.ndarray, faces: list[DetectedFace]) -> np.ndarray:

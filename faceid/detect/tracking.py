@@ -111,7 +111,10 @@ class Track:
     track_id: int
     box: FaceBox
     vote: IdentityVote
-    correlation: object = None  # dlib.correlation_tracker following the face
+    correlation: object = None  # dlib.correlation_tracker following the face, started when first needed
+    # The frame and box of the last detection, from which the correlation tracker starts when the
+    # track has to be followed (a frame without detection, or a missed detection).
+    detected_in: np.ndarray | None = None
     face: DetectedFace | None = None  # the detection of this frame (with landmarks), if any
     embedded_box: FaceBox | None = None  # where the face was when last embedded
     frames_since_embed: int = 0
@@ -151,7 +154,13 @@ class FaceTracker:
         )
 
     def update_with_detections(self, frame_rgb: np.ndarray, faces: list[DetectedFace]) -> list[Track]:
-        """A detection frame: match faces to tracks (greedy by IoU), start new tracks, follow the rest."""
+        """A detection frame: match faces to tracks (greedy by IoU), start new tracks, follow the rest.
+
+        A detected track's correlation tracker is started only when the track must be followed
+        (dlib's start costs as much as an update, ~3-4 ms a face): with a detector cheap enough to
+        run on every frame, tracks that keep being detected are never correlation-tracked."""
+        # The frame a detected track's tracker would start from; a copy, as the caller may draw on it.
+        frame_rgb = frame_rgb.copy() if faces else frame_rgb
         pairs = sorted(
             ((iou(track.box, face.box), track_index, face_index)
              for track_index, track in enumerate(self.tracks) for face_index, face in enumerate(faces)),
@@ -193,6 +202,13 @@ class FaceTracker:
     def _follow(self, track: Track, frame_rgb: np.ndarray) -> bool:
         """Move ``track`` with its correlation tracker; False when the face is lost."""
         height, width = frame_rgb.shape[:2]
+        if track.correlation is None:
+            import dlib
+
+            box = track.box
+            track.correlation = dlib.correlation_tracker()
+            track.correlation.start_track(track.detected_in, dlib.rectangle(box.left, box.top, box.right - 1, box.bottom - 1))
+            track.detected_in = None
         quality = track.correlation.update(frame_rgb)
         position = track.correlation.get_position()
         box = clip_box(
@@ -213,12 +229,10 @@ class FaceTracker:
 
     @staticmethod
     def _restart(track: Track, frame_rgb: np.ndarray, face: DetectedFace) -> None:
-        import dlib
-
+        """The track is where ``face`` was detected; its correlation tracker restarts there if it is
+        followed (:meth:`_follow`)."""
         track.box = face.box
         track.face = face
         track.missed_detections = 0
-        track.correlation = dlib.correlation_tracker()
-        track.correlation.start_track(
-            frame_rgb, dlib.rectangle(face.box.left, face.box.top, face.box.right - 1, face.box.bottom - 1)
-        )
+        track.correlation = None
+        track.detected_in = frame_rgb
