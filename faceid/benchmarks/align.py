@@ -27,7 +27,7 @@ import numpy as np
 
 from faceid.backbones import BackboneOptions, create_extractor
 from faceid.benchmarks.common import print_json_lines, print_table, shared_data
-from faceid.detect.faces import DetectedFace, FaceBox, align_face, clip_box, detect_faces, face_at
+from faceid.detect.faces import DetectedFace, align_face, detect_faces
 from faceid.errors import InputError
 from faceid.evaluate.folds import fold_accuracy
 from faceid.evaluate.images import centre_face, centred_face
@@ -133,25 +133,6 @@ def landmarks_from_keypoints(keypoints: np.ndarray, canonical: np.ndarray, templ
 # --- faces of one image ----------------------------------------------------------------------
 
 
-def blazeface_faces(image_rgb: np.ndarray) -> list[tuple[DetectedFace, np.ndarray]]:
-    """BlazeFace's faces as detect_faces(detector="blazeface") gives them (box, dlib's 5 landmarks
-    on it), largest first, each with its keypoints ``(6, 2) float32``."""
-    from faceid.detect import blazeface
-
-    height, width = image_rgb.shape[:2]
-    found = []
-    for detection in blazeface.detect(image_rgb, DEFAULTS.blazeface_model, DEFAULTS.blazeface_upsample,
-                                      DEFAULTS.blazeface_min_score):
-        left, top, right, bottom = detection.box
-        # the rounding and clipping of faces._find and detect_faces
-        box = clip_box(FaceBox(round(left), round(top), round(right), round(bottom)), width, height)
-        face = face_at(image_rgb, box) if box.width >= 2 and box.height >= 2 else None
-        if face is not None:
-            found.append((DetectedFace(face.box, face.landmarks, detection.score), detection.keypoints))
-    found.sort(key=lambda pair: pair[0].box.area, reverse=True)
-    return found
-
-
 def _centred(faces: list[DetectedFace], shape: tuple[int, ...]) -> DetectedFace | None:
     index = centred_face(faces, shape)
     return None if index is None else faces[index]
@@ -176,11 +157,10 @@ def _fit_template(images_root: Path, excluded: set[ImageKey], count: int,
         searched += 1
         image = read_image(images_root / person / file_name)
         hog = _centred(detect_faces(image, detector="hog"), image.shape)
-        blaze = blazeface_faces(image)
-        index = centred_face([face for face, _ in blaze], image.shape)
-        if hog is None or index is None:
+        blaze = _centred(detect_faces(image, detector="blazeface"), image.shape)
+        if hog is None or blaze is None:
             continue
-        keypoints.append(blaze[index][1][list(KEYPOINT_ROWS)])
+        keypoints.append(blaze.keypoints[list(KEYPOINT_ROWS)])
         landmarks.append(hog.landmarks)
     if len(keypoints) < count:
         raise InputError(f"only {len(keypoints)} images outside the pair list have a face both detectors find: "
@@ -257,14 +237,12 @@ def _embed_variants(images: list[ImageKey], images_root: Path, canonical: np.nda
     for key in tqdm(images, desc="align", unit="img", disable=None if progress else True):
         image = read_image(images_root / key[0] / key[1])
         hog = _centred(detect_faces(image, detector="hog"), image.shape)
-        blaze = blazeface_faces(image)
-        index = centred_face([face for face, _ in blaze], image.shape)
-        faces: dict[str, DetectedFace | None] = {"hog": hog, "dlib5": None, "keypoints": None}
-        if index is not None:
-            box_face, keypoints = blaze[index]
-            faces["dlib5"] = box_face
-            predicted = landmarks_from_keypoints(keypoints[list(KEYPOINT_ROWS)], canonical, template)
-            faces["keypoints"] = DetectedFace(box_face.box, predicted, box_face.detector_score)
+        # BlazeFace's face as detect_faces gives it: dlib's 5 landmarks on its box (dlib5), and its keypoints.
+        blaze = _centred(detect_faces(image, detector="blazeface"), image.shape)
+        faces: dict[str, DetectedFace | None] = {"hog": hog, "dlib5": blaze, "keypoints": None}
+        if blaze is not None:
+            predicted = landmarks_from_keypoints(blaze.keypoints[list(KEYPOINT_ROWS)], canonical, template)
+            faces["keypoints"] = DetectedFace(blaze.box, predicted, blaze.detector_score)
         for variant, face in faces.items():
             if face is None:
                 result.no_face[variant] += 1
