@@ -117,14 +117,18 @@ def yaw_ratio(landmarks: np.ndarray) -> float:
     landmarks = np.asarray(landmarks, dtype=np.float64)
     if landmarks.shape != (5, 2):
         raise ValueError(f"yaw needs dlib's 5 landmarks, got shape {landmarks.shape}")
-    image_right_eye = landmarks[0:2].mean(axis=0)
-    image_left_eye = landmarks[2:4].mean(axis=0)
+    return _nose_offset(landmarks[0:2].mean(axis=0), landmarks[2:4].mean(axis=0), landmarks[4])
+
+
+def _nose_offset(image_right_eye: np.ndarray, image_left_eye: np.ndarray, nose: np.ndarray) -> float:
+    """The nose's offset from the eyes' midpoint along the line through the eyes, over the squared
+    distance between the eyes (so a rolled but frontal head scores 0)."""
     eye_axis = image_right_eye - image_left_eye
     eye_distance = float(np.linalg.norm(eye_axis))
     if eye_distance < 1e-6:
         return float("inf")
     middle = (image_right_eye + image_left_eye) / 2
-    return float(np.dot(landmarks[4] - middle, eye_axis) / eye_distance**2)
+    return float(np.dot(nose - middle, eye_axis) / eye_distance**2)
 
 
 # BlazeFace's keypoint yaw (nose *tip*, which stands further out than dlib's nose base) times this
@@ -143,13 +147,7 @@ def keypoint_yaw(keypoints: np.ndarray) -> float:
             nose tip, mouth, ear tragions.
     """
     keypoints = np.asarray(keypoints, dtype=np.float64)
-    image_left_eye, image_right_eye, nose_tip = keypoints[0], keypoints[1], keypoints[2]
-    eye_axis = image_right_eye - image_left_eye
-    eye_distance = float(np.linalg.norm(eye_axis))
-    if eye_distance < 1e-6:
-        return float("inf")
-    middle = (image_right_eye + image_left_eye) / 2
-    return KEYPOINT_YAW_SCALE * float(np.dot(nose_tip - middle, eye_axis) / eye_distance**2)
+    return KEYPOINT_YAW_SCALE * _nose_offset(keypoints[1], keypoints[0], keypoints[2])
 
 
 @dataclass(frozen=True)
