@@ -17,9 +17,8 @@ import numpy as np
 from faceid.errors import InputError
 from faceid.io.store import write_bytes
 from faceid.nets.dlib_graph import FaceResNet, MmodDetector, Step, walk
+from faceid.nets.onnx_session import checked_model
 
-OPSET = 17
-IR_VERSION = 8  # readable by every onnxruntime this project supports (>= 1.18)
 INPUT_NAME = "chips"
 OUTPUT_NAME = "descriptors"
 DETECTOR_INPUT_NAME = "pyramid"
@@ -121,7 +120,7 @@ class _OnnxBuilder:
 
 def _model(network: FaceResNet | MmodDetector, graph_name: str, input_name: str, input_shape, output_name: str, output_shape):
     try:
-        from onnx import TensorProto, checker, helper
+        from onnx import TensorProto, helper
     except ImportError as error:
         raise InputError("building dlib's networks for ONNX Runtime needs the onnx package: pip install onnx") from error
     builder = _OnnxBuilder(network, input_name)
@@ -134,10 +133,7 @@ def _model(network: FaceResNet | MmodDetector, graph_name: str, input_name: str,
         [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, output_shape)],
         builder.initializers,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="faceid")
-    model.ir_version = IR_VERSION
-    checker.check_model(model)
-    return model
+    return checked_model(graph)
 
 
 def face_resnet_onnx(network: FaceResNet):

@@ -1,8 +1,10 @@
 """One ONNX Runtime session on the CPU, shared by everything that runs an ONNX graph.
 
-The CNN face detector (``detect/mmod.py``) and the ONNX runtime of every backbone
-(``backbones/runtime.py: OnnxExtractor``) run their graphs through :class:`OnnxModel`, with
-:func:`default_threads` threads unless told otherwise.
+BlazeFace (``detect/blazeface.py``), the CNN face detector (``detect/mmod.py``) and the ONNX runtime
+of every backbone (``backbones/runtime.py: OnnxExtractor``) run their graphs through
+:class:`OnnxModel`, with :func:`default_threads` threads unless told otherwise. The graphs we build
+ourselves (``dlib_onnx.py``, ``tflite_onnx.py``) are finished by :func:`checked_model`, at the opset
+and IR version every supported ONNX Runtime reads.
 """
 
 from __future__ import annotations
@@ -13,6 +15,20 @@ from pathlib import Path
 import numpy as np
 
 from faceid.errors import InputError
+
+
+OPSET = 17
+IR_VERSION = 8  # readable by every onnxruntime this project supports (>= 1.18)
+
+
+def checked_model(graph):
+    """``graph`` (an ``onnx`` ``GraphProto``) as a checked ``ModelProto`` at :data:`OPSET` and :data:`IR_VERSION`."""
+    from onnx import checker, helper
+
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="faceid")
+    model.ir_version = IR_VERSION
+    checker.check_model(model)
+    return model
 
 
 def onnxruntime_available() -> bool:

@@ -30,10 +30,9 @@ from typing import Any
 import numpy as np
 
 from faceid.errors import InputError
+from faceid.nets.onnx_session import checked_model
 from faceid.nets.tflite_format import TfliteModel, TfliteOperator
 
-OPSET = 17
-IR_VERSION = 8  # readable by every onnxruntime this project supports (>= 1.18)
 TO_NCHW = [0, 3, 1, 2]
 TO_NHWC = [0, 2, 3, 1]
 
@@ -297,7 +296,7 @@ def tflite_onnx(model: TfliteModel):
     """The ONNX ``ModelProto`` of ``model``: the TFLite graph's input (NHWC, float32) and outputs,
     same names, shapes and order."""
     try:
-        from onnx import TensorProto, checker, helper
+        from onnx import TensorProto, helper
     except ImportError as error:
         raise InputError("building a TensorFlow Lite graph for ONNX Runtime needs the onnx package: pip install onnx") from error
     if len(model.inputs) != 1:
@@ -319,10 +318,7 @@ def tflite_onnx(model: TfliteModel):
         [helper.make_tensor_value_info(input_tensor.name, TensorProto.FLOAT, list(input_tensor.shape))],
         outputs, builder.initializers,
     )
-    onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="faceid")
-    onnx_model.ir_version = IR_VERSION
-    checker.check_model(onnx_model)
-    return onnx_model
+    return checked_model(graph)
 
 
 def tflite_onnx_bytes(model: TfliteModel) -> bytes:
