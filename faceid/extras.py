@@ -2,7 +2,7 @@
 
 The core install (``pip install faceid``) enrols, extracts, identifies, evaluates and retrieves
 with the dlib backbone on ONNX Runtime. Everything else comes with an extra, declared in
-``pyproject.toml``: ``[train]`` (TensorFlow/Keras), ``[search]`` (FAISS), ``[plots]``
+``pyproject.toml``: ``[train]`` (TensorFlow/Keras), ``[cluster]`` (scikit-learn: the baseline clustering methods), ``[search]`` (FAISS), ``[plots]``
 (Matplotlib), ``[gui]`` (OpenCV with windows), ``[ray]`` (extraction on a Ray cluster). Code that needs one of those modules imports it
 through :func:`require`, so a missing extra is an ``error:`` that names the extra to install, not
 a ``ModuleNotFoundError`` traceback.
@@ -22,7 +22,7 @@ EXTRA_OF_MODULE = {
     "keras": "train",
     "h5py": "train",
     "tf2onnx": "train",
-    "sklearn": "train",
+    "sklearn": "cluster",
     "faiss": "search",
     "matplotlib": "plots",
     "ray": "ray",

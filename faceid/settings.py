@@ -160,6 +160,31 @@ class Settings:
     # At 100k (316 clusters) 64 kept every exhaustive top-1 of 200 probes; 16 lost 3.
     faiss_nprobe: int = 64
 
+    # --- clustering the faces nobody enrolled (faceid/cluster/, cluster.py, evaluate.py cluster) ---
+    # The default method: average linkage on a nearest-neighbour graph whose join threshold rises with
+    # the size of the clusters joined (faceid/cluster/linkage.py). Measured against Chinese Whispers,
+    # HDBSCAN, DBSCAN and one-threshold agglomerative linkage in docs/clustering.md.
+    cluster_method: str = "linkage"
+    # The thresholds are derived from the backbone's open-set calibration, so they mean the same for
+    # any backbone: two single faces join when impostor pairs reach their similarity at most this often
+    # (dlib's face model: cosine 0.916) ...
+    cluster_pair_fmr: float = 5e-3
+    # ... and two large clusters only when impostor pairs reach their average this rarely (dlib: 0.935).
+    cluster_group_fmr: float = 3e-4
+    # Faces per face in the candidate graph: 16 and 32 gave the same clusters on LFW.
+    cluster_neighbours: int = 16
+    # From this many faces the graph comes from a FAISS inverted-file index (approximate), not exact
+    # NumPy products (which cost n^2 dim: ~25 s at 100k 128-d on 2 cores).
+    cluster_faiss_min_vectors: int = 20_000
+    # cluster.py --video_path: faces are detected on every frame and linked into tracks; one track is
+    # one face record, its vector the mean of up to cluster_track_faces faces sampled every
+    # cluster_video_every detections (spread over the whole track: ~8 views of a face beat 1, and
+    # more add little but time). Tracks detected in fewer than cluster_min_track frames are
+    # dropped: a face seen for a tenth of a second is more often a false detection than a person.
+    cluster_video_every: int = 5
+    cluster_track_faces: int = 8
+    cluster_min_track: int = 3
+
 
 DEFAULTS = Settings()
 

@@ -310,9 +310,9 @@ def test_a_module_of_a_room_not_named_in_full_is_reported(tmp_path):
 
 def test_a_new_room_without_a_row_is_an_error(tmp_path):
     copy = _copy_package(tmp_path)
-    (copy / "cluster").mkdir()
-    (copy / "cluster" / "__init__.py").write_text('"""Grouping faces."""\n')
-    with pytest.raises(ValueError, match=r"\['cluster'\]"):
+    (copy / "gadgets").mkdir()
+    (copy / "gadgets" / "__init__.py").write_text('"""Grouping faces."""\n')
+    with pytest.raises(ValueError, match=r"\['gadgets'\]"):
         layer_violations(copy)
 
 
