@@ -9,7 +9,7 @@ Two things make it scale and make it better than a single global threshold (docs
 
 - **Candidates from a k-nearest-neighbour graph.** Two clusters are compared only when a face of one is
   among the ``neighbours`` nearest faces of a face of the other (exact NumPy products in blocks, or a FAISS
-  inverted-file index from ``faiss_min_vectors`` faces), so 100,000 faces cost a graph and ~n heap steps.
+  HNSW index from ``faiss_min_vectors`` faces), so 100,000 faces cost a graph and ~n heap steps.
 - **A threshold that depends on the sizes joined.** Two single faces need ``pair``; two large clusters
   need ``group``, higher: ``group + (pair - group) / sqrt(m)``, ``m`` the smaller cluster's size. An
   average over many faces of one person stays high whatever the pose, while two look-alike people's
@@ -37,8 +37,12 @@ logger = logging.getLogger(__name__)
 
 # Query rows per block of the exact graph: bounds the (rows x faces) similarity block to ~400 MB at 100k faces.
 _BLOCK = 1024
-# Training points per FAISS list (as match/search.py): FAISS warns below 39.
-_POINTS_PER_LIST = 64
+# FAISS HNSW: links per face, and the candidate lists while building and searching (more: closer to exact, slower).
+_HNSW_LINKS = 32
+_HNSW_BUILD = 40
+_HNSW_SEARCH = 64
+# Edges whose first margins are computed at once: bounds two (edges x dim) float64 blocks to ~200 MB.
+_EDGE_BLOCK = 100_000
 
 
 @dataclass(frozen=True)
@@ -83,8 +87,8 @@ def neighbour_graph(
         vectors: ``(n, dim)`` unit vectors.
         neighbours: how many neighbours per face (capped at ``n - 1``).
         queries: row numbers of the faces to find neighbours for; ``None``: every face.
-        faiss_min_vectors: from this many faces on, an approximate FAISS inverted-file index
-            (``nprobe`` a tenth of its lists) instead of exact NumPy products; NumPy when FAISS is missing.
+        faiss_min_vectors: from this many faces on, an approximate FAISS HNSW index instead of exact
+            NumPy products; NumPy when FAISS is missing.
 
     Returns:
         ``(rows, neighbours)`` each ``(m, k)``: neighbour row numbers and their cosine similarities.
@@ -116,24 +120,20 @@ def neighbour_graph(
 
 
 def _faiss_graph(faiss, vectors: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    n, dim = vectors.shape
-    lists = max(1, min(int(math.sqrt(n)), n // _POINTS_PER_LIST))
-    quantizer = faiss.IndexFlatIP(dim)
-    index = faiss.IndexIVFFlat(quantizer, dim, lists, faiss.METRIC_INNER_PRODUCT)
-    sample = np.random.default_rng(0).choice(n, size=min(n, lists * 256), replace=False)
-    index.train(vectors[np.sort(sample)])
+    """The graph from a FAISS HNSW index (inner product): ~96 % of the exact 16 neighbours at 100k faces, in
+    ~12 s on 2 cores where exact products take ~30 s (an inverted-file index found 66 % at the same time)."""
+    index = faiss.IndexHNSWFlat(vectors.shape[1], _HNSW_LINKS, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = _HNSW_BUILD
     index.add(vectors)
-    index.nprobe = max(1, lists // 10)
+    index.hnsw.efSearch = max(_HNSW_SEARCH, 2 * k)
     similarity, found = index.search(vectors[rows], k + 1)
     # Drop each face itself (normally the first hit) and keep k others; -1 marks a missing hit.
-    keep = found != rows[:, None]
-    out_rows = np.full((len(rows), k), -1, np.int64)
-    out_sims = np.full((len(rows), k), -np.inf, np.float32)
-    for i in range(len(rows)):
-        hits = found[i][keep[i]][:k]
-        out_rows[i, :len(hits)] = hits
-        out_sims[i, :len(hits)] = similarity[i][keep[i]][:k]
-    return out_rows, out_sims
+    found[found == rows[:, None]] = -1
+    order = np.argsort(found < 0, axis=1, kind="stable")[:, :k]  # real hits first, in FAISS's order
+    found = np.take_along_axis(found, order, axis=1)
+    similarity = np.take_along_axis(similarity, order, axis=1)
+    similarity[found < 0] = -np.inf
+    return found.astype(np.int64), similarity.astype(np.float32)
 
 
 def average_linkage(
@@ -205,8 +205,9 @@ def average_linkage(
     heap: list[tuple[float, int, int, int, int]] = []
     if len(edges):
         a, b = edges[:, 0], edges[:, 1]
-        margins = (np.einsum("ij,ij->i", sums[a], sums[b]) / (sizes[a] * sizes[b])
-                   - thresholds.at(np.minimum(sizes[a], sizes[b])))
+        similarity = np.concatenate([np.einsum("ij,ij->i", sums[a[start:start + _EDGE_BLOCK]], sums[b[start:start + _EDGE_BLOCK]])
+                                     for start in range(0, len(edges), _EDGE_BLOCK)])
+        margins = similarity / (sizes[a] * sizes[b]) - thresholds.at(np.minimum(sizes[a], sizes[b]))
         good = margins >= 0
         heap = [(-m, x, y, 0, 0) for m, x, y in zip(margins[good].tolist(), a[good].tolist(), b[good].tolist())]
         heapq.heapify(heap)
@@ -232,9 +233,9 @@ def average_linkage(
         others = np.fromiter((c for c in adjacency[a] if not (is_frozen[a] and is_frozen[c])), np.int64)
         if len(others):
             margins = priority(a, others)
-            for c, margin in zip(others[margins >= 0].tolist(), margins[margins >= 0].tolist()):
+            for c, value in zip(others[margins >= 0].tolist(), margins[margins >= 0].tolist()):
                 x, y = (a, c) if a < c else (c, a)
-                heapq.heappush(heap, (-margin, x, y, int(version[x]), int(version[y])))
+                heapq.heappush(heap, (-value, x, y, int(version[x]), int(version[y])))
 
     root = np.arange(nodes)
     for node in range(nodes):  # parents always point to nodes merged later, so one pass with compression
