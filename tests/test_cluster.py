@@ -81,6 +81,12 @@ def test_the_neighbour_graph_is_exact_below_the_faiss_size(lfw):
     expected = np.sort(full, axis=1)[:, -5:]
     np.testing.assert_allclose(np.sort(similarity, axis=1), expected, rtol=1e-5)
     assert not (found == np.arange(len(units))[:, None]).any()
+    # The FAISS graph (what large sets use) finds nearly the same neighbours, never the face itself.
+    approximate, approximate_similarity = neighbour_graph(units, 5, faiss_min_vectors=0)
+    assert not (approximate == np.arange(len(units))[:, None]).any()
+    overlap = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(found.tolist(), approximate.tolist())])
+    assert overlap > 0.9, overlap
+    assert np.all(np.diff(approximate_similarity, axis=1) <= 1e-6)  # best first
 
 
 def test_faces_far_from_everyone_stay_singletons(lfw):
