@@ -173,14 +173,15 @@ class Settings:
     cluster_group_fmr: float = 3e-4
     # Faces per face in the candidate graph: 16 and 32 gave the same clusters on LFW.
     cluster_neighbours: int = 16
-    # From this many faces the graph comes from a FAISS inverted-file index (approximate), not exact
-    # NumPy products (which cost n^2 dim: ~25 s at 100k 128-d on 2 cores).
+    # From this many faces the graph comes from a FAISS HNSW index (approximate: ~96 % of the exact
+    # neighbours), not exact NumPy products (n^2 dim: ~30 s at 100k 128-d on 2 cores, HNSW ~12 s).
     cluster_faiss_min_vectors: int = 20_000
     # cluster.py --video_path: faces are detected on every frame and linked into tracks; one track is
-    # one face record, its vector the mean of up to cluster_track_faces faces sampled every
-    # cluster_video_every detections (spread over the whole track: ~8 views of a face beat 1, and
-    # more add little but time). Tracks detected in fewer than cluster_min_track frames are
-    # dropped: a face seen for a tenth of a second is more often a false detection than a person.
+    # one face record. Up to cluster_track_faces faces, sampled every cluster_video_every detections and
+    # spread over the whole track, are embedded and cropped (naming the cluster enrols them all); the
+    # vector of the most typical of them stands for the track (apps/clustering.py: typical_face). Tracks
+    # detected in fewer than cluster_min_track frames are dropped: a face seen for a tenth of a second
+    # is more often a false detection than a person.
     cluster_video_every: int = 5
     cluster_track_faces: int = 8
     cluster_min_track: int = 3

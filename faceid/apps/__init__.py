@@ -1,1 +1,2 @@
-"""What users run: live identification, enrolment (capture, selfies) and the enrolment audit."""
+"""What users run: live identification, enrolment (capture, selfies), the enrolment audit, erasure, and the
+clustering of faces nobody enrolled into folders a person can name (clustering.py)."""

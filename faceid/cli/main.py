@@ -46,6 +46,7 @@ SUBCOMMANDS = (
     SubCommand("evaluate", "evaluate", "evaluate.py"),
     SubCommand("photo2sketch", "photo2sketch", "photo2sketch.py"),
     SubCommand("retrieve", "retrieve", "retrieve.py"),
+    SubCommand("cluster", "cluster", "cluster.py"),
     SubCommand("keys", "keys", "keys.py"),
     SubCommand("forget", "forget", "forget.py"),
     SubCommand("bench", "bench", "bench.py"),
