@@ -12,8 +12,9 @@ for face in fid.identify("group.jpg"):
 Everything here is the same code the scripts run: enrolment goes through the feature cache of
 ``extract_features.py`` (manifest, content hashes, encryption, the same skip rules), the gallery
 is fitted and its open-set threshold derived for the people enrolled exactly as ``test.py`` does
-(`faceid.match.fitting.fit_gallery`), and video goes through the live identifier (detection,
-tracking and a vote per track).
+(`faceid.match.fitting.fit_gallery`), video goes through the live identifier (detection,
+tracking and a vote per track), and clustering the faces nobody enrolled is ``cluster.py``'s
+(`faceid.apps.clustering`).
 
 An *image* is a path to an image file, an RGB ``uint8`` NumPy array of shape ``(height, width, 3)``
 or a PIL image. Errors are `faceid.errors` exceptions whose messages name the parameter to fix.
@@ -38,6 +39,7 @@ from faceid.settings import DEFAULTS
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
 
+    from faceid.apps.clustering import ClusterReport
     from faceid.backbones.registry import Extractor
     from faceid.features.cache import FeatureCache
     from faceid.features.embedding import FaceEmbedder
@@ -485,6 +487,94 @@ class FaceID:
         gallery = fit_gallery(vectors[0], ["a"], self.extractor.manifest, self.model, self._gallery_options())
         decision = gallery.identify(vectors[1])[0]
         return Verification(same=bool(decision.known), score=float(decision.score), threshold=float(gallery.threshold_))
+
+    # --- the faces nobody enrolled ---------------------------------------------------------------
+
+    def cluster(
+        self,
+        source: str | os.PathLike,
+        output: str | os.PathLike,
+        *,
+        all_faces: bool = False,
+        leave_out_enrolled: bool = True,
+        recluster: bool = False,
+        method: str | None = None,
+        html: bool = False,
+    ) -> ClusterReport:
+        """Group the faces of a folder of photos or of a video into clusters, one per person, saved in ``output``.
+
+        The same code as ``cluster.py``: each cluster gets a folder of face crops (encrypted with this
+        object's key) and the clustering is saved as ``output/clusters.json``. Calling it again with the
+        same ``output`` adds the new faces: they join existing clusters or start new ones, and clusters
+        they do not touch keep their ids. Faces of a video are tracked first; a track is clustered as one.
+
+        Args:
+            source: a folder of photos (flat, or one sub-folder per person) or a video file.
+            output: the clustering's folder (new, or one an earlier call wrote).
+            all_faces: photos: every face, not only the largest.
+            leave_out_enrolled: leave out the faces `identify` would name as an enrolled person, so only
+                the faces nobody enrolled are clustered (when nobody is enrolled, every face is clustered).
+            recluster: cluster every face again and report what changed (ids kept where clusters overlap most).
+            method: a method of `faceid.cluster.methods.METHODS` for a new clustering (``None``: the default).
+            html: write the contact sheet ``output/index.html`` (refused with a key).
+
+        Returns:
+            A `faceid.apps.clustering.ClusterReport`: ``clustering`` (the `faceid.cluster.clusters.Clustering`:
+            its ``clusters`` with ids, faces, representative face and cohesion), ``changes``, ``known`` (faces
+            left out as enrolled people), ``skipped``; ``as_dict()`` is cluster.py's ``--json``.
+
+        Raises:
+            InputError: ``source`` is missing or neither a folder nor a file; no face at all (`NoFaceError`).
+        """
+        from faceid.apps.clustering import cluster_faces
+
+        source = Path(source)
+        if not source.exists():
+            raise InputError(f"`source` {source} does not exist: give a folder of photos or a video file")
+        gallery = self.gallery() if leave_out_enrolled and self.people else None
+        return cluster_faces(
+            output, self.extractor, faces_path=source if source.is_dir() else None,
+            video_path=None if source.is_dir() else source, extractor_dir=self.model,
+            face_options=_face_options(self.detector), all_faces=all_faces,
+            recluster=recluster, method=method, html_path=True if html else None, workers=0, progress=False,
+            gallery=gallery, key=self.key,
+        )
+
+    def name_cluster(self, output: str | os.PathLike, cluster_id: str, name: str) -> ClusterReport:
+        """Enrol a cluster's faces as a person (then `identify` names them) and record the name.
+
+        The cluster's crops go through the cache exactly as `enrol` adds photos (a crop in which no face
+        is found again is skipped).
+
+        Args:
+            output: the clustering's folder (`cluster`'s ``output``).
+            cluster_id: the cluster (``c0003``).
+            name: the person, as it will be reported.
+
+        Raises:
+            InputError: an unknown cluster, an invalid ``name``, a cluster already named as someone else.
+            NoFaceError: no crop gave a face (nothing is enrolled).
+        """
+        from faceid.apps.clustering import name_cluster
+
+        _check_name(name)
+        report = name_cluster(output, cluster_id, name, self.features, self.extractor,
+                              face_options=_face_options(self.detector), key=self.key)
+        self._cache = self._gallery = None
+        return report
+
+    def merge_clusters(self, output: str | os.PathLike, source_id: str, into_id: str) -> ClusterReport:
+        """Move every face of cluster ``source_id`` into ``into_id`` (which keeps its id and name)."""
+        from faceid.apps.clustering import merge_clusters
+
+        return merge_clusters(output, source_id, into_id, key=self.key)
+
+    def split_cluster(self, output: str | os.PathLike, cluster_id: str,
+                      face_ids: list[str] | None = None) -> ClusterReport:
+        """Split ``face_ids`` (``None``: the clustering's own two-way split) out of a cluster into a new one."""
+        from faceid.apps.clustering import split_cluster
+
+        return split_cluster(output, cluster_id, face_ids, key=self.key)
 
     def identify_video(
         self, source: int | str | os.PathLike, *, max_frames: int | None = None, every_frame: bool = False

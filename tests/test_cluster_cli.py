@@ -394,3 +394,24 @@ def test_faceid_cluster_runs_the_same_script(capsys, monkeypatch):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith("usage: faceid cluster") and "--faces_path" in out and "name --clusters" in out
+
+
+def test_enrolled_people_are_left_out_of_the_video_clusters(dlib_extractor_dir, capsys, tmp_path):
+    from conftest import KNOWN
+
+    from faceid.backbones import load_extractor
+    from faceid.features.extract import extract_features
+
+    features = tmp_path / "known"
+    extract_features(KNOWN, load_extractor(dlib_extractor_dir), features, progress=False, workers=0)
+    common = ["--video_path", str(VIDEO), "--model_path", str(dlib_extractor_dir), "--json", "-q"]
+    code, everyone, _ = run_cluster(capsys, [*common, "--output", str(tmp_path / "all")])
+    assert code == 0
+    code, strangers, _ = run_cluster(capsys, [*common, "--output", str(tmp_path / "strangers"), "--enrolled",
+                                              str(features)])
+    assert code == 0
+    # Miranda's frontal tracks are named by his one enrolment photo and left out; the rest are clustered.
+    assert strangers["left_out_known"].get("lin-manuel-miranda", 0) >= 1
+    assert strangers["faces"] == everyone["faces"] - sum(strangers["left_out_known"].values())
+    code, _, error = run_cluster(capsys, [*common, "--output", str(tmp_path / "x"), "--enrolled", str(tmp_path / "none")])
+    assert code != 0 and "none" in error

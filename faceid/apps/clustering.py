@@ -66,6 +66,9 @@ from faceid.features.embedding import ChipBatcher, FaceEmbedder
 from faceid.io.images import FLAT, UNREADABLE, encode_png, image_sha256, list_photos, read_image
 from faceid.io.sealed import Key
 from faceid.io.store import check_output_folder, is_sealed_file, read_json, write_bytes, write_new_private
+from faceid.match.fitting import GalleryOptions, fit_gallery
+from faceid.match.gallery import Gallery
+from faceid.match.scoring import unit_vectors
 from faceid.settings import DEFAULTS
 
 logger = logging.getLogger(__name__)
@@ -92,11 +95,13 @@ SHEET_THUMBNAIL = 96
 
 @dataclass
 class FaceSample:
-    """One face record to cluster: its unit vector and its crops, written under ``.incoming/`` with
+    """One face record to cluster: its vector and its crops, written under ``.incoming/`` with
     provisional names until the clustering gives it an id (:func:`_name_crops`)."""
 
     record: FaceRecord
-    vector: np.ndarray  # (dim,) float32, unit length
+    # (dim,) float32, the extractor's own vector (not normalised: the enrolled people's gallery scores it
+    # as test.py does; the clustering compares directions)
+    vector: np.ndarray
     crop_files: list[Path] = field(default_factory=list)  # the main crop first
 
 
@@ -126,12 +131,6 @@ class _CropWriter:
         return path
 
 
-def _unit(vectors: np.ndarray) -> np.ndarray:
-    vectors = np.asarray(vectors, dtype=np.float32)
-    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
-    return vectors / np.maximum(norms, 1e-12)
-
-
 def _record(source: str, *, frame: int | None = None, seconds: float | None = None, track: int | None = None,
             box: tuple[int, int, int, int] | None = None, label: str | None = None) -> FaceRecord:
     """A face record without an id yet (the clustering gives it one)."""
@@ -156,7 +155,7 @@ def photo_faces(folder: Path, embedder: FaceEmbedder, crops: _CropWriter, *, all
     pending: list[FaceSample] = []
 
     def deliver(samples: list[FaceSample], vectors: np.ndarray) -> None:
-        for sample, vector in zip(samples, _unit(vectors)):
+        for sample, vector in zip(samples, vectors):
             sample.vector = vector
             pending.append(sample)
 
@@ -249,7 +248,7 @@ def cache_faces(features: Path, extractor: Extractor, crops: _CropWriter | None,
         return found
     cache = FeatureCache.load(Path(features), extractor.manifest, key=key)
     for person, cached in sorted(cache.people.items()):
-        for file_name, vector in zip(cached.files, _unit(cached.vectors)):
+        for file_name, vector in zip(cached.files, cached.vectors):
             found.tried += 1
             source = f"{person}/{file_name}"
             if source in known_sources:
@@ -286,7 +285,7 @@ def typical_face(vectors: np.ndarray) -> int:
     by looking); the typical faces made 4 pairs, 2 wrong (Barack with Michelle Obama, the musician with an
     audience member); Lin-Manuel Miranda's 2 tracks and one audience member's 2 were joined either way.
     """
-    units = _unit(vectors)
+    units = unit_vectors(vectors)
     return int(np.argmax(units @ units.sum(axis=0)))
 
 
@@ -332,7 +331,7 @@ def video_faces(video_path: Path, embedder: FaceEmbedder, crops: _CropWriter, *,
             return
         keep = np.unique(np.linspace(0, len(entry.faces) - 1, min(track_faces, len(entry.faces))).round().astype(int))
         faces = [entry.faces[index] for index in keep]
-        vectors = _unit(embedder.embed_chips(np.stack([chip for *_, chip, _ in faces])))
+        vectors = embedder.embed_chips(np.stack([chip for *_, chip, _ in faces]))
         typical = typical_face(vectors)
         # The typical face's crop first (the record's crop), then the others, largest first.
         faces = [faces[typical], *sorted(faces[:typical] + faces[typical + 1:], key=lambda kept: -kept[2].box.area)]
@@ -498,6 +497,8 @@ class ClusterReport:
     html: Path | None = None
     enrolled: dict[str, Any] | None = None  # cluster.py name: person, faces embedded, skipped
     recluster: bool = False
+    known: dict[str, int] = field(default_factory=dict)  # faces left out as enrolled people (`gallery`), by person
+    clustering: Clustering | None = field(default=None, repr=False)  # the clustering as saved (not in as_dict)
 
     def as_dict(self) -> dict[str, Any]:
         payload = {"command": self.command, **self.summary, "output": str(self.output),
@@ -510,6 +511,8 @@ class ClusterReport:
             payload["changes"] = self.changes.as_dict()
         if self.enrolled is not None:
             payload["enrolled"] = self.enrolled
+        if self.known:
+            payload["left_out_known"] = dict(self.known)
         return payload
 
     def report(self) -> str:
@@ -523,6 +526,9 @@ class ClusterReport:
             if self.skipped:
                 reasons = ", ".join(f"{reason}: {count}" for reason, count in _count_reasons(self.skipped).items())
                 lines.append(f"  {len(self.skipped)} sources gave no face ({reasons}), e.g. {next(iter(self.skipped))}")
+            if self.known:
+                people = ", ".join(f"{person} {count}" for person, count in sorted(self.known.items()))
+                lines.append(f"  left out {sum(self.known.values())} faces of enrolled people ({people})")
         if self.enrolled is not None:
             enrolled = self.enrolled
             lines.append(f"  enrolled cluster {enrolled['cluster']} as {enrolled['person']} in {enrolled['features']}: "
@@ -566,6 +572,7 @@ def cluster_faces(
     max_frames: int | None = None,
     workers: int = DEFAULTS.workers,
     progress: bool = True,
+    gallery: Gallery | None = None,
     key: Key | None = None,
 ) -> ClusterReport:
     """Cluster the faces of one source into ``output``: a new clustering, or new faces added to the
@@ -583,6 +590,8 @@ def cluster_faces(
             (``None``: ``DEFAULTS.cluster_method``).
         html_path: write a contact sheet there (``True``: ``output/index.html``); refused with a ``key``.
         video_every, track_faces, min_track, max_frames: video sampling (:func:`video_faces`).
+        gallery: the enrolled people (:func:`enrolled_gallery`): faces it names are left out (counted per
+            person in the report), so only the faces nobody enrolled are clustered; ``None``: every face.
         key: crops, ``clusters.json`` and ``vectors.npz`` are sealed with it; encrypted photos open with it.
 
     Raises:
@@ -627,7 +636,10 @@ def cluster_faces(
         else:
             found = photo_faces(Path(faces_path), embedder, crops, all_faces=all_faces, known_sources=known,
                                 progress=progress, key=key)
+        known = _leave_out_known(found, gallery)
         clustering, report = _apply(output, clustering, found, extractor, extractor_dir, method, recluster, key)
+        report.known = known
+        report.clustering = clustering
         saved = True
         sync_folders(output, clustering)
     finally:
@@ -648,6 +660,40 @@ def _known_sources(clustering: Clustering | None) -> set[str]:
     for record in clustering.faces.values():
         known.add(record.source)
         known.add(str(Path(record.source).resolve()))
+    return known
+
+
+def enrolled_gallery(features: str | Path, extractor: Extractor, extractor_dir: str | Path | None = None, *,
+                     options: GalleryOptions = GalleryOptions(), key: Key | None = None) -> Gallery:
+    """The gallery of the people enrolled in a feature cache, fitted as test.py fits it
+    (:func:`faceid.match.fitting.fit_gallery`): what `cluster_faces` leaves out with ``gallery``.
+
+    Raises:
+        InputError: no cache at ``features``, or nobody enrolled in it. ManifestMismatchError: another extractor's.
+    """
+    from faceid.features.cache import FeatureCache
+
+    cache = FeatureCache.load(Path(features), extractor.manifest, key=key)
+    vectors, labels, names = cache.matrix(min_images=1)
+    if not len(vectors):
+        raise InputError(f"nobody is enrolled in {features} (`gallery`): enrol people first, or cluster every face")
+    return fit_gallery(vectors, np.array(names)[labels], extractor.manifest, extractor_dir, options)
+
+
+def _leave_out_known(found: FoundFaces, gallery: Gallery | None) -> dict[str, int]:
+    """Drop the faces ``gallery`` names (their crops wait in ``.incoming/`` and are deleted with it);
+    returns how many per person."""
+    if gallery is None or not found.samples:
+        return {}
+    decisions = gallery.identify(np.stack([sample.vector for sample in found.samples]))
+    known: dict[str, int] = {}
+    kept = []
+    for sample, decision in zip(found.samples, decisions, strict=True):
+        if decision.known:
+            known[decision.name] = known.get(decision.name, 0) + 1
+        else:
+            kept.append(sample)
+    found.samples = kept
     return known
 
 
@@ -700,7 +746,7 @@ def _changed(command: str, output: Path, clustering: Clustering, changes: Cluste
     if sheet.is_file() and key is None:
         write_contact_sheet(output, clustering, sheet)
     return ClusterReport(command, output, clustering.summary(), changes,
-                         html=sheet if sheet.is_file() and key is None else None, **extra)
+                         html=sheet if sheet.is_file() and key is None else None, clustering=clustering, **extra)
 
 
 def _open(clusters_dir: str | Path, cluster_ids: list[str], key: Key | None,
@@ -830,7 +876,7 @@ def write_contact_sheet(output: Path, clustering: Clustering, path: Path) -> Pat
         others = [face_id for face_id in cluster.faces if face_id != cluster.representative]
         if others:
             vectors = clustering.vectors_of([cluster.representative, *others])
-            similarity = _unit(vectors[1:]) @ _unit(vectors[0])
+            similarity = vectors[1:] @ vectors[0]  # the clustering's vectors are unit vectors
             order = np.argsort(-similarity, kind="stable")
             others = [others[index] for index in order]
             scores = {others[rank]: float(similarity[index]) for rank, index in enumerate(order)}

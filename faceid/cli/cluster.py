@@ -9,9 +9,10 @@ Usage:
     python cluster.py split --clusters clusters/ --id c0003 [--faces f000012,f000031]
 
 --faces_path: photos, flat or one sub-folder per person; the largest face of each photo (--all_faces:
-every face). --output gets clusters.json, vectors.npz and one folder per cluster (c0001/ ...) of face
-crops named by face id (f000012.png), and --html its contact sheet (index.html). Run it again on the
-same --output to add new photos: they join existing clusters or start new ones, and clusters they do
+every face). --enrolled FEATURES leaves out the faces of people enrolled there (as test.py names them).
+--output gets clusters.json, vectors.npz and one folder per cluster (c0001/ ...) of face crops named
+by face id (f000012.png), and --html its contact sheet (index.html). Run it again on the same --output
+to add new photos: they join existing clusters or start new ones, and clusters they do
 not touch keep their ids; --recluster re-runs the whole clustering and says what changed. With
 --key_file (or $FACEID_KEY) crops and clusters.json are encrypted, and no contact sheet is written.
 `name` enrols a cluster's crops as that person in the feature cache (as extract_features.py would);
@@ -46,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", type=Path,
                         help="the clustering's folder (required): new, or one a previous run wrote (new faces are "
                              "added)")
+    parser.add_argument("--enrolled", type=Path, default=None, metavar="FEATURES",
+                        help="a feature cache of enrolled people: faces test.py would name as one of them are left "
+                             "out (counted), so only the faces nobody enrolled are clustered")
     parser.add_argument("--all_faces", action="store_true",
                         help="cluster every face of each photo, not only the largest (group photos)")
     parser.add_argument("--recluster", action="store_true",
@@ -111,13 +115,16 @@ def run(args: argparse.Namespace) -> int:
     else:
         if args.output is None:
             raise InputError("pass `output`, the folder the clustering goes to (or an action: name, merge, split)")
+        extractor = load_extractor(args.model_path)
+        gallery = None if args.enrolled is None else clustering.enrolled_gallery(args.enrolled, extractor,
+                                                                                  args.model_path, key=args.key)
         report = clustering.cluster_faces(
-            args.output, load_extractor(args.model_path), faces_path=args.faces_path, video_path=args.video_path,
+            args.output, extractor, faces_path=args.faces_path, video_path=args.video_path,
             features=args.features, extractor_dir=args.model_path,
             face_options=FaceOptions(upsample=args.upsample, detector=args.detector), all_faces=args.all_faces,
             recluster=args.recluster, method=args.method, html_path=args.html, video_every=args.video_every,
             track_faces=args.track_faces, min_track=args.min_track, max_frames=args.max_frames, workers=args.workers,
-            progress=not (args.quiet or args.json), key=args.key)
+            progress=not (args.quiet or args.json), gallery=gallery, key=args.key)
     return _print(report, args.json)
 
 
