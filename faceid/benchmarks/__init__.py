@@ -16,5 +16,6 @@ SUBCOMMANDS = {
     "encryption": "faceid.benchmarks.encryption",
     "startup": "faceid.benchmarks.startup",
     "install": "faceid.benchmarks.install",
-    "ray": "faceid.benchmarks.cluster",
+    "ray": "faceid.benchmarks.ray_engine",
+    "cluster": "faceid.benchmarks.cluster",
 }

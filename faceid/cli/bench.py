@@ -11,6 +11,7 @@ Usage:
     python bench.py startup                 import time of faceid and of test.py --help (run with each venv)
     python bench.py install                 time, disk and packages of the core and of each extra, fresh venvs
     python bench.py ray                     images/s of extract_features.py --engine ray against the local engine
+    python bench.py cluster                 time and peak memory of clustering 1k-100k vectors, F on their truth
 
 Each sub-command's --help lists its options. Run on an otherwise idle machine.
 """

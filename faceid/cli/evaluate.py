@@ -10,6 +10,8 @@ Usage:
     python evaluate.py retrieve --queries cuhk/sketches --gallery cuhk/photos --model_path models/sketch \\
         [--distractors lfw/] [--html report.html]
     python evaluate.py sample_pairs --images_root lfw/ --people models/siamese/training/split.json --output pairs.txt
+    python evaluate.py cluster --faces_path faces/ --model_path models/extractor [--features features/] \\
+        [--methods chinese-whispers,hdbscan] [--json result.json] [--plots plots/]
 
 Euclidean distance, cosine similarity and the similarity head side by side. Each command
 prints a table, then the results as one JSON object on the last line of stdout; --json,
@@ -26,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from faceid.cli import add_detection_options, add_verbosity, run_main
+from faceid.cluster.methods import METHODS as CLUSTER_METHODS
 from faceid.detect.faces import FaceOptions
 from faceid.evaluate.identify import evaluate_identify
 from faceid.evaluate.images import FACE_CHOICES, NO_FACE_POLICIES
@@ -107,6 +110,29 @@ def build_parser() -> argparse.ArgumentParser:
     retrieve.add_argument("--plots", type=Path, help="write PNG plots (CMC, rank-1 by gallery size) into this folder")
     retrieve.add_argument("--html", type=Path, help="write an HTML report: numbers, plots, a contact sheet of queries")
     add_verbosity(retrieve)
+    cluster = commands.add_parser("cluster", help="clustering against person folders: pairwise and BCubed F")
+    cluster.add_argument("--faces_path", type=Path, required=True,
+                         help="one sub-folder of photos per person: the truth the clusters are scored against")
+    cluster.add_argument("--model_path", type=Path, default=Path(DEFAULTS.extractor_path),
+                         help="extractor directory; the default method's thresholds come from its calibration")
+    cluster.add_argument("--features", "--features_path", dest="features", type=Path,
+                         help="feature cache of this extractor to reuse and update (the photos are added to it); "
+                              "default: a temporary cache, removed afterwards")
+    cluster.add_argument("--methods", default="",
+                         help=f"methods run beside the default ({DEFAULTS.cluster_method}), comma-separated, "
+                              "from: " + ", ".join(CLUSTER_METHODS))
+    cluster.add_argument("--people", type=Path,
+                         help="only these people: a JSON list, one name per line, or train_siamese.py's "
+                              "training/split.json (e.g. people no threshold was tuned on)")
+    cluster.add_argument("--min_photos", type=int, default=1,
+                         help="person folders with fewer photos are left out (5: LFW's usual clustering subset)")
+    add_detection_options(cluster)
+    cluster.add_argument("--workers", type=int, default=DEFAULTS.workers, help="processes detecting faces")
+    cluster.add_argument("--batch_size", type=int, default=DEFAULTS.batch_size, help="faces per backbone call")
+    cluster.add_argument("--json", type=Path, help="also write the JSON result to this file")
+    cluster.add_argument("--plots", type=Path,
+                         help="write PNG plots into this folder (F per method; cluster sizes against the people's)")
+    add_verbosity(cluster)
     sample = commands.add_parser("sample_pairs", help="write an LFW-format pair list drawn from some people")
     sample.add_argument("--images_root", type=Path, required=True, help="folder holding <name>/<name>_0001.jpg")
     sample.add_argument("--people", type=Path, required=True,
@@ -180,6 +206,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         return run_open_set(args)
     if args.command == "retrieve":
         return run_retrieve(args, argv)
+    if args.command == "cluster":
+        return run_cluster(args, argv)
     if args.command == "sample_pairs":
         write_bytes(args.output, sample_pair_list(args.images_root, read_people(args.people), args.per_kind,
                                                   args.seed).encode())
@@ -224,6 +252,22 @@ def run_retrieve(args: argparse.Namespace, argv: list[str]) -> int:
         workers=args.workers, seed=args.seed, progress=not args.quiet, argv=argv, key=args.key)
     written = retrieve.write_outputs(evaluation, args.json, args.plots, args.html, key=args.key)
     print(retrieve.text_table(evaluation.summary))
+    for path in written:
+        print(f"wrote {path}")
+    print(json.dumps(evaluation.summary))
+    return 0
+
+
+def run_cluster(args: argparse.Namespace, argv: list[str]) -> int:
+    from faceid.evaluate import cluster
+
+    evaluation = cluster.evaluate_cluster(
+        args.faces_path, args.model_path, features=args.features, methods=cluster.parse_methods(args.methods),
+        people=read_people(args.people) if args.people else None, min_photos=args.min_photos,
+        face_options=FaceOptions(upsample=args.upsample, detector=args.detector), workers=args.workers,
+        batch_size=args.batch_size, progress=not args.quiet, argv=argv, key=args.key)
+    written = cluster.write_outputs(evaluation, args.json, args.plots)
+    print(cluster.text_table(evaluation.summary))
     for path in written:
         print(f"wrote {path}")
     print(json.dumps(evaluation.summary))

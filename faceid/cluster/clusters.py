@@ -20,7 +20,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -30,6 +30,9 @@ from faceid.errors import InputError
 from faceid.io.store import json_bytes, load_npz, read_private, save_npz, write_private
 from faceid.match.scoring import unit_vectors
 from faceid.settings import DEFAULTS
+
+if TYPE_CHECKING:
+    from faceid.io.sealed import Key
 
 FORMAT = "faceid-clusters/1"
 CLUSTERS_FILE = "clusters.json"
@@ -405,7 +408,7 @@ class Clustering:
 
     # --- storage -------------------------------------------------------------------------------
 
-    def save(self, directory: str | Path, *, key=None) -> None:
+    def save(self, directory: str | Path, *, key: Key | None = None) -> None:
         """Write ``clusters.json`` and ``vectors.npz`` into ``directory`` (each atomically; sealed with ``key``)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -427,7 +430,7 @@ class Clustering:
         write_private(directory / CLUSTERS_FILE, json_bytes(payload), CLUSTERS_FILE, key=key)
 
     @classmethod
-    def load(cls, directory: str | Path, *, key=None, fingerprint: str | None = None) -> Clustering:
+    def load(cls, directory: str | Path, *, key: Key | None = None, fingerprint: str | None = None) -> Clustering:
         """Read a clustering saved by `save`.
 
         Args:
@@ -436,8 +439,8 @@ class Clustering:
             fingerprint: the extractor that will add faces; a clustering of another extractor is refused.
 
         Raises:
-            InputError: missing, corrupt, of another format, or of another extractor. Key errors of
-            `faceid.io.sealed` for a wrong or missing key.
+            InputError: missing, corrupt, of another format, or of another extractor.
+            SealError: a wrong or missing key (`faceid.errors.KeyRequiredError`, `WrongKeyError`, ...).
         """
         directory = Path(directory)
         fix = "cluster the faces again into a new folder"
