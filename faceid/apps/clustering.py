@@ -306,7 +306,7 @@ def video_faces(video_path: Path, embedder: FaceEmbedder, crops: _CropWriter, *,
 
     from tqdm import tqdm
 
-    from faceid.apps.live import _thumbnail
+    from faceid.apps.live import SceneCuts
     from faceid.detect.tracking import FaceTracker
     from faceid.io.video import VideoSource
 
@@ -324,7 +324,7 @@ def video_faces(video_path: Path, embedder: FaceEmbedder, crops: _CropWriter, *,
                                                                     landmarks=False))
     tracker = FaceTracker(vote_accepts=lambda score: False)
     open_tracks: dict[int, _TrackFaces] = {}
-    previous_thumbnail = None
+    cuts = SceneCuts(cut_threshold)
 
     def close(entry: _TrackFaces) -> None:
         if entry.detections < min_track or not entry.faces:
@@ -345,10 +345,8 @@ def video_faces(video_path: Path, embedder: FaceEmbedder, crops: _CropWriter, *,
         frames = itertools.islice(source, max_frames)
         for index, seconds, frame in tqdm(frames, total=total, desc="frames", unit="frame",
                                           disable=None if progress else True):
-            thumbnail = _thumbnail(frame)
-            if previous_thumbnail is not None and float(np.abs(thumbnail - previous_thumbnail).mean()) > cut_threshold:
+            if cuts.is_cut(frame):
                 tracker.tracks.clear()  # a cut: every face on screen is gone
-            previous_thumbnail = thumbnail
             tracker.update_with_detections(frame, detection.find_faces(frame))
             alive = set()
             for track in tracker.tracks:

@@ -170,13 +170,11 @@ class LiveIdentifier:
         self.timings: dict[str, float] = {}
         self.switches: dict[int, int] = {}  # track id -> name changes after its first name
         self._frames = 0
-        self._previous_thumbnail: np.ndarray | None = None
+        self._cuts = SceneCuts(self.options.cut_threshold)
 
     def _scene_cut(self, frame_rgb: np.ndarray) -> bool:
-        """Whether this frame starts a new shot (mean grey-level change of a 64x36 thumbnail)."""
-        thumbnail = _thumbnail(frame_rgb)
-        previous, self._previous_thumbnail = self._previous_thumbnail, thumbnail
-        return previous is not None and float(np.abs(thumbnail - previous).mean()) > self.options.cut_threshold
+        """Whether this frame starts a new shot (`SceneCuts`)."""
+        return self._cuts.is_cut(frame_rgb)
 
     def process(self, frame_rgb: np.ndarray) -> list[FaceResult]:
         """Identify the faces of the next frame of a stream (``(h, w, 3) uint8`` RGB)."""
@@ -248,10 +246,22 @@ class LiveIdentifier:
         ]
 
 
-def _thumbnail(frame_rgb: np.ndarray) -> np.ndarray:
-    import cv2
+class SceneCuts:
+    """Tells, frame after frame, whether a frame starts a new shot: the mean grey-level change of a 64x36
+    thumbnail from the previous frame's passes ``threshold`` (``Settings.cut_threshold``). Live
+    identification and the clustering of a video's tracks end every track at a cut."""
 
-    return cv2.cvtColor(cv2.resize(frame_rgb, (64, 36), interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2GRAY).astype(np.float32)
+    def __init__(self, threshold: float = DEFAULTS.cut_threshold):
+        self.threshold = threshold
+        self._previous: np.ndarray | None = None
+
+    def is_cut(self, frame_rgb: np.ndarray) -> bool:
+        import cv2
+
+        thumbnail = cv2.cvtColor(cv2.resize(frame_rgb, (64, 36), interpolation=cv2.INTER_AREA),
+                                 cv2.COLOR_RGB2GRAY).astype(np.float32)
+        previous, self._previous = self._previous, thumbnail
+        return previous is not None and float(np.abs(thumbnail - previous).mean()) > self.threshold
 
 
 def _elapsed_ms(started: float) -> float:
