@@ -626,9 +626,9 @@ class FaceID:
 
 
 def _check_name(name: Any) -> None:
-    if not isinstance(name, str) or not name or Path(name).name != name or name.startswith("."):
-        raise InputError(f"`name` {name!r} is not a person's name: use a non-empty name without '/' that does not "
-                         "start with '.'")
+    from faceid.features.cache import check_person_name
+
+    check_person_name(name, "name")
 
 
 def _resolve_key(key: Key | str | os.PathLike | None) -> Key | None:

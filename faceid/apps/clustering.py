@@ -59,7 +59,7 @@ import numpy as np
 from faceid.apps.enrol import CropOptions, crop_face
 from faceid.backbones import Extractor
 from faceid.cluster.clusters import CLUSTERS_FILE, ClusterChanges, Clustering, FaceRecord
-from faceid.cluster.methods import METHODS, merge_thresholds
+from faceid.cluster.methods import check_method, merge_thresholds
 from faceid.detect.faces import NO_FACE, DetectedFace, FaceOptions, face_at
 from faceid.errors import ImageReadError, InputError, ManifestMismatchError, NoFaceError
 from faceid.features.embedding import ChipBatcher, FaceEmbedder
@@ -611,8 +611,8 @@ def cluster_faces(
     if all_faces and features is not None:
         raise InputError("`all_faces` cannot be used with `features`: a feature cache holds the largest face of each "
                          "photo only")
-    if method is not None and method not in METHODS:
-        raise InputError(f"unknown clustering `method` {method!r}: choose one of {', '.join(METHODS)}")
+    if method is not None:
+        check_method(method)
     sheet = _sheet_path(output, html_path, key)
     _check_output(output, [(faces_path and Path(faces_path), "`faces_path`")])
     clustering = None
@@ -634,17 +634,15 @@ def cluster_faces(
         else:
             found = photo_faces(Path(faces_path), embedder, crops, all_faces=all_faces, known_sources=known,
                                 progress=progress, key=key)
-        known = _leave_out_known(found, gallery)
+        enrolled = _leave_out_known(found, gallery)
         clustering, report = _apply(output, clustering, found, extractor, extractor_dir, method, recluster, key)
-        report.known = known
+        report.known = enrolled
         report.clustering = clustering
         saved = True
         sync_folders(output, clustering)
     finally:
         if not saved:  # crops of faces never saved (those of a saved clustering: moved by the next run's sync)
             shutil.rmtree(output if created else output / INCOMING_DIR, ignore_errors=True)
-    if sheet is None and (output / SHEET_NAME).is_file() and key is None:
-        sheet = output / SHEET_NAME  # an earlier run's sheet: kept in step with the clustering
     if sheet is not None:
         report.html = write_contact_sheet(output, clustering, sheet)
     return report
@@ -727,8 +725,11 @@ def _apply(output: Path, clustering: Clustering | None, found: FoundFaces, extra
 
 
 def _sheet_path(output: Path, html_path: str | Path | bool | None, key: Key | None) -> Path | None:
+    """Where the contact sheet goes: ``html_path`` (``True``: ``output/index.html``), else an earlier run's
+    ``output/index.html``, kept in step with the clustering (never with a key); ``None``: no sheet."""
     if html_path is None or html_path is False:
-        return None
+        existing = Path(output) / SHEET_NAME
+        return existing if existing.is_file() and key is None else None
     if key is not None:
         raise InputError("no contact sheet with a key (`html`): an HTML page shows its faces in plaintext, which would "
                          "undo the encryption of the crops; run without `html`, or decrypt a copy of the output first")
@@ -740,23 +741,16 @@ def _changed(command: str, output: Path, clustering: Clustering, changes: Cluste
     """Save a changed clustering, move its crops, refresh its contact sheet if it has one."""
     clustering.save(output, key=key)
     sync_folders(output, clustering)
-    sheet = output / SHEET_NAME
-    if sheet.is_file() and key is None:
-        write_contact_sheet(output, clustering, sheet)
-    return ClusterReport(command, output, clustering.summary(), changes,
-                         html=sheet if sheet.is_file() and key is None else None, clustering=clustering, **extra)
+    sheet = _sheet_path(output, None, key)
+    html = None if sheet is None else write_contact_sheet(output, clustering, sheet)
+    return ClusterReport(command, output, clustering.summary(), changes, html=html, clustering=clustering, **extra)
 
 
-def _open(clusters_dir: str | Path, cluster_ids: list[str], key: Key | None,
-          extractor: Extractor | None = None) -> tuple[Path, Clustering]:
+def _open(clusters_dir: str | Path, key: Key | None, extractor: Extractor | None = None) -> tuple[Path, Clustering]:
+    """A saved clustering, its crops put where they belong (an interrupted run finished) before any change."""
     output = Path(clusters_dir)
     clustering = load_clustering(output, extractor=extractor, key=key)
     sync_folders(output, clustering)
-    for cluster_id in cluster_ids:
-        if cluster_id not in clustering.clusters:
-            known = sorted(clustering.clusters)
-            shown = ", ".join(known[:8]) + (f", ... ({len(known)} in all)" if len(known) > 8 else "")
-            raise InputError(f"no cluster {cluster_id!r} in {output} (`cluster_id`): its clusters are {shown}")
     return output, clustering
 
 
@@ -766,9 +760,7 @@ def merge_clusters(clusters_dir: str | Path, source_id: str, into_id: str, *, ke
     Raises:
         InputError: no clustering there, an unknown id, or the same id twice.
     """
-    if source_id == into_id:
-        raise InputError(f"cannot merge cluster {source_id} into itself: pass two different clusters")
-    output, clustering = _open(clusters_dir, [source_id, into_id], key)
+    output, clustering = _open(clusters_dir, key)
     changes = clustering.merge(source_id, into_id)
     return _changed("merge", output, clustering, changes, key)
 
@@ -781,17 +773,7 @@ def split_cluster(clusters_dir: str | Path, cluster_id: str, face_ids: list[str]
     Raises:
         InputError: no clustering there, an unknown cluster, faces not in that cluster, or all of them.
     """
-    output, clustering = _open(clusters_dir, [cluster_id], key)
-    if face_ids is not None:
-        members = set(clustering.clusters[cluster_id].faces)
-        strangers = [face_id for face_id in face_ids if face_id not in members]
-        if strangers:
-            raise InputError(f"faces {', '.join(strangers)} are not in cluster {cluster_id} (`face_ids`): its faces "
-                             f"are {', '.join(sorted(members)[:12])}{' ...' if len(members) > 12 else ''}")
-        if not face_ids or set(face_ids) == members:
-            raise InputError(f"`face_ids` must name some, not all, of cluster {cluster_id}'s {len(members)} faces")
-    elif len(clustering.clusters[cluster_id].faces) < 2:
-        raise InputError(f"cluster {cluster_id} holds one face: nothing to split")
+    output, clustering = _open(clusters_dir, key)
     changes = clustering.split(cluster_id, face_ids)
     return _changed("split", output, clustering, changes, key)
 
@@ -814,17 +796,16 @@ def name_cluster(clusters_dir: str | Path, cluster_id: str, person: str, feature
             invalid ``person``. NoFaceError: no crop gave a face and the person had none before.
         ManifestMismatchError: the clustering or the cache was made with another extractor.
     """
+    from faceid.features.cache import check_person_name
     from faceid.features.extract import extract_features
 
-    if not isinstance(person, str) or not person or Path(person).name != person or person.startswith("."):
-        raise InputError(f"`person` {person!r} is not a person's name: use a non-empty name without '/' that does not "
-                         "start with '.'")
+    check_person_name(person, "person")
     # A plaintext clustering (of public photos, say) may be named into an encrypted cache: ``key`` is
     # then the cache's alone, and the clustering stays as it is.
     clusters_file = Path(clusters_dir) / CLUSTERS_FILE
     clustering_key = key if clusters_file.is_file() and is_sealed_file(clusters_file) else None
-    output, clustering = _open(clusters_dir, [cluster_id], clustering_key, extractor)
-    cluster = clustering.clusters[cluster_id]
+    output, clustering = _open(clusters_dir, clustering_key, extractor)
+    cluster = clustering.get(cluster_id)
     if cluster.name not in (None, person):
         raise InputError(f"cluster {cluster_id} is already named {cluster.name!r} and its faces are enrolled as "
                          f"{cluster.name!r}: naming it {person!r} too would enrol the same faces as two people; "

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from faceid.cluster.linkage import MergeThresholds, average_linkage
-from faceid.cluster.methods import METHODS, cluster_labels
+from faceid.cluster.methods import check_method, cluster_labels
 from faceid.errors import InputError
 from faceid.io.store import json_bytes, load_npz, read_private, save_npz, write_private
 from faceid.match.scoring import unit_vectors
@@ -153,8 +153,7 @@ class Clustering:
 
     def __init__(self, *, fingerprint: str, thresholds: MergeThresholds, method: str, faces: list[FaceRecord],
                  vectors: np.ndarray, clusters: list[Cluster], next_face: int, next_cluster: int):
-        if method not in METHODS:
-            raise InputError(f"unknown clustering `method` {method!r}: choose one of {', '.join(METHODS)}")
+        check_method(method)
         self.fingerprint = fingerprint
         self.thresholds = thresholds
         self.method = method
@@ -236,15 +235,16 @@ class Clustering:
         """``{face id: cluster id}``."""
         return {face: cluster.id for cluster in self.clusters.values() for face in cluster.faces}
 
-    def get(self, cluster_id: str) -> Cluster:
-        """The cluster with this id.
+    def get(self, cluster_id: str, parameter: str = "cluster_id") -> Cluster:
+        """The cluster with this id (``parameter``: the argument it came in, named by the error).
 
         Raises:
             InputError: there is none (the message lists a few that exist).
         """
         if cluster_id not in self.clusters:
-            known = ", ".join(sorted(self.clusters)[:8])
-            raise InputError(f"no cluster {cluster_id!r} (clusters: {known}{' ...' if len(self.clusters) > 8 else ''})")
+            known = sorted(self.clusters)
+            shown = ", ".join(known[:8]) + (f", ... ({len(known)} in all)" if len(known) > 8 else "")
+            raise InputError(f"no cluster {cluster_id!r} (`{parameter}`): its clusters are {shown}")
         return self.clusters[cluster_id]
 
     def ordered(self) -> list[Cluster]:
@@ -261,7 +261,7 @@ class Clustering:
             "named": sum(1 for cluster in self.clusters.values() if cluster.name),
             "largest": max(sizes, default=0),
             "method": self.method,
-            "thresholds": self.thresholds.as_dict(),
+            "thresholds": {"pair": self.thresholds.pair, "group": self.thresholds.group},
         }
 
     # --- changing ------------------------------------------------------------------------------
@@ -313,8 +313,7 @@ class Clustering:
         largest overlap first, each old id at most once), with that cluster's name; the others get new ids.
         """
         if method is not None:
-            if method not in METHODS:
-                raise InputError(f"unknown clustering `method` {method!r}: choose one of {', '.join(METHODS)}")
+            check_method(method)
             self.method = method
         old = {cluster_id: set(cluster.faces) for cluster_id, cluster in self.clusters.items()}
         old_names = {cluster_id: cluster.name for cluster_id, cluster in self.clusters.items()}
@@ -359,9 +358,10 @@ class Clustering:
         Raises:
             InputError: an unknown id, the same id twice, or two clusters named as different people.
         """
-        source, into = self.get(source_id), self.get(into_id)
         if source_id == into_id:
-            raise InputError(f"cannot merge cluster {source_id} into itself")
+            raise InputError(f"cannot merge cluster {source_id} into itself: pass two different clusters "
+                             "(`source_id`, `into_id`)")
+        source, into = self.get(source_id, "source_id"), self.get(into_id, "into_id")
         if source.name and into.name and source.name != into.name:
             raise InputError(f"cluster {source_id} is named {source.name!r} and {into_id} {into.name!r}: rename one "
                              "first, or split the faces that are wrong")
@@ -387,14 +387,16 @@ class Clustering:
         cluster = self.get(cluster_id)
         if face_ids is None:
             if len(cluster.faces) < 2:
-                raise InputError(f"cluster {cluster_id} has a single face: nothing to split")
+                raise InputError(f"cluster {cluster_id} holds one face: nothing to split")
             face_ids = _two_way_split(cluster.faces, self.vectors_of(cluster.faces))
         face_ids = list(dict.fromkeys(face_ids))
-        outside = [face for face in face_ids if face not in set(cluster.faces)]
+        members = set(cluster.faces)
+        outside = [face for face in face_ids if face not in members]
         if outside:
-            raise InputError(f"faces {', '.join(outside[:5])} are not in cluster {cluster_id}")
-        if not face_ids or len(face_ids) == len(cluster.faces):
-            raise InputError(f"split off some but not all of cluster {cluster_id}'s {len(cluster.faces)} faces")
+            raise InputError(f"faces {', '.join(outside)} are not in cluster {cluster_id} (`face_ids`): its faces "
+                             f"are {', '.join(sorted(members)[:12])}{' ...' if len(members) > 12 else ''}")
+        if not face_ids or len(face_ids) == len(members):
+            raise InputError(f"`face_ids` must name some, not all, of cluster {cluster_id}'s {len(members)} faces")
         moving = set(face_ids)
         cluster.faces = [face for face in cluster.faces if face not in moving]
         self._refresh(cluster_id)
@@ -419,7 +421,7 @@ class Clustering:
             "format": FORMAT,
             "extractor_fingerprint": self.fingerprint,
             "method": self.method,
-            "thresholds": {**self.thresholds.as_dict(), "baselines": dict(self.thresholds.baselines)},
+            "thresholds": self.thresholds.as_dict(),
             "encrypted": key is not None,
             "next_face": self._next_face,
             "next_cluster": self._next_cluster,

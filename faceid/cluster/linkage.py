@@ -26,6 +26,7 @@ import heapq
 import logging
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -70,8 +71,10 @@ class MergeThresholds:
         """The threshold for joining clusters whose smaller one has ``smaller`` faces."""
         return self.group + (self.pair - self.group) / np.sqrt(smaller)
 
-    def as_dict(self) -> dict[str, float]:
-        return {"pair": float(self.pair), "group": float(self.group)}
+    def as_dict(self) -> dict[str, Any]:
+        """Every threshold, for JSON (``clusters.json``, evaluate.py cluster)."""
+        return {"pair": float(self.pair), "group": float(self.group),
+                "baselines": {method: float(value) for method, value in self.baselines.items()}}
 
 
 def neighbour_graph(
@@ -198,16 +201,17 @@ def average_linkage(
     alive = np.ones(nodes, bool)
     parent = np.arange(nodes)
 
-    def priority(a: int, others: np.ndarray) -> np.ndarray:
-        similarity = (sums[others] @ sums[a]) / (sizes[others] * sizes[a])
-        return similarity - thresholds.at(np.minimum(sizes[others], sizes[a]))
+    def margin(a: np.ndarray | int, b: np.ndarray, dots: np.ndarray) -> np.ndarray:
+        """How far the average similarity of nodes ``a`` and ``b`` (``dots``: their sums' products) passes
+        the threshold for their sizes; a join needs >= 0."""
+        return dots / (sizes[a] * sizes[b]) - thresholds.at(np.minimum(sizes[a], sizes[b]))
 
     heap: list[tuple[float, int, int, int, int]] = []
     if len(edges):
         a, b = edges[:, 0], edges[:, 1]
-        similarity = np.concatenate([np.einsum("ij,ij->i", sums[a[start:start + _EDGE_BLOCK]], sums[b[start:start + _EDGE_BLOCK]])
-                                     for start in range(0, len(edges), _EDGE_BLOCK)])
-        margins = similarity / (sizes[a] * sizes[b]) - thresholds.at(np.minimum(sizes[a], sizes[b]))
+        dots = np.concatenate([np.einsum("ij,ij->i", sums[a[start:start + _EDGE_BLOCK]], sums[b[start:start + _EDGE_BLOCK]])
+                               for start in range(0, len(edges), _EDGE_BLOCK)])
+        margins = margin(a, b, dots)
         good = margins >= 0
         heap = [(-m, x, y, 0, 0) for m, x, y in zip(margins[good].tolist(), a[good].tolist(), b[good].tolist())]
         heapq.heapify(heap)
@@ -232,7 +236,7 @@ def average_linkage(
         version[a] += 1
         others = np.fromiter((c for c in adjacency[a] if not (is_frozen[a] and is_frozen[c])), np.int64)
         if len(others):
-            margins = priority(a, others)
+            margins = margin(a, others, sums[others] @ sums[a])
             for c, value in zip(others[margins >= 0].tolist(), margins[margins >= 0].tolist()):
                 x, y = (a, c) if a < c else (c, a)
                 heapq.heappush(heap, (-value, x, y, int(version[x]), int(version[y])))

@@ -39,6 +39,12 @@ HDBSCAN_MIN_CLUSTER_SIZE = 3
 HDBSCAN_MIN_SAMPLES = 1
 
 
+def check_method(method: str) -> None:
+    """Refuse a clustering method that is not one of :data:`METHODS`."""
+    if method not in METHODS:
+        raise InputError(f"unknown clustering `method` {method!r}: choose one of {', '.join(METHODS)}")
+
+
 def similarity_at_fmr(calibration, fmr: float) -> float:
     """The cosine similarity impostor pairs reach at rate ``fmr``, by bisection on the calibration."""
     if not 0.0 < fmr < 1.0:
@@ -103,6 +109,11 @@ def _baseline(thresholds: MergeThresholds, method: str) -> float:
     return float(thresholds.baselines[method])
 
 
+def _baseline_distance(thresholds: MergeThresholds, method: str) -> float:
+    """A baseline's cosine threshold as the Euclidean distance of unit vectors (``d^2 = 2 - 2 s``)."""
+    return float(np.sqrt(max(0.0, 2.0 - 2.0 * _baseline(thresholds, method))))
+
+
 def _sklearn(method: str):
     return require("sklearn.cluster", f"the {method} clustering method")
 
@@ -121,8 +132,7 @@ def cluster_labels(vectors: np.ndarray, method: str = DEFAULTS.cluster_method, *
     Returns:
         ``(n,) int64`` cluster labels; a face that belongs nowhere has a label of its own.
     """
-    if method not in METHODS:
-        raise InputError(f"unknown clustering `method` {method!r}: choose one of {', '.join(METHODS)}")
+    check_method(method)
     vectors = np.asarray(vectors, dtype=np.float32)
     if vectors.ndim != 2:
         raise InputError(f"`vectors` must be (faces, dim), got shape {vectors.shape}")
@@ -138,16 +148,14 @@ def cluster_labels(vectors: np.ndarray, method: str = DEFAULTS.cluster_method, *
     elif method == "chinese-whispers":
         import dlib
 
-        # Unit vectors: Euclidean distance d and cosine similarity s are tied by d^2 = 2 - 2 s.
-        distance = float(np.sqrt(max(0.0, 2.0 - 2.0 * _baseline(thresholds, method))))
+        distance = _baseline_distance(thresholds, method)
         labels = np.asarray(dlib.chinese_whispers_clustering([dlib.vector(row.tolist()) for row in units.astype(float)],
                                                              distance), dtype=np.int64)
     elif method == "hdbscan":
         labels = _sklearn(method).HDBSCAN(min_cluster_size=HDBSCAN_MIN_CLUSTER_SIZE, copy=True,
                                           min_samples=HDBSCAN_MIN_SAMPLES).fit_predict(units)
     elif method == "dbscan":
-        distance = float(np.sqrt(max(0.0, 2.0 - 2.0 * _baseline(thresholds, method))))
-        labels = _sklearn(method).DBSCAN(eps=distance, min_samples=1).fit_predict(units)
+        labels = _sklearn(method).DBSCAN(eps=_baseline_distance(thresholds, method), min_samples=1).fit_predict(units)
     else:
         labels = _sklearn(method).AgglomerativeClustering(
             n_clusters=None, distance_threshold=1.0 - _baseline(thresholds, method), linkage="average",

@@ -139,7 +139,7 @@ def evaluate_cluster(
     chosen = {name: files for name, files in listed.items() if len(files) >= max(1, min_photos)}
     if len(chosen) < 2:
         raise InputError(f"{faces_path}: {len(chosen)} person folder(s) with at least {max(1, min_photos)} photos; "
-                         "clustering is scored against person folders and needs at least 2 people: pass `faces_root`, "
+                         "clustering is scored against person folders and needs at least 2 people: pass as `faces_path` "
                          "a folder with one sub-folder of photos per person")
     extractor = load_extractor(model_path)
     with tempfile.TemporaryDirectory(prefix="faceid-cluster-") as temporary:
@@ -167,7 +167,7 @@ def evaluate_cluster(
         "method": default,
         "methods": results,
         "images": counts,
-        "thresholds": _jsonable(thresholds),
+        "thresholds": thresholds.as_dict(),
         "extractor": {"path": str(model_path), "backbone": extractor.name, "fingerprint": extractor.fingerprint,
                       "description": describe_extractor(extractor.manifest)},
         "feature_cache": None if features is None else str(features),
@@ -177,23 +177,6 @@ def evaluate_cluster(
                      "command_line": None if argv is None else " ".join(["evaluate.py", *argv])},
     }
     return ClusterEvaluation(summary, sizes, sorted(found.values(), reverse=True))
-
-
-def _jsonable(value: Any) -> Any:
-    """The thresholds as JSON (a dataclass's fields, or whatever :func:`merge_thresholds` gave)."""
-    import dataclasses
-
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        value = dataclasses.asdict(value)
-    if isinstance(value, dict):
-        return {str(name): _jsonable(item) for name, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(item) for item in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return str(value)
 
 
 def text_table(summary: dict[str, Any]) -> str:

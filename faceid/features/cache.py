@@ -293,6 +293,14 @@ def cache_manifest(extractor_manifest: dict[str, Any], counts: dict[str, int]) -
     }
 
 
+def check_person_name(name: Any, parameter: str = "name") -> None:
+    """Refuse what cannot be a person of a cache (a person's folder and file name): not a string, empty,
+    with a ``/``, or hidden. ``parameter``: the argument it came in, named by the error."""
+    if not isinstance(name, str) or not name or Path(name).name != name or name.startswith("."):
+        raise InputError(f"`{parameter}` {name!r} is not a person's name: use a non-empty name without '/' that does "
+                         "not start with '.'")
+
+
 def person_context(name: str) -> str:
     """The place a person file is sealed for: a file moved to another person's name fails to open."""
     return f"{PEOPLE_DIR}/{name}.npz"
