@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
 
     from faceid.apps.clustering import ClusterReport
+    from faceid.apps.live import LiveIdentifier
     from faceid.backbones.registry import Extractor
     from faceid.features.cache import FeatureCache
     from faceid.features.embedding import FaceEmbedder
@@ -298,6 +299,13 @@ class FaceID:
             return []
         return sorted(name for name, person in cache.people.items() if len(person.vectors))
 
+    def face_counts(self) -> dict[str, int]:
+        """How many usable faces each enrolled person has (by name, sorted)."""
+        cache = self._load_cache()
+        if cache is None:
+            return {}
+        return {name: len(cache.people[name].vectors) for name in sorted(cache.people) if len(cache.people[name].vectors)}
+
     @property
     def not_enrolled(self) -> list[str]:
         """People the cache lists but who have no usable face (every image failed), sorted."""
@@ -364,11 +372,12 @@ class FaceID:
                               f"{name!r} is not enrolled; give photos where the face is visible and large enough")
         return summary.embedded
 
-    def forget(self, name: str) -> None:
+    def forget(self, name: str, *, faces_path: str | os.PathLike | None = None) -> None:
         """Erase a person from the cache (their vectors, their file names, their counts).
 
         Args:
             name: the person, as enrolled.
+            faces_path: an enrolment folder of person folders: ``<faces_path>/<name>/`` is erased too.
 
         Raises:
             InputError: ``name`` is not enrolled (nothing is changed).
@@ -378,7 +387,7 @@ class FaceID:
         _check_name(name)
         if self._load_cache() is None:
             raise InputError(f"no person {name!r}: nobody is enrolled in {self.features}")
-        forget_person(name, self.features, key=self.key)
+        forget_person(name, self.features, None if faces_path is None else Path(faces_path), key=self.key)
         self._cache = self._gallery = None
 
     # --- identification --------------------------------------------------------------------
@@ -576,6 +585,23 @@ class FaceID:
 
         return split_cluster(output, cluster_id, face_ids, key=self.key)
 
+    def live_identifier(self, *, every_frame: bool = False) -> LiveIdentifier:
+        """A fresh live identifier of a stream's frames (`faceid.apps.live.LiveIdentifier`: detection,
+        tracking and a vote per track) against the people enrolled now, with this object's model and
+        detector (its live settings). With nobody enrolled, every face is unknown
+        (`faceid.match.gallery.EmptyGallery`): a camera records strangers before the first enrolment.
+
+        Args:
+            every_frame: detect, embed and decide every face of every frame, no tracking or vote.
+        """
+        from faceid.apps.live import LiveIdentifier, LiveOptions
+        from faceid.features.embedding import FaceEmbedder
+        from faceid.match.gallery import EmptyGallery
+
+        gallery = self.gallery() if self.people else EmptyGallery()
+        embedder = FaceEmbedder(self.extractor, _face_options(self.detector, live=True))
+        return LiveIdentifier(embedder, gallery, LiveOptions.per_frame() if every_frame else LiveOptions())
+
     def identify_video(
         self, source: int | str | os.PathLike, *, max_frames: int | None = None, every_frame: bool = False
     ) -> Iterator[Frame]:
@@ -599,7 +625,7 @@ class FaceID:
         Raises:
             InputError: the source cannot be opened.
         """
-        from faceid.apps.live import LiveIdentifier, LiveOptions, identify_frame
+        from faceid.apps.live import identify_frame
         from faceid.features.embedding import FaceEmbedder
         from faceid.io.video import open_source
 
@@ -607,10 +633,9 @@ class FaceID:
             raise InputError(f"`max_frames` must be at least 1 (or None for every frame), got {max_frames}")
         gallery = self.gallery()
         frames = open_source(source if isinstance(source, (int, str)) else Path(source))
-        embedder = FaceEmbedder(self.extractor, _face_options(self.detector, live=True))
-        options = LiveOptions.per_frame() if every_frame else LiveOptions()
         # Stills are identified one by one; a stream is tracked and voted on.
-        identifier = None if frames.kind == "images" else LiveIdentifier(embedder, gallery, options)
+        identifier = None if frames.kind == "images" else self.live_identifier(every_frame=every_frame)
+        embedder = identifier.embedder if identifier else FaceEmbedder(self.extractor, _face_options(self.detector, live=True))
         threshold = float(gallery.threshold_)
         with frames:
             for count, (index, seconds, frame_rgb) in enumerate(frames):

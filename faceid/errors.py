@@ -69,3 +69,15 @@ class MissingExtraError(FaceIdError):
 
 class ClusterError(FaceIdError):
     """Raised when the Ray cluster cannot be reached, or a stage failed there for good."""
+
+
+class NotFoundError(InputError):
+    """Raised when a named thing (a person, a camera, an event) does not exist (HTTP 404 in `faceid serve`)."""
+
+
+class ConflictError(InputError):
+    """Raised when a thing to create exists already (HTTP 409 in `faceid serve`)."""
+
+
+class TooLargeError(InputError):
+    """Raised when an upload or an image is larger than the limit (HTTP 413 in `faceid serve`)."""

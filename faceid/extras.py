@@ -3,7 +3,8 @@
 The core install (``pip install faceid``) enrols, extracts, identifies, evaluates and retrieves
 with the dlib backbone on ONNX Runtime. Everything else comes with an extra, declared in
 ``pyproject.toml``: ``[train]`` (TensorFlow/Keras), ``[cluster]`` (scikit-learn: the baseline clustering methods), ``[search]`` (FAISS), ``[plots]``
-(Matplotlib), ``[gui]`` (OpenCV with windows), ``[ray]`` (extraction on a Ray cluster). Code that needs one of those modules imports it
+(Matplotlib), ``[gui]`` (OpenCV with windows), ``[ray]`` (extraction on a Ray cluster), ``[serve]``
+(``faceid serve``: FastAPI, uvicorn, python-multipart, paho-mqtt, prometheus-client). Code that needs one of those modules imports it
 through :func:`require`, so a missing extra is an ``error:`` that names the extra to install, not
 a ``ModuleNotFoundError`` traceback.
 """
@@ -26,6 +27,12 @@ EXTRA_OF_MODULE = {
     "faiss": "search",
     "matplotlib": "plots",
     "ray": "ray",
+    "fastapi": "serve",
+    "uvicorn": "serve",
+    "python_multipart": "serve",  # python-multipart's import name since 0.0.13
+    "multipart": "serve",  # ... and before (still there as a shim)
+    "paho": "serve",
+    "prometheus_client": "serve",
 }
 
 

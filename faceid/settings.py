@@ -186,6 +186,31 @@ class Settings:
     cluster_track_faces: int = 8
     cluster_min_track: int = 3
 
+    # --- faceid serve (faceid/service/) ----------------------------------------------------
+    # The service listens on this interface and port; loopback unless told otherwise.
+    serve_host: str = "127.0.0.1"
+    serve_port: int = 8000
+    # A camera whose source fails is opened again after camera_retry_min seconds, then twice as
+    # long each time it fails again, at most camera_retry_max.
+    camera_retry_min: float = 1.0
+    camera_retry_max: float = 30.0
+    # An open event is written to the database at most every event_flush_seconds while its track
+    # lasts (and at once when its name changes or it ends); its crop is replaced by a face at least
+    # event_crop_growth times larger (area).
+    event_flush_seconds: float = 2.0
+    event_crop_growth: float = 1.3
+    # Margin around the face box in an event's crop, as a share of the box side; JPEG quality.
+    event_crop_margin: float = 0.4
+    event_crop_quality: int = 90
+    # Closed events (their rows and crops) older than this many days are deleted.
+    retention_days: float = 30.0
+    # Uploads: the largest request body, and the most pixels an image may have (a 413 beyond).
+    max_upload_bytes: int = 20 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+    # GET /events returns at most this many events per request (default event_page).
+    event_page: int = 100
+    event_page_max: int = 1000
+
 
 DEFAULTS = Settings()
 

@@ -12,7 +12,7 @@ from faceid.match.model import SimilarityModel
 
 SCRIPTS = ["network.py", "extract_features.py", "compute_mean.py", "train.py", "test.py", "capture.py",
            "selfies2face.py", "check_faces.py", "evaluate.py", "bench.py", "train_siamese.py", "retrieve.py",
-           "photo2sketch.py", "keys.py", "forget.py", "cluster.py"]
+           "photo2sketch.py", "keys.py", "forget.py", "cluster.py", "serve.py"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

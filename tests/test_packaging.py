@@ -60,7 +60,7 @@ def test_every_root_script_has_a_subcommand_running_the_same_main():
         for node in ast.walk(ast.parse(script.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("faceid.cli."):
                 shims[script.name] = node.module.removeprefix("faceid.cli.")
-    assert len(shims) == 16, shims
+    assert len(shims) == 17, shims
     assert {(command.script, command.module) for command in faceid_command.SUBCOMMANDS} == set(shims.items())
 
 

@@ -62,6 +62,8 @@ class FaceResult:
     best_person: str  # the best-scoring person, even when rejected
     track_id: int | None = None  # the face's track across frames (None for stills)
     known: bool = False  # named (accepted): not unknown, not pending — even if the latest match disagrees
+    # The face's vector when it was embedded in this frame (LiveIdentifier), else None.
+    vector: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     @property
     def pending(self) -> bool:
@@ -229,6 +231,7 @@ class LiveIdentifier:
         timings["embed"] = _elapsed_ms(started)
 
         started = time.perf_counter()
+        embedded = {track.track_id: vector for track, vector in zip(due, vectors)}
         for track, decision in zip(due, self.gallery.identify(vectors) if due else [], strict=True):
             track.vote.add(decision.best_person, decision.score)
             track.best_person = decision.best_person
@@ -240,7 +243,8 @@ class LiveIdentifier:
         return [
             FaceResult(box=track.box, name=track.vote.name, score=track.vote.score,
                        best_person=track.best_person, track_id=track.track_id,
-                       known=track.vote.name not in (PENDING, self.gallery.unknown_label))
+                       known=track.vote.name not in (PENDING, self.gallery.unknown_label),
+                       vector=embedded.get(track.track_id))
             for track in tracks
             if track.embedded_box is not None
         ]

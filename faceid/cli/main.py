@@ -50,6 +50,7 @@ SUBCOMMANDS = (
     SubCommand("keys", "keys", "keys.py"),
     SubCommand("forget", "forget", "forget.py"),
     SubCommand("bench", "bench", "bench.py"),
+    SubCommand("serve", "serve", "serve.py"),
 )
 
 

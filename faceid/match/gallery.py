@@ -216,3 +216,26 @@ class Gallery:
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Names (or the unknown label) of faces ``X (m, dim)``: ``(m,)`` object array."""
         return np.array([result.name for result in self.identify(X)], dtype=object)
+
+
+class EmptyGallery:
+    """The gallery of nobody: every face is unknown, with no score (``nan``) and no best person.
+
+    What live identification decides with before anyone is enrolled (``faceid serve``'s cameras
+    record the strangers they see from the start); it answers like a fitted `Gallery`.
+    """
+
+    def __init__(self, unknown_label: str = UNKNOWN):
+        self.unknown_label = unknown_label
+        self.classes_ = np.array([], dtype=object)
+        self.decision_ = Decision(float("inf"))  # accepts nothing
+        self.threshold_ = float("inf")
+
+    def identify(self, X: np.ndarray) -> list[Identification]:
+        """One unknown :class:`Identification` per face of ``X (m, dim)``."""
+        return [Identification(name=self.unknown_label, score=float("nan"), best_person=self.unknown_label)
+                for _ in range(len(X))]
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """``(m,)`` object array of the unknown label."""
+        return np.array([self.unknown_label] * len(X), dtype=object)

@@ -1,0 +1,1 @@
+"""faceid serve: the service that keeps running (cameras, events, REST API)."""

@@ -1,0 +1,278 @@
+"""The REST API of ``faceid serve``: FastAPI routes over a `faceid.service.server.Service`.
+
+JSON in and out. Every endpoint but ``GET /health`` needs ``Authorization: Bearer <token>`` (a token
+made by ``faceid serve token create``; stored hashed). Every error is a JSON body
+``{"error": "<what is wrong and what to do>"}`` with a status that says what is wrong: 400 a bad
+value, 401 no or a wrong token, 404 an unknown person, camera or event, 409 a name in use or nobody
+enrolled, 413 an upload or an image over the limits, 415 a file that is not an image, 422 a missing
+field or an image without a face; a 500 means a fault of ours, and its body says nothing more.
+OpenAPI: ``/docs`` and ``/openapi.json``.
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the routes' annotations, which name classes
+# imported inside create_app (FastAPI is the [serve] extra, imported only when an app is made).
+import logging
+import time
+from contextlib import asynccontextmanager
+from typing import Any
+
+from faceid.errors import (
+    ConflictError,
+    FaceIdError,
+    ImageReadError,
+    InputError,
+    NoFaceError,
+    NotFoundError,
+    SealError,
+    TooLargeError,
+)
+from faceid.extras import require_all
+from faceid.service.cameras import CameraConfig
+from faceid.service.metrics import Metrics
+from faceid.service.server import Service
+from faceid.service.store import parse_time
+from faceid.settings import DEFAULTS
+
+logger = logging.getLogger(__name__)
+
+#: The status of each library error over HTTP (the first class that matches, in this order).
+STATUS_OF_ERROR: tuple[tuple[type[Exception], int], ...] = (
+    (NotFoundError, 404),
+    (ConflictError, 409),
+    (TooLargeError, 413),
+    (ImageReadError, 415),
+    (NoFaceError, 422),
+    (SealError, 400),
+    (InputError, 400),
+)
+
+
+def create_app(service: Service, *, manage_service: bool = True):
+    """The API of ``service`` (a FastAPI app); with ``manage_service`` the app starts it and, at
+    shutdown (SIGTERM, Ctrl-C), stops it: cameras stopped and their events closed, sinks flushed,
+    store closed."""
+    require_all(["fastapi", "multipart"], "faceid serve")
+    from typing import Annotated
+
+    from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse, PlainTextResponse, Response
+    from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+    from pydantic import BaseModel, Field
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    class CameraIn(BaseModel):
+        """``POST /cameras``: a name and a source (webcam number, stream URL or video file)."""
+
+        name: str = Field(description="1-64 letters, digits, '_', '.' or '-'")
+        source: str | int = Field(description="a webcam number, a stream URL (rtsp://, http://, ...) or a video file")
+        loop: bool = Field(False, description="play a video file from the start again when it ends")
+
+    options = service.options
+    metrics = Metrics(service)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if manage_service:
+            service.start()
+        yield
+        if manage_service:
+            service.stop()
+
+    from faceid import __version__
+
+    app = FastAPI(title="faceid", version=__version__, lifespan=lifespan,
+                  description="Enrol people, identify faces, run cameras and read their events. "
+                              "Every endpoint but /health needs `Authorization: Bearer <token>`.")
+    bearer = HTTPBearer(auto_error=False)
+
+    # --- errors as JSON --------------------------------------------------------------------------
+
+    def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+    @app.exception_handler(FaceIdError)
+    async def _library_error(request: Request, error: FaceIdError):
+        for kind, status in STATUS_OF_ERROR:
+            if isinstance(error, kind):
+                return error_response(status, str(error))
+        logger.error("%s %s failed: %s", request.method, request.url.path, type(error).__name__)
+        return error_response(500, "internal error")
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, error: RequestValidationError):
+        problems = []
+        for item in error.errors():
+            where = ".".join(str(part) for part in item.get("loc", ()) if part != "body")
+            problems.append(f"{where}: {item.get('msg', 'invalid')}")
+        return error_response(422, "; ".join(problems) or "invalid request")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, error: StarletteHTTPException):
+        message = error.detail if isinstance(error.detail, str) else "invalid request"
+        if error.status_code == 400 and "pars" in message.lower():
+            message = f"malformed request body ({message}): send multipart/form-data with the fields documented at /docs"
+        return error_response(error.status_code, message, getattr(error, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, error: Exception):
+        # Never the exception's text: it could hold a path, a value or worse. The class is enough to look for.
+        logger.error("%s %s failed: %s", request.method, request.url.path, type(error).__name__)
+        return error_response(500, "internal error")
+
+    # --- limits and metrics ------------------------------------------------------------------------
+
+    @app.middleware("http")
+    async def _limits_and_metrics(request: Request, call_next):
+        started = time.perf_counter()
+        length = request.headers.get("content-length")
+        if length is not None:
+            if not length.isdigit():
+                return error_response(400, "Content-Length is not a number")
+            if int(length) > options.max_upload_bytes:
+                return error_response(413, f"the request is {int(length) / 1e6:.1f} MB; the limit is "
+                                           f"{options.max_upload_bytes / 1e6:.1f} MB")
+        elif request.method in ("POST", "PUT", "PATCH"):
+            # No length given (chunked): read at most the limit; the body stays available to the route.
+            body = bytearray()
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > options.max_upload_bytes:
+                    return error_response(413, f"the request is over the limit of {options.max_upload_bytes / 1e6:.1f} MB")
+            request._body = bytes(body)
+        response = await call_next(request)
+        metrics.observe_request(request, response.status_code, time.perf_counter() - started)
+        return response
+
+    # --- auth ----------------------------------------------------------------------------------
+
+    def authorised(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> str:
+        challenge = {"WWW-Authenticate": "Bearer"}
+        if credentials is None or credentials.scheme.lower() != "bearer":
+            raise HTTPException(401, "missing token: send 'Authorization: Bearer <token>' (faceid serve token create "
+                                     "makes one)", challenge)
+        token_id = service.store.check_token(credentials.credentials)
+        if token_id is None:
+            raise HTTPException(401, "invalid or revoked token", challenge)
+        return token_id
+
+    Auth = Annotated[str, Depends(authorised)]
+
+    async def read_image(upload: UploadFile, field: str):
+        """An upload as RGB, after the pixel limit was checked from its header (no decoding of a bomb)."""
+        data = await upload.read()
+        return check_and_decode(data, f"`{field}` ({upload.filename or 'upload'})", options.max_image_pixels), data
+
+    # --- routes --------------------------------------------------------------------------------------
+
+    @app.get("/health", summary="Status, version, cameras and their state (no token needed)")
+    def health() -> dict[str, Any]:
+        return service.health()
+
+    @app.get("/people", summary="The enrolled people")
+    def people(_: Auth) -> dict[str, Any]:
+        return {"people": service.people()}
+
+    @app.post("/people/{name}/faces", summary="Enrol photos of a person (multipart field `images`, repeatable)")
+    async def enrol(name: str, _: Auth, images: Annotated[list[UploadFile], File(description="photos")]):
+        decoded = [(upload.filename or "", (await read_image(upload, "images"))[1]) for upload in images]
+        return await _in_thread(service.enrol, name, decoded)
+
+    @app.delete("/people/{name}", summary="Forget a person: cache, photos, events and their crops")
+    def forget(name: str, _: Auth) -> dict[str, Any]:
+        return service.forget(name)
+
+    @app.post("/identify", summary="Every face of an image and who it is (multipart field `image`)")
+    async def identify(_: Auth, image: Annotated[UploadFile, File(description="an image")]):
+        image_rgb, _data = await read_image(image, "image")
+        if not service.faceid.people:
+            raise HTTPException(409, "nobody is enrolled: POST /people/{name}/faces first")
+        return await _in_thread(service.identify, image_rgb)
+
+    @app.post("/verify", summary="Whether the largest faces of two images are the same person")
+    async def verify(_: Auth, image_a: Annotated[UploadFile, File()], image_b: Annotated[UploadFile, File()]):
+        first, _a = await read_image(image_a, "image_a")
+        second, _b = await read_image(image_b, "image_b")
+        return await _in_thread(service.verify, first, second)
+
+    @app.get("/events", summary="Events, newest first, filtered by camera, person and time")
+    def events(
+        _: Auth,
+        camera: str | None = None,
+        person: Annotated[str | None, Query(description="a name; 'unknown' for the unknown faces")] = None,
+        since: Annotated[str | None, Query(description="ISO 8601; events that started at or after")] = None,
+        until: Annotated[str | None, Query(description="ISO 8601; events that started before")] = None,
+        limit: Annotated[int, Query(ge=1, le=DEFAULTS.event_page_max)] = DEFAULTS.event_page,
+    ) -> dict[str, Any]:
+        unknown = person == "unknown"
+        found = service.store.list_events(
+            camera=camera, person=None if unknown else person, unknown=True if unknown else None,
+            since=None if since is None else parse_time(since, "since"),
+            until=None if until is None else parse_time(until, "until"), limit=limit)
+        return {"events": found}
+
+    @app.get("/events/{event_id}", summary="One event")
+    def event(event_id: int, _: Auth) -> dict[str, Any]:
+        found = service.store.get_event(event_id)
+        if found is None:
+            raise HTTPException(404, f"no event {event_id}")
+        return found
+
+    @app.get("/events/{event_id}/face.jpg", summary="The best face crop of an event", response_class=Response)
+    def event_face(event_id: int, _: Auth) -> Response:
+        jpeg = service.store.read_crop(event_id)
+        if jpeg is None:
+            raise HTTPException(404, f"no face crop for event {event_id}")
+        return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+
+    @app.get("/cameras", summary="The cameras, their state and counters")
+    def cameras(_: Auth) -> dict[str, Any]:
+        return {"cameras": service.camera_list()}
+
+    @app.post("/cameras", status_code=201, summary="Add a camera and start it")
+    def add_camera(camera: CameraIn, _: Auth) -> dict[str, Any]:
+        return service.add_camera(CameraConfig.parse(camera.name, camera.source, camera.loop))
+
+    @app.delete("/cameras/{name}", summary="Stop and remove a camera (its events are kept)")
+    def remove_camera(name: str, _: Auth) -> dict[str, Any]:
+        return service.remove_camera(name)
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
+    def prometheus(_: Auth) -> Response:
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
+
+    return app
+
+
+async def _in_thread(function, *args):
+    """Run blocking work (a backbone, the cache) in the thread pool, not on the event loop."""
+    from starlette.concurrency import run_in_threadpool
+
+    return await run_in_threadpool(function, *args)
+
+
+def check_and_decode(data: bytes, what: str, max_pixels: int):
+    """Decode an uploaded image to RGB, refusing one of more than ``max_pixels`` pixels from its
+    header, before its pixels are decoded.
+
+    Raises:
+        ImageReadError: empty or not an image; TooLargeError: too many pixels.
+    """
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    from faceid.io.images import decode_image
+
+    if not data:
+        raise ImageReadError(f"{what} is empty")
+    try:
+        with Image.open(io.BytesIO(data)) as header:
+            width, height = header.size
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as error:
+        raise ImageReadError(f"{what} is not an image Pillow can read (JPEG, PNG, ...)") from error
+    if width * height > max_pixels:
+        raise TooLargeError(f"{what} is {width}x{height} = {width * height / 1e6:.1f} megapixels; the limit is "
+                            f"{max_pixels / 1e6:.1f} (`max_image_pixels`)")
+    return decode_image(data, what)

@@ -1,0 +1,293 @@
+"""The service: the people, the cameras, the events and the sinks of one data directory, in one process.
+
+`Service` owns everything ``faceid serve`` runs — a `faceid.FaceID` over ``<data>/features``
+(enrolment photos kept, sealed with the key when one is given, in ``<data>/faces/<person>/``), the
+store (``<data>/faceid.db`` and the events' crops), the cameras and the sinks — and is what the REST
+API (`faceid.service.app`) calls. `Service.run` serves it with uvicorn; SIGTERM and Ctrl-C stop the
+cameras (their open events are closed), flush the sinks and close the store before the process
+exits.
+
+Thread safety: the cameras run in threads of their own; requests run in uvicorn's thread pool. What
+changes the people enrolled (enrol, forget) and what reads them (identify, verify, a camera's new
+gallery) take the one `Service.people_lock`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from faceid.errors import ConflictError, InputError, NoFaceError, NotFoundError
+from faceid.io.sealed import Key
+from faceid.service.cameras import Camera, CameraConfig, check_camera_name
+from faceid.service.events import EventRecorder
+from faceid.service.store import ServiceStore
+from faceid.settings import DEFAULTS
+
+logger = logging.getLogger(__name__)
+
+FEATURES_DIR = "features"
+FACES_DIR = "faces"
+
+
+@dataclass
+class ServiceOptions:
+    """What ``faceid serve`` was told, besides its data directory (see `Service`)."""
+
+    model: Path | None = None  # an extractor directory; None: dlib's face model
+    detector: str | None = None
+    key: Key | None = None
+    mqtt: str | None = None  # mqtt://[user:pass@]host[:port]
+    mqtt_prefix: str = "faceid"
+    webhooks: list[str] = field(default_factory=list)
+    webhook_secret: bytes | None = None
+    retention_days: float = DEFAULTS.retention_days
+    max_upload_bytes: int = DEFAULTS.max_upload_bytes
+    max_image_pixels: int = DEFAULTS.max_image_pixels
+    retry_min: float = DEFAULTS.camera_retry_min
+    retry_max: float = DEFAULTS.camera_retry_max
+
+    def __post_init__(self) -> None:
+        if not self.retention_days > 0:
+            raise InputError(f"`retention_days` must be positive, got {self.retention_days}")
+        if self.max_upload_bytes < 1024 or self.max_image_pixels < 10_000:
+            raise InputError("`max_upload_bytes` must be at least 1024 and `max_image_pixels` at least 10000")
+
+
+class Service:
+    """One data directory's people, cameras, events and sinks (``faceid serve``).
+
+    Args:
+        data: the data directory (created if missing): ``features/`` (the feature cache),
+            ``faces/<person>/`` (the enrolment photos), ``faceid.db`` (people, cameras, tokens,
+            events: SQLite in WAL mode), ``events/<id>.jpg`` (the events' face crops).
+        options: model, detector, key, sinks, retention, upload limits.
+        cameras: cameras to add (or update) at start; the store keeps them, so they run again
+            at the next start, with those added through the API.
+    """
+
+    def __init__(self, data: str | Path, options: ServiceOptions = ServiceOptions(), cameras: list[CameraConfig] = ()):
+        from faceid.api import FaceID
+
+        self.data = Path(data)
+        self.data.mkdir(parents=True, exist_ok=True)
+        self.options = options
+        self.store = ServiceStore(self.data, key=options.key)
+        self.faceid = FaceID(options.model, self.data / FEATURES_DIR, detector=options.detector, key=options.key)
+        self.people_lock = threading.RLock()
+        self._people_version = 0
+        self.sinks = self._make_sinks()
+        self.events = EventRecorder(self.store, self.sinks)
+        self.cameras: dict[str, Camera] = {}
+        self._cameras_lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._janitor = threading.Thread(target=self._purge_daily, name="retention", daemon=True)
+        self.started = time.monotonic()
+        for camera in cameras:
+            self.store.upsert_camera(camera.name, str(camera.source), camera.loop)
+
+    def _make_sinks(self) -> list:
+        sinks = []
+        if self.options.mqtt:
+            from faceid.service.sinks import MqttSink
+
+            sinks.append(MqttSink(self.options.mqtt, prefix=self.options.mqtt_prefix))
+        if self.options.webhooks:
+            from faceid.service.sinks import WebhookSink
+
+            sinks.append(WebhookSink(self.options.webhooks, secret=self.options.webhook_secret))
+        return sinks
+
+    # --- life ------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Recover from an interrupted run (events left open are closed, orphan crops removed), apply
+        the retention, start every camera the store lists."""
+        closed = self.store.close_open_events()
+        if closed:
+            logger.info("closed %d event(s) left open by an interrupted run", closed)
+        self.store.sweep_orphan_crops()
+        self.purge()
+        for row in self.store.list_cameras():
+            try:
+                self._start_camera(CameraConfig.parse(row["name"], row["source"], row["loop"]))
+            except InputError as error:
+                logger.warning("camera %s not started: %s", row["name"], error)
+        self._janitor.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the cameras (their open events closed), flush the sinks, close the store."""
+        self._stopping.set()
+        with self._cameras_lock:
+            cameras = list(self.cameras.values())
+        for camera in cameras:
+            camera.stop(timeout)
+        for sink in self.sinks:
+            try:
+                sink.close(timeout=5.0)
+            except Exception:  # noqa: BLE001 - closing the others matters more
+                logger.exception("closing a sink failed")
+        self.store.close()
+
+    def purge(self) -> int:
+        """Delete the closed events older than the retention (rows and crops)."""
+        removed = self.store.purge(self.options.retention_days)
+        if removed:
+            logger.info("retention: deleted %d event(s) older than %g days", removed, self.options.retention_days)
+        return removed
+
+    def _purge_daily(self) -> None:
+        while not self._stopping.wait(3600.0):
+            try:
+                self.purge()
+            except Exception:  # noqa: BLE001 - tried again in an hour
+                logger.exception("retention purge failed")
+
+    # --- people ------------------------------------------------------------------------------------
+
+    @property
+    def people_version(self) -> int:
+        return self._people_version
+
+    def people(self) -> list[dict[str, Any]]:
+        """The enrolled people with how many faces each has, and when they were enrolled."""
+        with self.people_lock:
+            counts = self.faceid.face_counts()
+        rows = {row["name"]: row for row in self.store.list_people()}
+        return [{"name": name, "faces": counts[name], "created": rows.get(name, {}).get("created"),
+                 "updated": rows.get(name, {}).get("updated")}
+                for name in counts]
+
+    def enrol(self, name: str, images: list[tuple[str, bytes]]) -> dict[str, Any]:
+        """Keep the photos in ``faces/<name>/`` (sealed with the key) and enrol them.
+
+        Args:
+            images: ``(file name as uploaded, encoded bytes)``; stored under a name made from their
+                content, so the same photo sent twice is one photo.
+
+        Raises:
+            NoFaceError: none gave a face and ``name`` had none before (the photos are not kept).
+        """
+        from faceid.features.cache import check_person_name
+        from faceid.io.store import write_private
+
+        check_person_name(name, "name")
+        folder = self.data / FACES_DIR / name
+        with self.people_lock:
+            folder.mkdir(parents=True, exist_ok=True)
+            paths, new = [], []
+            for original, data in images:
+                suffix = Path(original or "").suffix.lower()
+                suffix = suffix if suffix in {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"} else ".img"
+                path = folder / f"{hashlib.sha256(data).hexdigest()[:16]}{suffix}"
+                if not path.exists():
+                    write_private(path, data, key=self.options.key)
+                    new.append(path)
+                paths.append(path)
+            try:
+                added = self.faceid.enrol(name, sorted(set(paths)))
+            except NoFaceError:
+                for path in new:
+                    path.unlink(missing_ok=True)
+                if not any(folder.iterdir()):
+                    folder.rmdir()
+                raise
+            finally:
+                self._people_version += 1
+            faces = self.faceid.face_counts().get(name, 0)
+            self.store.touch_person(name, faces)
+        return {"name": name, "added": added, "faces": faces, "images": len(images)}
+
+    def forget(self, name: str) -> dict[str, Any]:
+        """Erase a person: the cache, the enrolment photos, their events (rows and crops).
+
+        Raises:
+            NotFoundError: not enrolled.
+        """
+        from faceid.features.cache import check_person_name
+
+        check_person_name(name, "name")
+        with self.people_lock:
+            if name not in self.faceid.people and name not in self.faceid.not_enrolled:
+                raise NotFoundError(f"no person {name!r} is enrolled")
+            self.faceid.forget(name, faces_path=self.data / FACES_DIR)
+            self._people_version += 1
+            self.store.delete_person(name)
+        events = self.store.forget_person(name)
+        return {"name": name, "forgotten": True, "events_removed": events}
+
+    def identify(self, image_rgb) -> dict[str, Any]:
+        with self.people_lock:
+            faces = self.faceid.identify(image_rgb)
+        return {"faces": [{"box": list(face.box), "name": face.name, "score": round(face.score, 4),
+                           "threshold": round(face.threshold, 4)} for face in faces]}
+
+    def verify(self, image_a, image_b) -> dict[str, Any]:
+        with self.people_lock:
+            result = self.faceid.verify(image_a, image_b)
+        return {"same": result.same, "score": round(result.score, 4), "threshold": round(result.threshold, 4)}
+
+    def _live_identifier(self):
+        with self.people_lock:
+            return self.faceid.live_identifier()
+
+    # --- cameras -----------------------------------------------------------------------------------
+
+    def _start_camera(self, config: CameraConfig) -> Camera:
+        camera = Camera(config, make_identifier=self._live_identifier, gallery_version=lambda: self._people_version,
+                        on_results=self.events.on_results, on_state=self.events.on_state,
+                        retry_min=self.options.retry_min, retry_max=self.options.retry_max)
+        with self._cameras_lock:
+            self.cameras[config.name] = camera
+        return camera.start()
+
+    def add_camera(self, config: CameraConfig) -> dict[str, Any]:
+        """Add a camera and start it; the store keeps it for the next start.
+
+        Raises:
+            ConflictError: a camera of that name exists.
+        """
+        with self._cameras_lock:
+            if config.name in self.cameras:
+                raise ConflictError(f"a camera named {config.name!r} exists: delete it first or choose another name")
+        self.store.upsert_camera(config.name, str(config.source), config.loop)
+        return self._start_camera(config).info()
+
+    def remove_camera(self, name: str) -> dict[str, Any]:
+        """Stop a camera (its open events are closed) and forget it.
+
+        Raises:
+            NotFoundError: no such camera.
+        """
+        check_camera_name(name)
+        with self._cameras_lock:
+            camera = self.cameras.pop(name, None)
+        if camera is None:
+            raise NotFoundError(f"no camera named {name!r}")
+        camera.stop()
+        self.events.forget_camera(name)
+        self.store.delete_camera(name)
+        return {"name": name, "removed": True}
+
+    def camera_list(self) -> list[dict[str, Any]]:
+        with self._cameras_lock:
+            cameras = list(self.cameras.values())
+        return [dict(camera.info(), events=self.events.created.get(camera.name, 0)) for camera in cameras]
+
+    def health(self) -> dict[str, Any]:
+        from faceid import __version__
+
+        with self._cameras_lock:
+            cameras = [{"name": camera.name, "state": camera.state} for camera in self.cameras.values()]
+        return {"status": "ok", "version": __version__, "uptime_seconds": round(time.monotonic() - self.started, 1),
+                "cameras": cameras}
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
