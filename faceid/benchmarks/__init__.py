@@ -18,4 +18,5 @@ SUBCOMMANDS = {
     "install": "faceid.benchmarks.install",
     "ray": "faceid.benchmarks.ray_engine",
     "cluster": "faceid.benchmarks.cluster",
+    "serve": "faceid.benchmarks.serve",
 }

@@ -12,6 +12,7 @@ Usage:
     python bench.py install                 time, disk and packages of the core and of each extra, fresh venvs
     python bench.py ray                     images/s of extract_features.py --engine ray against the local engine
     python bench.py cluster                 time and peak memory of clustering 1k-100k vectors, F on their truth
+    python bench.py serve                   faceid serve: /identify req/s at 1-32 clients, 10 FPS camera streams kept up
 
 Each sub-command's --help lists its options. Run on an otherwise idle machine.
 """

@@ -69,12 +69,21 @@ def build_parser() -> argparse.ArgumentParser:
                         help="largest request body in MiB (default %(default)g); larger: 413")
     parser.add_argument("--max_pixels", type=float, default=DEFAULTS.max_image_pixels,
                         help="most pixels an uploaded image may have (default %(default)g); more: 413")
+    parser.add_argument("--no_docs", action="store_true",
+                        help="do not serve the API's documentation (/docs, /openapi.json: no data, no token needed)")
     add_verbosity(parser)
     return parser
 
 
+class _IntermixedParser(argparse.ArgumentParser):
+    """Options and positionals in any order: ``token revoke --data DIR ID`` as well as ``token revoke ID --data DIR``."""
+
+    def parse_args(self, args=None, namespace=None):
+        return self.parse_intermixed_args(args, namespace)
+
+
 def build_token_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"{Path(sys.argv[0]).name} token", description="Manage the API's bearer tokens.")
+    parser = _IntermixedParser(prog=f"{Path(sys.argv[0]).name} token", description="Manage the API's bearer tokens.")
     parser.add_argument("action", choices=("create", "revoke", "list"))
     parser.add_argument("token", nargs="?", default=None, help="revoke: the token or its id")
     parser.add_argument("--data", type=Path, required=True, help="the service's data directory")
@@ -124,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
     options = ServiceOptions(
         model=args.model, detector=args.detector, key=args.key, mqtt=args.mqtt, mqtt_prefix=args.mqtt_prefix,
         webhooks=list(args.webhook), webhook_secret=webhook_secret(args), retention_days=args.retention_days,
-        max_upload_bytes=int(args.max_upload_mb * 2**20), max_image_pixels=int(args.max_pixels),
+        max_upload_bytes=int(args.max_upload_mb * 2**20), max_image_pixels=int(args.max_pixels), docs=not args.no_docs,
     )
     service = Service(args.data, options, parse_cameras(args.camera, args.loop))
     if args.host not in ("127.0.0.1", "localhost", "::1"):

@@ -55,17 +55,18 @@ def create_app(service: Service, *, manage_service: bool = True):
     from typing import Annotated
 
     from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
+    from fastapi import Path as PathParam
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, PlainTextResponse, Response
     from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-    from pydantic import BaseModel, Field
+    from pydantic import BaseModel, Field, StrictInt, StrictStr
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     class CameraIn(BaseModel):
         """``POST /cameras``: a name and a source (webcam number, stream URL or video file)."""
 
         name: str = Field(description="1-64 letters, digits, '_', '.' or '-'")
-        source: str | int = Field(description="a webcam number, a stream URL (rtsp://, http://, ...) or a video file")
+        source: StrictStr | StrictInt = Field(description="a webcam number, a stream URL (rtsp://, http://, ...) or a video file")
         loop: bool = Field(False, description="play a video file from the start again when it ends")
 
     options = service.options
@@ -81,7 +82,10 @@ def create_app(service: Service, *, manage_service: bool = True):
 
     from faceid import __version__
 
-    app = FastAPI(title="faceid", version=__version__, lifespan=lifespan,
+    # /docs and /openapi.json describe the API and hold no data: served without a token (a browser cannot send
+    # one for a page), unless `docs` is off. No /redoc: one copy of the documentation.
+    app = FastAPI(title="faceid", version=__version__, lifespan=lifespan, redoc_url=None,
+                  docs_url="/docs" if options.docs else None, openapi_url="/openapi.json" if options.docs else None,
                   description="Enrol people, identify faces, run cameras and read their events. "
                               "Every endpoint but /health needs `Authorization: Bearer <token>`.")
     bearer = HTTPBearer(auto_error=False)
@@ -103,6 +107,9 @@ def create_app(service: Service, *, manage_service: bool = True):
     async def _validation_error(request: Request, error: RequestValidationError):
         problems = []
         for item in error.errors():
+            if item.get("type") == "json_invalid":
+                problems.append("the body is not valid JSON: send e.g. {\"name\": \"door\", \"source\": \"rtsp://...\"}")
+                continue
             where = ".".join(str(part) for part in item.get("loc", ()) if part != "body")
             problems.append(f"{where}: {item.get('msg', 'invalid')}")
         return error_response(422, "; ".join(problems) or "invalid request")
@@ -110,7 +117,7 @@ def create_app(service: Service, *, manage_service: bool = True):
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, error: StarletteHTTPException):
         message = error.detail if isinstance(error.detail, str) else "invalid request"
-        if error.status_code == 400 and "pars" in message.lower():
+        if error.status_code == 400:  # raised by Starlette's form parser: the body is not what it says
             message = f"malformed request body ({message}): send multipart/form-data with the fields documented at /docs"
         return error_response(error.status_code, message, getattr(error, "headers", None))
 
@@ -123,26 +130,15 @@ def create_app(service: Service, *, manage_service: bool = True):
     # --- limits and metrics ------------------------------------------------------------------------
 
     @app.middleware("http")
-    async def _limits_and_metrics(request: Request, call_next):
+    async def _metrics(request: Request, call_next):
         started = time.perf_counter()
-        length = request.headers.get("content-length")
-        if length is not None:
-            if not length.isdigit():
-                return error_response(400, "Content-Length is not a number")
-            if int(length) > options.max_upload_bytes:
-                return error_response(413, f"the request is {int(length) / 1e6:.1f} MB; the limit is "
-                                           f"{options.max_upload_bytes / 1e6:.1f} MB")
-        elif request.method in ("POST", "PUT", "PATCH"):
-            # No length given (chunked): read at most the limit; the body stays available to the route.
-            body = bytearray()
-            async for chunk in request.stream():
-                body += chunk
-                if len(body) > options.max_upload_bytes:
-                    return error_response(413, f"the request is over the limit of {options.max_upload_bytes / 1e6:.1f} MB")
-            request._body = bytes(body)
         response = await call_next(request)
         metrics.observe_request(request, response.status_code, time.perf_counter() - started)
         return response
+
+    # Outermost: no token, no reading of the body; then a body over the limit is refused before anything reads it.
+    app.add_middleware(BodyLimit, limit=options.max_upload_bytes)
+    app.add_middleware(TokenGate, check=service.store.check_token, open_paths=OPEN_PATHS)
 
     # --- auth ----------------------------------------------------------------------------------
 
@@ -157,6 +153,7 @@ def create_app(service: Service, *, manage_service: bool = True):
         return token_id
 
     Auth = Annotated[str, Depends(authorised)]
+    EventId = Annotated[int, PathParam(ge=1, le=2**63 - 1, description="an event's id")]
 
     async def read_image(upload: UploadFile, field: str):
         """An upload as RGB, after the pixel limit was checked from its header (no decoding of a bomb)."""
@@ -175,8 +172,8 @@ def create_app(service: Service, *, manage_service: bool = True):
 
     @app.post("/people/{name}/faces", summary="Enrol photos of a person (multipart field `images`, repeatable)")
     async def enrol(name: str, _: Auth, images: Annotated[list[UploadFile], File(description="photos")]):
-        decoded = [(upload.filename or "", (await read_image(upload, "images"))[1]) for upload in images]
-        return await _in_thread(service.enrol, name, decoded)
+        checked = [(await read_image(upload, "images"))[1] for upload in images]
+        return await _in_thread(service.enrol, name, checked)
 
     @app.delete("/people/{name}", summary="Forget a person: cache, photos, events and their crops")
     def forget(name: str, _: Auth) -> dict[str, Any]:
@@ -212,14 +209,14 @@ def create_app(service: Service, *, manage_service: bool = True):
         return {"events": found}
 
     @app.get("/events/{event_id}", summary="One event")
-    def event(event_id: int, _: Auth) -> dict[str, Any]:
+    def event(event_id: EventId, _: Auth) -> dict[str, Any]:
         found = service.store.get_event(event_id)
         if found is None:
             raise HTTPException(404, f"no event {event_id}")
         return found
 
     @app.get("/events/{event_id}/face.jpg", summary="The best face crop of an event", response_class=Response)
-    def event_face(event_id: int, _: Auth) -> Response:
+    def event_face(event_id: EventId, _: Auth) -> Response:
         jpeg = service.store.read_crop(event_id)
         if jpeg is None:
             raise HTTPException(404, f"no face crop for event {event_id}")
@@ -243,6 +240,81 @@ def create_app(service: Service, *, manage_service: bool = True):
         return Response(body, media_type=content_type)
 
     return app
+
+
+#: What answers without a token: the health check and the API's documentation (no data in either).
+OPEN_PATHS = ("/health", "/docs", "/docs/oauth2-redirect", "/openapi.json")
+
+
+class TokenGate:
+    """ASGI middleware: a request for anything but ``open_paths`` without a valid bearer token is
+    answered 401 (JSON, ``WWW-Authenticate: Bearer``) before its body is read. The routes check the
+    token again through their dependency, which is also what the OpenAPI description shows."""
+
+    def __init__(self, app, check, open_paths: tuple[str, ...]):
+        self.app, self.check, self.open_paths = app, check, open_paths
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope.get("path") in self.open_paths:
+            return await self.app(scope, receive, send)
+        header = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            message = "missing token: send 'Authorization: Bearer <token>' (faceid serve token create makes one)"
+        elif self.check(token.strip()) is None:
+            message = "invalid or revoked token"
+        else:
+            return await self.app(scope, receive, send)
+        from starlette.responses import JSONResponse
+
+        await JSONResponse({"error": message}, status_code=401,
+                           headers={"WWW-Authenticate": "Bearer", "Connection": "close"})(scope, receive, send)
+
+
+class BodyLimit:
+    """ASGI middleware: a request body larger than ``limit`` bytes is answered 413 (JSON) — from its
+    Content-Length before it is read, or, without one (chunked), as soon as the bytes read pass it."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        if length is not None:
+            if not length.isdigit():
+                return await self._refuse(scope, receive, send, 400, "Content-Length is not a number")
+            if int(length) > self.limit:
+                return await self._refuse(scope, receive, send, 413, f"the request is {int(length) / 1e6:.1f} MB; "
+                                                                     f"the limit is {self.limit / 1e6:.1f} MB")
+            return await self.app(scope, receive, send)
+        if scope.get("method") not in ("POST", "PUT", "PATCH"):
+            return await self.app(scope, receive, send)
+        messages, size = [], 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                break
+            size += len(message.get("body", b""))
+            if size > self.limit:
+                return await self._refuse(scope, receive, send, 413,
+                                          f"the request is over the limit of {self.limit / 1e6:.1f} MB")
+            if not message.get("more_body", False):
+                break
+
+        async def replay():
+            return messages.pop(0) if messages else await receive()
+
+        return await self.app(scope, replay, send)
+
+    @staticmethod
+    async def _refuse(scope, receive, send, status: int, message: str):
+        from starlette.responses import JSONResponse
+
+        await JSONResponse({"error": message}, status_code=status, headers={"Connection": "close"})(scope, receive, send)
 
 
 async def _in_thread(function, *args):

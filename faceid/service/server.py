@@ -19,7 +19,6 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 FEATURES_DIR = "features"
 FACES_DIR = "faces"
+IMAGE_SUFFIXES = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif", "GIF": ".gif"}
 
 
 @dataclass
@@ -50,6 +50,7 @@ class ServiceOptions:
     retention_days: float = DEFAULTS.retention_days
     max_upload_bytes: int = DEFAULTS.max_upload_bytes
     max_image_pixels: int = DEFAULTS.max_image_pixels
+    docs: bool = True  # serve /docs and /openapi.json (no data in them, so without a token)
     retry_min: float = DEFAULTS.camera_retry_min
     retry_max: float = DEFAULTS.camera_retry_max
 
@@ -164,12 +165,12 @@ class Service:
                  "updated": rows.get(name, {}).get("updated")}
                 for name in counts]
 
-    def enrol(self, name: str, images: list[tuple[str, bytes]]) -> dict[str, Any]:
+    def enrol(self, name: str, images: list[bytes]) -> dict[str, Any]:
         """Keep the photos in ``faces/<name>/`` (sealed with the key) and enrol them.
 
         Args:
-            images: ``(file name as uploaded, encoded bytes)``; stored under a name made from their
-                content, so the same photo sent twice is one photo.
+            images: encoded photos (JPEG, PNG, ...); each is stored under a name made from its content,
+                so the same photo sent twice is one photo.
 
         Raises:
             NoFaceError: none gave a face and ``name`` had none before (the photos are not kept).
@@ -182,10 +183,8 @@ class Service:
         with self.people_lock:
             folder.mkdir(parents=True, exist_ok=True)
             paths, new = [], []
-            for original, data in images:
-                suffix = Path(original or "").suffix.lower()
-                suffix = suffix if suffix in {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"} else ".img"
-                path = folder / f"{hashlib.sha256(data).hexdigest()[:16]}{suffix}"
+            for data in images:
+                path = folder / f"{hashlib.sha256(data).hexdigest()[:16]}{_image_suffix(data)}"
                 if not path.exists():
                     write_private(path, data, key=self.options.key)
                     new.append(path)
@@ -289,5 +288,11 @@ class Service:
                 "cameras": cameras}
 
 
-def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+def _image_suffix(data: bytes) -> str:
+    """The file suffix of encoded image bytes, from their format (what the upload's name says is not trusted)."""
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        return IMAGE_SUFFIXES.get(image.format or "", ".png" if image.format is None else f".{image.format.lower()}")

@@ -112,6 +112,7 @@ def _token_hash(token: str) -> str:
 
 
 KEY_UNSET = "unset"
+TOKEN_PREFIX = "fid_"
 
 
 def _checked_score(score: float | None) -> float | None:
@@ -267,7 +268,8 @@ class ServiceStore:
 
     def create_token(self, label: str | None = None) -> tuple[str, str]:
         """A new API token: ``(token id, token)``; only the token's SHA-256 is stored, so show it now or never."""
-        token = secrets.token_urlsafe(32)
+        # A prefix says what the secret is (secret scanners, logs) and keeps it from starting with '-' (a command-line option).
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         with self._transaction() as db:
             token_id = secrets.token_hex(4)
             while db.execute("SELECT 1 FROM tokens WHERE id = ?", (token_id,)).fetchone():
