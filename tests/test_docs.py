@@ -90,8 +90,9 @@ def _parsers():
     from faceid.cli.main import SUBCOMMANDS
 
     for command in SUBCOMMANDS:
-        parser = importlib.import_module(f"faceid.cli.{command.module}").build_parser()
-        stack = [(f"faceid {command.name}", parser)]
+        script = importlib.import_module(f"faceid.cli.{command.module}")
+        stack = [(f"faceid {command.name}", script.build_parser())]
+        stack += [(f"faceid {command.name} {word}", build()) for word, build in getattr(script, "LEADING_PARSERS", {}).items()]
         while stack:
             title, current = stack.pop()
             yield title, current
@@ -293,7 +294,12 @@ def _parse_error(module: str, args: list[str]) -> str | None:
         return None if args and args[0] in _run_sh_commands() else f"./run.sh has no command {args}"
     if module.startswith("unknown"):
         return module
-    parser = importlib.import_module(f"faceid.cli.{module}").build_parser()
+    script = importlib.import_module(f"faceid.cli.{module}")
+    leading = getattr(script, "LEADING_PARSERS", {})
+    if args[:1] and args[0] in leading:  # faceid serve token create ...
+        parser, args = leading[args[0]](), args[1:]
+    else:
+        parser = script.build_parser()
     _no_abbreviations(parser)
     stderr = io.StringIO()
     try:

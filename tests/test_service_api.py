@@ -401,11 +401,11 @@ BAD_REQUESTS = {
     "a body over --max_upload_mb (Content-Length)": BadRequest(
         lambda _, small: small.post("/identify",
                                     files={"image": ("big.jpg", b"\xff" * (3 * 2**20 // 2), "image/jpeg")}),
-        413, ("limit", "mb")),
+        413, ("limit", "mib")),
     "a body over --max_upload_mb (chunked)": BadRequest(
         lambda _, small: small.post("/identify", data=iter([b"\xff" * 2**16] * 24),
                                     headers={"Content-Type": "multipart/form-data; boundary=X"}),
-        413, ("limit", "mb")),
+        413, ("limit", "mib")),
     "the wrong field name": BadRequest(
         lambda s, _: s.post("/identify", files={"picture": upload(GORE[3])}), 422, ("image", "required")),
     "enrol an image without a face": BadRequest(

@@ -135,6 +135,11 @@ def cli_reference() -> str:
         aliases = f"; alias {', '.join(f'`faceid {alias}`' for alias in command.aliases)}" if command.aliases else ""
         note = f"Also `python {command.script}` (the same program and parser){aliases}."
         sections.append(parser_section(f"faceid {command.name}", parser, 2, note))
+        module = importlib.import_module(f"faceid.cli.{command.module}")
+        for word, build in getattr(module, "LEADING_PARSERS", {}).items():
+            leading = build()
+            leading.prog = f"faceid {command.name} {word}"
+            sections.append(parser_section(leading.prog, leading, 3))
     return "\n".join(sections)
 
 

@@ -167,6 +167,7 @@ def _in_process(args: argparse.Namespace, people: dict[str, list[Path]], workdir
         milliseconds.append((time.perf_counter() - began) * 1000.0)
     baseline = _rates(milliseconds, time.perf_counter() - started)
     baseline["names"] = sorted(face.name or "unknown" for face in faces)
+    baseline["load"] = round(os.getloadavg()[0], 2)
     return image, note, baseline
 
 
@@ -327,14 +328,14 @@ def _identify_levels(server: _Server, image: Path, clients: list[int], args: arg
           f"enrolled {', '.join(enrolled)}; "
           f"names: service {names}, in-process {baseline['names']}; keep-alive connection per client, on loopback")
     rows = [{"clients": "in-process (baseline)", "req/s": baseline["per_s"], "p50_ms": baseline["p50_ms"],
-             "p99_ms": baseline["p99_ms"], "errors": 0, "server_cpu": "", "vs baseline": 1.0}]
+             "p99_ms": baseline["p99_ms"], "errors": 0, "server_cpu": "", "vs baseline": 1.0, "load": baseline["load"]}]
     rows += [{"clients": level["clients"], "req/s": level["per_s"], "p50_ms": level["p50_ms"],
               "p99_ms": level["p99_ms"], "errors": level["errors"], "server_cpu": level["server_cpu"],
-              "vs baseline": level["ratio"]}
+              "vs baseline": level["ratio"], "load": level["load"]}
              for level in levels]
-    print_table(rows, ["clients", "req/s", "p50_ms", "p99_ms", "errors", "server_cpu", "vs baseline"])
+    print_table(rows, ["clients", "req/s", "p50_ms", "p99_ms", "errors", "server_cpu", "vs baseline", "load"])
     print("req/s = requests / wall time; server_cpu = the server process's CPU seconds per second (cores busy); "
-          "vs baseline = HTTP req/s over FaceID.identify called in this process")
+          "vs baseline = HTTP req/s over FaceID.identify called in this process; load = 1-minute load average after")
     return result
 
 
@@ -374,7 +375,8 @@ def _load(server: _Server, body: bytes, content_type: str, count: int, requests:
     wall = time.perf_counter() - started
     cpu_after = server.cpu_seconds()
     level = {"clients": count, **_rates([value for values in latencies for value in values], wall),
-             "errors": len(failures), "server_cpu": _cpu_share(cpu_before, cpu_after, wall)}
+             "errors": len(failures), "server_cpu": _cpu_share(cpu_before, cpu_after, wall),
+             "load": round(os.getloadavg()[0], 2)}
     if failures:
         level["first_error"] = failures[0]
     return level
@@ -432,7 +434,8 @@ def _stream_levels(server: _Server, stream: Path, args: argparse.Namespace) -> d
                            "min_fps": min(camera["fps"] for camera in cameras),
                            "mean_fps": round(float(np.mean([camera["fps"] for camera in cameras])), 2),
                            "max_dropped_share": max((camera["dropped_share"] or 0.0) for camera in cameras),
-                           "server_cpu": _cpu_share(cpu_before, cpu_after, seconds), "cameras": cameras})
+                           "server_cpu": _cpu_share(cpu_before, cpu_after, seconds),
+                           "load": round(os.getloadavg()[0], 2), "cameras": cameras})
             if not kept_up:
                 break
             sustained = count
@@ -441,8 +444,9 @@ def _stream_levels(server: _Server, stream: Path, args: argparse.Namespace) -> d
     rows = [{"streams": level["streams"], "min_fps": level["min_fps"], "mean_fps": level["mean_fps"],
              "min_read_fps": min(camera["read_fps"] for camera in level["cameras"]),
              "max_dropped": f"{level['max_dropped_share']:.1%}", "server_cpu": level["server_cpu"],
-             "sustained": "yes" if level["sustained"] else "no"} for level in levels]
-    print_table(rows, ["streams", "min_fps", "mean_fps", "min_read_fps", "max_dropped", "server_cpu", "sustained"])
+             "sustained": "yes" if level["sustained"] else "no", "load": level["load"]} for level in levels]
+    print_table(rows, ["streams", "min_fps", "mean_fps", "min_read_fps", "max_dropped", "server_cpu", "sustained",
+                       "load"])
     capped = levels and levels[-1]["sustained"] and len(levels) == args.max_streams
     print(f"fps = identified frames per second of a camera; read_fps = frames its reader took from the stream; "
           f"dropped = frames replaced before they were identified, over those read. Sustained: {sustained} "

@@ -92,6 +92,11 @@ def build_token_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Parsers of words that come first: `faceid serve token ...` is read by build_token_parser (the docs'
+#: command checker and the CLI reference use this too).
+LEADING_PARSERS = {"token": build_token_parser}
+
+
 def parse_cameras(specs: list[str], loop: bool):
     """``NAME=SOURCE`` strings as camera configurations."""
     from faceid.service.cameras import CameraConfig
@@ -143,14 +148,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def serve(service, host: str, port: int, verbose: int = 0) -> None:
+def serve(service, host: str, port: int, verbose: bool = False) -> None:
     """Serve ``service`` with uvicorn until SIGTERM or Ctrl-C (then stop it in order)."""
     import uvicorn
 
     from faceid.service.app import create_app
 
-    config = uvicorn.Config(create_app(service), host=host, port=port, log_level="debug" if verbose > 1 else "info",
-                            access_log=verbose > 0, timeout_graceful_shutdown=15, log_config=None)
+    # -v: a line per request too (method, path, status: no header, no body; never a token).
+    config = uvicorn.Config(create_app(service), host=host, port=port, log_level="info", access_log=bool(verbose),
+                            timeout_graceful_shutdown=15, log_config=None)
     server = uvicorn.Server(config)
     server.run()
     if not server.started:
@@ -182,8 +188,8 @@ def run_token(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["token"]:
-        return run_main(build_token_parser(), run_token, argv[1:], aliases=ALIASES)
+    if argv[:1] and argv[0] in LEADING_PARSERS:
+        return run_main(LEADING_PARSERS[argv[0]](), run_token, argv[1:], aliases=ALIASES)
     return run_main(build_parser(), run, argv, aliases=ALIASES)
 
 

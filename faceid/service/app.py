@@ -287,8 +287,8 @@ class BodyLimit:
             if not length.isdigit():
                 return await self._refuse(scope, receive, send, 400, "Content-Length is not a number")
             if int(length) > self.limit:
-                return await self._refuse(scope, receive, send, 413, f"the request is {int(length) / 1e6:.1f} MB; "
-                                                                     f"the limit is {self.limit / 1e6:.1f} MB")
+                return await self._refuse(scope, receive, send, 413, f"the request is {int(length) / 2**20:.1f} MiB; "
+                                                                     f"the limit is {self.limit / 2**20:.1f} MiB")
             return await self.app(scope, receive, send)
         if scope.get("method") not in ("POST", "PUT", "PATCH"):
             return await self.app(scope, receive, send)
@@ -301,7 +301,7 @@ class BodyLimit:
             size += len(message.get("body", b""))
             if size > self.limit:
                 return await self._refuse(scope, receive, send, 413,
-                                          f"the request is over the limit of {self.limit / 1e6:.1f} MB")
+                                          f"the request is over the limit of {self.limit / 2**20:.1f} MiB")
             if not message.get("more_body", False):
                 break
 

@@ -71,7 +71,7 @@ def parse_source(source: Any) -> int | str:
     if not Path(text).is_file():
         raise InputError(f"camera `source` {text!r} is not a webcam number, a stream URL (scheme://...) "
                          "or an existing video file")
-    return text
+    return str(Path(text).resolve())  # kept in the store: the same file whatever the next start's directory
 
 
 def shown_source(source: int | str) -> str:
@@ -231,6 +231,7 @@ class Camera:
                 self._retry_later(f"cannot open: {_reason(error)}", wait)
                 wait = min(wait * 2, self.retry_max)
                 continue
+            processed = self.stats.frames_processed
             try:
                 outcome = self._identify(source)
             except Exception as error:  # noqa: BLE001 - a failing camera is retried, never fatal
@@ -245,7 +246,7 @@ class Camera:
             if outcome == ENDED:
                 self._set_state(ENDED)
                 return
-            if outcome is None:  # it ran: start again quickly after a drop
+            if self.stats.frames_processed > processed:  # it ran: start again quickly after a drop
                 wait = self.retry_min
             self._retry_later(outcome or "the source stopped sending frames", wait)
             wait = min(wait * 2, self.retry_max)

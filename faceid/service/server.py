@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -33,6 +34,9 @@ logger = logging.getLogger(__name__)
 
 FEATURES_DIR = "features"
 FACES_DIR = "faces"
+# Names no person may have: `unknown` is how events, /events?person= and MQTT topics say "not enrolled";
+# `<prefix>/<camera>/state` is a camera's retained presence topic beside its people's topics.
+RESERVED_NAMES = ("unknown", "state")
 IMAGE_SUFFIXES = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif", "GIF": ".gif"}
 
 
@@ -77,7 +81,9 @@ class Service:
         from faceid.api import FaceID
 
         self.data = Path(data)
-        self.data.mkdir(parents=True, exist_ok=True)
+        # Only its owner reads what the service keeps (faces, events, camera addresses with their passwords).
+        self.data.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.data, 0o700)
         self.options = options
         self.store = ServiceStore(self.data, key=options.key)
         self.faceid = FaceID(options.model, self.data / FEATURES_DIR, detector=options.detector, key=options.key)
@@ -88,7 +94,7 @@ class Service:
         self.cameras: dict[str, Camera] = {}
         self._cameras_lock = threading.Lock()
         self._stopping = threading.Event()
-        self._janitor = threading.Thread(target=self._purge_daily, name="retention", daemon=True)
+        self._janitor = threading.Thread(target=self._purge_hourly, name="retention", daemon=True)
         self.started = time.monotonic()
         for camera in cameras:
             self.store.upsert_camera(camera.name, str(camera.source), camera.loop)
@@ -143,7 +149,7 @@ class Service:
             logger.info("retention: deleted %d event(s) older than %g days", removed, self.options.retention_days)
         return removed
 
-    def _purge_daily(self) -> None:
+    def _purge_hourly(self) -> None:
         while not self._stopping.wait(3600.0):
             try:
                 self.purge()
@@ -179,6 +185,9 @@ class Service:
         from faceid.io.store import write_private
 
         check_person_name(name, "name")
+        if name.lower() in RESERVED_NAMES:
+            raise InputError(f"`name` {name!r} is reserved (events of unknown faces and a camera's state use it): "
+                             "choose another name")
         folder = self.data / FACES_DIR / name
         with self.people_lock:
             folder.mkdir(parents=True, exist_ok=True)
@@ -197,8 +206,7 @@ class Service:
                 if not any(folder.iterdir()):
                     folder.rmdir()
                 raise
-            finally:
-                self._people_version += 1
+            self._people_version += 1
             faces = self.faceid.face_counts().get(name, 0)
             self.store.touch_person(name, faces)
         return {"name": name, "added": added, "faces": faces, "images": len(images)}

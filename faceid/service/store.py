@@ -29,6 +29,7 @@ import hmac
 import logging
 import math
 import numbers
+import os
 import secrets
 import sqlite3
 import threading
@@ -168,6 +169,7 @@ class ServiceStore:
         try:
             self._connection = sqlite3.connect(self.database_path, timeout=30.0, isolation_level=None,
                                                check_same_thread=False)
+            os.chmod(self.database_path, 0o600)  # SQLite gives its -wal and -shm files the database's mode
             self._connection.row_factory = sqlite3.Row
             journal = self._connection.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             self._connection.execute("PRAGMA synchronous=NORMAL")
