@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -157,10 +158,18 @@ def serve(service, host: str, port: int, verbose: bool = False) -> None:
     # -v: a line per request too (method, path, status: no header, no body; never a token).
     config = uvicorn.Config(create_app(service), host=host, port=port, log_level="info", access_log=bool(verbose),
                             timeout_graceful_shutdown=15, log_config=None)
+    # The port first: a service that cannot listen starts no camera and touches no event.
+    try:
+        sock = config.bind_socket()
+    except SystemExit:  # uvicorn logged why (in use, no permission)
+        raise InputError(f"could not listen on {host}:{port}: is the port in use? pass another --port") from None
     server = uvicorn.Server(config)
-    server.run()
+    # uvicorn stops gracefully on SIGTERM, then raises the signal again for the handler it found: a
+    # handler that does nothing lets the process exit 0 after an orderly stop (what service managers expect).
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    server.run(sockets=[sock])
     if not server.started:
-        raise InputError(f"could not listen on {host}:{port}: is the port in use? pass another --port")
+        raise InputError(f"faceid serve did not start on {host}:{port}: see the lines above")
 
 
 def run_token(args: argparse.Namespace) -> int:

@@ -40,6 +40,8 @@ class Sink(Protocol):
 
     def publish_camera(self, camera: str, state: dict[str, Any]) -> None: ...
 
+    def forget_camera(self, camera: str) -> None: ...
+
 
 @dataclass
 class _OpenEvent:
@@ -128,6 +130,11 @@ class EventRecorder:
             self._states.pop(name, None)
             for event in self._open.pop(name, {}).values():
                 self._close(event)
+            for sink in self.sinks:
+                try:
+                    sink.forget_camera(name)
+                except Exception:  # noqa: BLE001 - a sink never stops the service
+                    logger.exception("clearing camera %s's state failed", name)
 
     # --- an event's life ---------------------------------------------------------------------------
 

@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 FEATURES_DIR = "features"
 FACES_DIR = "faces"
+LOCK_FILE = "serve.lock"
 # Names no person may have: `unknown` is how events, /events?person= and MQTT topics say "not enrolled";
 # `<prefix>/<camera>/state` is a camera's retained presence topic beside its people's topics.
 RESERVED_NAMES = ("unknown", "state")
@@ -84,6 +85,7 @@ class Service:
         # Only its owner reads what the service keeps (faces, events, camera addresses with their passwords).
         self.data.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(self.data, 0o700)
+        self._lock = _lock_directory(self.data)
         self.options = options
         self.store = ServiceStore(self.data, key=options.key)
         self.faceid = FaceID(options.model, self.data / FEATURES_DIR, detector=options.detector, key=options.key)
@@ -116,10 +118,7 @@ class Service:
     def start(self) -> None:
         """Recover from an interrupted run (events left open are closed, orphan crops removed), apply
         the retention, start every camera the store lists."""
-        closed = self.store.close_open_events()
-        if closed:
-            logger.info("closed %d event(s) left open by an interrupted run", closed)
-        self.store.sweep_orphan_crops()
+        self.store.close_open_events()  # and sweeps the crops no event names (it logs what it did)
         self.purge()
         for row in self.store.list_cameras():
             try:
@@ -141,13 +140,13 @@ class Service:
             except Exception:  # noqa: BLE001 - closing the others matters more
                 logger.exception("closing a sink failed")
         self.store.close()
+        if self._lock is not None:
+            self._lock.close()  # releases the lock
+            self._lock = None
 
     def purge(self) -> int:
         """Delete the closed events older than the retention (rows and crops)."""
-        removed = self.store.purge(self.options.retention_days)
-        if removed:
-            logger.info("retention: deleted %d event(s) older than %g days", removed, self.options.retention_days)
-        return removed
+        return self.store.purge(self.options.retention_days)  # it logs what it deleted
 
     def _purge_hourly(self) -> None:
         while not self._stopping.wait(3600.0):
@@ -294,6 +293,26 @@ class Service:
             cameras = [{"name": camera.name, "state": camera.state} for camera in self.cameras.values()]
         return {"status": "ok", "version": __version__, "uptime_seconds": round(time.monotonic() - self.started, 1),
                 "cameras": cameras}
+
+
+def _lock_directory(data: Path):
+    """An exclusive lock on ``<data>/serve.lock`` for as long as the service runs: a second service on the
+    same directory would close the first one's open events as if it had crashed.
+
+    Raises:
+        ConflictError: another process holds it.
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; one service per directory is then the user's care
+        return None
+    handle = open(data / LOCK_FILE, "a+")  # noqa: SIM115 - held until stop()
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise ConflictError(f"another faceid serve uses {data}: stop it first, or pass another `data_dir`") from None
+    return handle
 
 
 def _image_suffix(data: bytes) -> str:

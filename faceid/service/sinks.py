@@ -157,6 +157,14 @@ class MqttSink(_Counters):
             self._count("failed")
             logger.warning("MQTT %s: could not publish a camera state (%s)", self.where, type(error).__name__)
 
+    def forget_camera(self, camera: str) -> None:
+        """A camera was removed: its retained state is cleared (an empty retained message). Never raises."""
+        try:
+            self._publish(f"{self.prefix}/{topic_segment(camera, empty='_')}/state", b"", retain=True)
+        except Exception as error:  # noqa: BLE001
+            self._count("failed")
+            logger.warning("MQTT %s: could not clear a camera state (%s)", self.where, type(error).__name__)
+
     def _publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
         if self._closed:
             self._count("dropped")
@@ -360,6 +368,10 @@ class WebhookSink(_Counters):
     def publish_camera(self, camera: str, state: dict) -> None:
         """Queue ``{"type": "camera", "camera": camera, "state": state}``. Never raises, never waits."""
         self._enqueue("camera", {"type": "camera", "camera": camera, "state": state})
+
+    def forget_camera(self, camera: str) -> None:
+        """A camera was removed: ``{"type": "camera", "camera": camera, "state": {"state": "removed"}}``."""
+        self._enqueue("camera", {"type": "camera", "camera": camera, "state": {"camera": camera, "state": "removed"}})
 
     def _enqueue(self, kind: str, payload: dict) -> None:
         try:
