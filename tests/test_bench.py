@@ -6,6 +6,7 @@ import json
 
 import pytest
 from conftest import LFW, VIDEO
+from service_support import require_binary
 
 from faceid.apps.live import FaceResult
 from faceid.benchmarks.live import score_labels
@@ -72,3 +73,27 @@ def test_bench_startup_times_each_case_against_a_bare_interpreter(capsys):
     assert cases["python -c pass (baseline)"]["ratio"] == 1.0
     assert all(record["median_ms"] > 0 and record["runs"] == 1 for record in cases.values())
     assert records[-1] == {"bench": "startup", "identify_imports": []}
+
+
+def test_bench_serve_times_identify_over_http_against_in_process_and_counts_streams(capsys):
+    require_binary("ffmpeg")  # it makes the 10 fps camera stream
+    assert bench.main(["serve", "--requests", "10", "--clients", "1,2", "--warmup", "2", "--max_streams", "1",
+                       "--stream_seconds", "5", "-q"]) == 0
+    out = capsys.readouterr().out
+    (record,) = json_lines(out)
+    assert record["bench"] == "serve" and record["cores"] >= 1 and record["version"]
+    identify = record["identify"]
+    assert identify["enrolled"] == ["alex-lacamoire", "lin-manuel-miranda"]
+    # The service names the same people as FaceID.identify in this process, on the same photo.
+    assert identify["service_names"] == identify["baseline"]["names"]
+    assert "lin-manuel-miranda" in identify["service_names"]
+    baseline = identify["baseline"]["per_s"]
+    assert [level["clients"] for level in identify["levels"]] == [1, 2]
+    for level in identify["levels"]:
+        assert level["requests"] == 10 and level["errors"] == 0 and level["p99_ms"] >= level["p50_ms"] > 0
+        assert level["ratio"] == round(level["per_s"] / baseline, 2)
+    (streams,) = record["streams"]["levels"]
+    (camera,) = streams["cameras"]
+    assert streams["streams"] == 1 and camera["state"] == "running" and camera["frames_processed"] > 0
+    assert streams["sustained"] == (camera["fps"] >= record["streams"]["criterion_fps"] == 9.5)
+    assert "every camera identifies >= 9.5 frames/s" in out and out.strip().splitlines()[-1].startswith("{")
