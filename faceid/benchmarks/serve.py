@@ -62,7 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--requests", type=int, default=200, help="timed /identify requests per client count")
     parser.add_argument("--clients", default="1,8,32", help="comma-separated counts of concurrent clients")
     parser.add_argument("--warmup", type=int, default=10, help="untimed identifications before timing each side")
-    parser.add_argument("--max_streams", type=int, default=8,
+    parser.add_argument("--max_streams", type=int, default=16,
                         help="most camera streams to try (0: skip the streams part)")
     parser.add_argument("--stream_seconds", type=float, default=30.0,
                         help="measured seconds per stream count (longer: steadier rates)")

@@ -158,7 +158,9 @@ def create_app(service: Service, *, manage_service: bool = True):
     async def read_image(upload: UploadFile, field: str):
         """An upload as RGB, after the pixel limit was checked from its header (no decoding of a bomb)."""
         data = await upload.read()
-        return check_and_decode(data, f"`{field}` ({upload.filename or 'upload'})", options.max_image_pixels), data
+        # Decoding takes milliseconds of CPU: in the thread pool, not on the event loop that serves everyone.
+        described = f"`{field}` ({upload.filename or 'upload'})"
+        return await _in_thread(check_and_decode, data, described, options.max_image_pixels), data
 
     # --- routes --------------------------------------------------------------------------------------
 
