@@ -88,7 +88,7 @@ def mosquitto(directory: Path | None = None, port: int | None = None) -> Iterato
         stack.callback(log.close)
         process = subprocess.Popen([binary, "-c", str(config)], stdout=log, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL)
-        stack.callback(_stop, process)
+        stack.callback(stop_process, process)
         deadline = time.monotonic() + START_TIMEOUT_S
         while not accepts_connections(port):
             if process.poll() is not None:
@@ -102,7 +102,8 @@ def mosquitto(directory: Path | None = None, port: int | None = None) -> Iterato
         yield port
 
 
-def _stop(process: subprocess.Popen) -> None:
+def stop_process(process: subprocess.Popen) -> None:
+    """Terminate a process we started, then kill it if it does not end within STOP_TIMEOUT_S."""
     if process.poll() is None:
         process.terminate()
         try:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from service_support import free_port, wait_until
+from service_support import free_port, stop_process, wait_until
 
 from conftest import KNOWN, LFW, REPO, VIDEO, output_text
 
@@ -146,13 +146,7 @@ def start_server(directory: Path, *extra: str) -> Iterator[Server]:
         yield server
     finally:
         server.http.close()
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=STOP_TIMEOUT_S)
+        stop_process(process)
 
 
 @pytest.fixture(scope="module")
