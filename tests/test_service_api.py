@@ -537,3 +537,35 @@ def test_no_token_is_ever_in_the_server_logs(server, small_server):
         assert wrong not in log
         assert "Bearer" not in log
     assert 'GET /people HTTP/1.1" 200' in small_server.log()  # the access log is on, and still no token
+
+
+# --- encryption at rest ------------------------------------------------------------------------------------
+
+def test_with_a_key_every_photo_vector_and_crop_at_rest_is_sealed_and_the_key_is_required(tmp_path):
+    """--key_file: the enrolment photo, the feature cache and the event vectors are sealed on disk; the API
+    answers in the clear; started again without the key, the service refuses with an error naming it."""
+    from faceid.io.sealed import new_key, write_key_file
+
+    key_file = tmp_path / "service.key"
+    write_key_file(key_file, new_key())
+    runs = start_server(tmp_path, "--key_file", str(key_file))
+    keyed = next(runs)
+    try:
+        assert enrol(keyed, "Al_Gore", GORE[:2]).status_code == 200
+        response = keyed.post("/identify", files={"image": upload(GORE[3])})
+        assert response.status_code == 200 and response.json()["faces"][0]["name"] == "Al_Gore", response.text
+        photos = sorted((keyed.data / "faces" / "Al_Gore").iterdir())
+        assert len(photos) == 2
+        for photo in photos:
+            sealed = photo.read_bytes()
+            assert sealed.startswith(b"FACEID\x00\x01"), photo  # a sealed file, not the JPEG
+            assert all(sealed != path.read_bytes() for path in GORE[:2])
+        person_file = keyed.data / "features" / "people" / "Al_Gore.npz"
+        assert person_file.read_bytes().startswith(b"FACEID\x00\x01")
+    finally:
+        runs.close()
+    refused = subprocess.run([sys.executable, "-m", "faceid", "serve", "--data", str(keyed.data), "--port",
+                              str(free_port())], cwd=REPO, env=server_env(), capture_output=True, text=True,
+                             timeout=CLI_TIMEOUT_S, stdin=subprocess.DEVNULL)
+    assert refused.returncode != 0
+    assert "encrypted" in refused.stderr and "--key_file" in refused.stderr, refused.stderr

@@ -54,8 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default=DEFAULTS.serve_host,
                         help="interface to listen on (default %(default)s: this machine only)")
     parser.add_argument("--port", type=int, default=DEFAULTS.serve_port, help="port (default %(default)s)")
-    parser.add_argument("--camera", action="append", default=[], metavar="NAME=SOURCE",
-                        help="a camera to run (repeatable): a webcam number, a video file or a stream URL")
+    parser.add_argument("--camera", action="extend", nargs="+", default=[], metavar="NAME=SOURCE",
+                        help="cameras to run (--camera a=0 b=door.mp4, or the flag repeated): a webcam number, "
+                             "a video file or a stream URL each")
     parser.add_argument("--loop", action="store_true", help="play the video files of --camera from the start when they end")
     parser.add_argument("--mqtt", default=None, metavar="URL",
                         help="send events to this MQTT broker: mqtt://[user:password@]host[:port]")
