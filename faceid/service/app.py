@@ -117,6 +117,9 @@ def create_app(service: Service, *, manage_service: bool = True):
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, error: StarletteHTTPException):
         message = error.detail if isinstance(error.detail, str) else "invalid request"
+        if error.status_code in (404, 405) and message in ("Not Found", "Method Not Allowed"):  # the router's own
+            message = (f"no endpoint {request.method} {request.url.path} (a name with '/' in it never matches one): "
+                       "the API is described at /docs")
         if error.status_code == 400:  # raised by Starlette's form parser: the body is not what it says
             message = f"malformed request body ({message}): send multipart/form-data with the fields documented at /docs"
         return error_response(error.status_code, message, getattr(error, "headers", None))
