@@ -294,10 +294,7 @@ class FaceID:
     @property
     def people(self) -> list[str]:
         """The enrolled people (those with at least one usable face), sorted."""
-        cache = self._load_cache()
-        if cache is None:
-            return []
-        return sorted(name for name, person in cache.people.items() if len(person.vectors))
+        return list(self.face_counts())
 
     def face_counts(self) -> dict[str, int]:
         """How many usable faces each enrolled person has (by name, sorted)."""
@@ -595,12 +592,16 @@ class FaceID:
             every_frame: detect, embed and decide every face of every frame, no tracking or vote.
         """
         from faceid.apps.live import LiveIdentifier, LiveOptions
-        from faceid.features.embedding import FaceEmbedder
         from faceid.match.gallery import EmptyGallery
 
         gallery = self.gallery() if self.people else EmptyGallery()
-        embedder = FaceEmbedder(self.extractor, _face_options(self.detector, live=True))
-        return LiveIdentifier(embedder, gallery, LiveOptions.per_frame() if every_frame else LiveOptions())
+        return LiveIdentifier(self._live_embedder(), gallery, LiveOptions.per_frame() if every_frame else LiveOptions())
+
+    def _live_embedder(self) -> FaceEmbedder:
+        """A face embedder with this object's model and its detector's live settings (video, cameras)."""
+        from faceid.features.embedding import FaceEmbedder
+
+        return FaceEmbedder(self.extractor, _face_options(self.detector, live=True))
 
     def identify_video(
         self, source: int | str | os.PathLike, *, max_frames: int | None = None, every_frame: bool = False
@@ -626,7 +627,6 @@ class FaceID:
             InputError: the source cannot be opened.
         """
         from faceid.apps.live import identify_frame
-        from faceid.features.embedding import FaceEmbedder
         from faceid.io.video import open_source
 
         if max_frames is not None and max_frames < 1:
@@ -635,7 +635,7 @@ class FaceID:
         frames = open_source(source if isinstance(source, (int, str)) else Path(source))
         # Stills are identified one by one; a stream is tracked and voted on.
         identifier = None if frames.kind == "images" else self.live_identifier(every_frame=every_frame)
-        embedder = identifier.embedder if identifier else FaceEmbedder(self.extractor, _face_options(self.detector, live=True))
+        embedder = identifier.embedder if identifier else self._live_embedder()
         threshold = float(gallery.threshold_)
         with frames:
             for count, (index, seconds, frame_rgb) in enumerate(frames):

@@ -568,15 +568,6 @@ def test_sigterm_closes_the_open_events_and_stops(tmp_path):
     assert [row for row in rows.values() if not row["closed"]] == []
 
 
-def test_sigterm_exits_0(tmp_path):
-    data = tmp_path / "data"
-    server = Server(data, create_token(data), log_dir=tmp_path / "logs").wait_healthy()
-    try:
-        assert server.stop(signal.SIGTERM) == 0, server.log()
-    finally:
-        server.close()
-
-
 def test_a_second_service_on_the_same_data_is_refused_and_the_first_keeps_its_open_events(tmp_path):
     data = tmp_path / "data"
     token = create_token(data)

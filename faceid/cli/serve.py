@@ -38,7 +38,7 @@ logger = logging.getLogger("faceid.serve")
 
 WEBHOOK_SECRET_ENV = "FACEID_WEBHOOK_SECRET"
 ALIASES = {"mqtt_url": "mqtt", "webhook_urls": "webhook", "data_dir": "data", "max_image_pixels": "max_pixels",
-           "max_upload_bytes": "max_upload_mb", "retention_days": "retention_days", "name": "camera",
+           "max_upload_bytes": "max_upload_mb", "name": "camera",
            "source": "camera"}
 
 

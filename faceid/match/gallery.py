@@ -222,7 +222,7 @@ class EmptyGallery:
     """The gallery of nobody: every face is unknown, with no score (``nan``) and no best person.
 
     What live identification decides with before anyone is enrolled (``faceid serve``'s cameras
-    record the strangers they see from the start); it answers like a fitted `Gallery`.
+    record the strangers they see from the start); it answers `identify` like a fitted `Gallery`.
     """
 
     def __init__(self, unknown_label: str = UNKNOWN):
@@ -235,7 +235,3 @@ class EmptyGallery:
         """One unknown :class:`Identification` per face of ``X (m, dim)``."""
         return [Identification(name=self.unknown_label, score=float("nan"), best_person=self.unknown_label)
                 for _ in range(len(X))]
-
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        """``(m,)`` object array of the unknown label."""
-        return np.array([self.unknown_label] * len(X), dtype=object)

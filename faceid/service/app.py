@@ -145,14 +145,11 @@ def create_app(service: Service, *, manage_service: bool = True):
 
     # --- auth ----------------------------------------------------------------------------------
 
-    def authorised(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> str:
-        challenge = {"WWW-Authenticate": "Bearer"}
-        if credentials is None or credentials.scheme.lower() != "bearer":
-            raise HTTPException(401, "missing token: send 'Authorization: Bearer <token>' (faceid serve token create "
-                                     "makes one)", challenge)
-        token_id = service.store.check_token(credentials.credentials)
-        if token_id is None:
-            raise HTTPException(401, "invalid or revoked token", challenge)
+    def authorised(request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> str:
+        """The id of the token `TokenGate` accepted (the bearer scheme is declared here for the OpenAPI description)."""
+        token_id = request.scope.get(TOKEN_ID)
+        if token_id is None:  # a route reached without the gate: refused all the same
+            raise HTTPException(401, MISSING_TOKEN, {"WWW-Authenticate": "Bearer"})
         return token_id
 
     Auth = Annotated[str, Depends(authorised)]
@@ -187,8 +184,6 @@ def create_app(service: Service, *, manage_service: bool = True):
     @app.post("/identify", summary="Every face of an image and who it is (multipart field `image`)")
     async def identify(_: Auth, image: Annotated[UploadFile, File(description="an image")]):
         image_rgb, _data = await read_image(image, "image")
-        if not service.faceid.people:
-            raise HTTPException(409, "nobody is enrolled: POST /people/{name}/faces first")
         return await _in_thread(service.identify, image_rgb)
 
     @app.post("/verify", summary="Whether the largest faces of two images are the same person")
@@ -249,12 +244,15 @@ def create_app(service: Service, *, manage_service: bool = True):
 
 #: What answers without a token: the health check and the API's documentation (no data in either).
 OPEN_PATHS = ("/health", "/docs", "/docs/oauth2-redirect", "/openapi.json")
+MISSING_TOKEN = "missing token: send 'Authorization: Bearer <token>' (faceid serve token create makes one)"
+#: Where `TokenGate` leaves the id of the token it accepted, for the routes (the ASGI scope of the request).
+TOKEN_ID = "faceid.token_id"
 
 
 class TokenGate:
     """ASGI middleware: a request for anything but ``open_paths`` without a valid bearer token is
-    answered 401 (JSON, ``WWW-Authenticate: Bearer``) before its body is read. The routes check the
-    token again through their dependency, which is also what the OpenAPI description shows."""
+    answered 401 (JSON, ``WWW-Authenticate: Bearer``) before its body is read; the id of an accepted
+    token goes to the routes in the scope (`TOKEN_ID`): the one check per request."""
 
     def __init__(self, app, check, open_paths: tuple[str, ...]):
         self.app, self.check, self.open_paths = app, check, open_paths
@@ -265,15 +263,13 @@ class TokenGate:
         header = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            message = "missing token: send 'Authorization: Bearer <token>' (faceid serve token create makes one)"
-        elif self.check(token.strip()) is None:
+            message = MISSING_TOKEN
+        elif (token_id := self.check(token.strip())) is None:
             message = "invalid or revoked token"
         else:
+            scope[TOKEN_ID] = token_id
             return await self.app(scope, receive, send)
-        from starlette.responses import JSONResponse
-
-        await JSONResponse({"error": message}, status_code=401,
-                           headers={"WWW-Authenticate": "Bearer", "Connection": "close"})(scope, receive, send)
+        await _refuse(scope, receive, send, 401, message, {"WWW-Authenticate": "Bearer"})
 
 
 class BodyLimit:
@@ -290,10 +286,10 @@ class BodyLimit:
         length = headers.get(b"content-length")
         if length is not None:
             if not length.isdigit():
-                return await self._refuse(scope, receive, send, 400, "Content-Length is not a number")
+                return await _refuse(scope, receive, send, 400, "Content-Length is not a number")
             if int(length) > self.limit:
-                return await self._refuse(scope, receive, send, 413, f"the request is {int(length) / 2**20:.1f} MiB; "
-                                                                     f"the limit is {self.limit / 2**20:.1f} MiB")
+                return await _refuse(scope, receive, send, 413, f"the request is {int(length) / 2**20:.1f} MiB; "
+                                                                f"the limit is {self.limit / 2**20:.1f} MiB")
             return await self.app(scope, receive, send)
         if scope.get("method") not in ("POST", "PUT", "PATCH"):
             return await self.app(scope, receive, send)
@@ -305,8 +301,8 @@ class BodyLimit:
                 break
             size += len(message.get("body", b""))
             if size > self.limit:
-                return await self._refuse(scope, receive, send, 413,
-                                          f"the request is over the limit of {self.limit / 2**20:.1f} MiB")
+                return await _refuse(scope, receive, send, 413,
+                                     f"the request is over the limit of {self.limit / 2**20:.1f} MiB")
             if not message.get("more_body", False):
                 break
 
@@ -315,11 +311,14 @@ class BodyLimit:
 
         return await self.app(scope, replay, send)
 
-    @staticmethod
-    async def _refuse(scope, receive, send, status: int, message: str):
-        from starlette.responses import JSONResponse
 
-        await JSONResponse({"error": message}, status_code=status, headers={"Connection": "close"})(scope, receive, send)
+async def _refuse(scope, receive, send, status: int, message: str, headers: dict[str, str] | None = None):
+    """Answer an ASGI request with ``{"error": message}`` before a route sees it (the connection then closes:
+    its body, unread, may still be on the way)."""
+    from starlette.responses import JSONResponse
+
+    await JSONResponse({"error": message}, status_code=status,
+                       headers={**(headers or {}), "Connection": "close"})(scope, receive, send)
 
 
 async def _in_thread(function, *args):

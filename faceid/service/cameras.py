@@ -110,17 +110,13 @@ class CameraStats:
     frames_dropped: int = 0
     faces: int = 0
     reconnects: int = 0
-    errors: int = 0
     processing_seconds: float = 0.0  # sum over processed frames
-    latency_seconds: list[float] = field(default_factory=list)  # recent per-frame processing times
     started: float = field(default_factory=time.monotonic)
 
     def observe(self, seconds: float, faces: int) -> None:
         self.frames_processed += 1
         self.faces += faces
         self.processing_seconds += seconds
-        self.latency_seconds.append(seconds)
-        del self.latency_seconds[:-200]
 
 
 class Camera:
@@ -227,7 +223,6 @@ class Camera:
                 source = open_source(self.config.source)
                 source.open()
             except Exception as error:  # noqa: BLE001 - any failure to open is a reason to retry
-                self.stats.errors += 1
                 self._retry_later(f"cannot open: {_reason(error)}", wait)
                 wait = min(wait * 2, self.retry_max)
                 continue
@@ -236,7 +231,6 @@ class Camera:
                 outcome = self._identify(source)
             except Exception as error:  # noqa: BLE001 - a failing camera is retried, never fatal
                 logger.exception("camera %s: identification failed", self.name)
-                self.stats.errors += 1
                 outcome = f"failed: {_reason(error)}"
             finally:
                 source.close()

@@ -157,10 +157,6 @@ class Service:
 
     # --- people ------------------------------------------------------------------------------------
 
-    @property
-    def people_version(self) -> int:
-        return self._people_version
-
     def people(self) -> list[dict[str, Any]]:
         """The enrolled people with how many faces each has, and when they were enrolled."""
         with self.people_lock:
@@ -229,7 +225,14 @@ class Service:
         return {"name": name, "forgotten": True, "events_removed": events}
 
     def identify(self, image_rgb) -> dict[str, Any]:
+        """Every face of an image and who it is (``POST /identify``).
+
+        Raises:
+            ConflictError: nobody is enrolled.
+        """
         with self.people_lock:
+            if not self.faceid.people:
+                raise ConflictError("nobody is enrolled: POST /people/{name}/faces first")
             faces = self.faceid.identify(image_rgb)
         return {"faces": [{"box": list(face.box), "name": face.name, "score": round(face.score, 4),
                            "threshold": round(face.threshold, 4)} for face in faces]}
