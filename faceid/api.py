@@ -369,6 +369,26 @@ class FaceID:
                               f"{name!r} is not enrolled; give photos where the face is visible and large enough")
         return summary.embedded
 
+    def remove_images(self, name: str, file_names: Iterable[str]) -> int:
+        """Remove some of a person's images from the cache, by the file names they were enrolled under
+        (their vectors leave the gallery; the person's other images stay). A person left with no
+        image is no longer enrolled.
+
+        Returns:
+            How many vectors were removed.
+
+        Raises:
+            InputError: ``name`` is not in the cache.
+        """
+        from faceid.features.extract import remove_images
+
+        _check_name(name)
+        if self._load_cache() is None:
+            raise InputError(f"no person {name!r}: nobody is enrolled in {self.features}")
+        removed = remove_images(self.features, self.extractor, name, list(file_names), key=self.key)
+        self._cache = self._gallery = None
+        return removed
+
     def forget(self, name: str, *, faces_path: str | os.PathLike | None = None) -> None:
         """Erase a person from the cache (their vectors, their file names, their counts).
 

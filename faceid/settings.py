@@ -199,8 +199,10 @@ class Settings:
     # event_crop_growth times larger (area).
     event_flush_seconds: float = 2.0
     event_crop_growth: float = 1.3
-    # Margin around the face box in an event's crop, as a share of the box side; JPEG quality.
-    event_crop_margin: float = 0.4
+    # Margin around the face box in an event's crop, as a share of the box side; JPEG quality. 0.6 as
+    # the clusters' crops (apps/clustering.py: CLUSTER_CROP): naming an unknown cluster or correcting an
+    # event enrols its crop, and the face is found again in 0.6 crops where 0.25 crops lost some.
+    event_crop_margin: float = 0.6
     event_crop_quality: int = 90
     # Closed events (their rows and crops) older than this many days are deleted.
     retention_days: float = 30.0
@@ -210,6 +212,11 @@ class Settings:
     # GET /events returns at most this many events per request (default event_page).
     event_page: int = 100
     event_page_max: int = 1000
+    # The web page: a sign-in lasts session_hours; a camera's live view is sent at most stream_fps
+    # frames a second; naming an unknown cluster enrols its unknown_enrol_faces most typical faces.
+    session_hours: float = 12.0
+    stream_fps: float = 5.0
+    unknown_enrol_faces: int = 8
 
 
 DEFAULTS = Settings()

@@ -9,6 +9,15 @@ own (anonymous, no persistence), waits until it accepts connections, and stops i
 or, as a fixture, ``mosquitto_port`` (import it into a test module: ``from service_support import
 mosquitto_port``). A binary that is missing skips the test here, and fails it under CI (``$CI`` set),
 where ``.ci/run`` installs it.
+
+The web page's tests drive the system's Chromium (``chromium`` and ``chromedriver``, Debian's ``chromium``
+and ``chromium-driver``) headless through Selenium; nothing is downloaded::
+
+    with chromium_driver(tmp_path / "screenshots") as driver:
+        driver.get(url)
+        screenshot(driver, "people")               # a PNG, into $FACEID_SCREENSHOTS when it is set
+        assert console_errors(driver) == []        # the browser console's errors since the last call
+        assert axe_violations(driver) == []        # axe-core's WCAG 2 A and AA rules on the page
 """
 
 from __future__ import annotations
@@ -175,3 +184,84 @@ def mosquitto_port(tmp_path) -> Iterator[int]:
     """A real Mosquitto broker for one test; its port."""
     with mosquitto(tmp_path / "mosquitto") as port:
         yield port
+
+
+# --- the web page in a real browser: headless Chromium through Selenium ---------------------------
+
+CHROMIUM, CHROMEDRIVER = "chromium", "chromedriver"
+SCREENSHOTS_ENV = "FACEID_SCREENSHOTS"  # where screenshots go when set (kept after the run, to look at)
+AXE_TIMEOUT_S = 120.0  # one axe-core run (a large page on a loaded machine takes seconds)
+# The WCAG 2.0 and 2.1 level A and AA rules: labels, names, contrast, keyboard traps, language, ...
+AXE_TAGS = ("wcag2a", "wcag2aa", "wcag21a", "wcag21aa")
+
+
+@contextlib.contextmanager
+def chromium_driver(screenshots_dir: Path) -> Iterator:
+    """A Selenium driver of the system's Chromium, headless, 1280x900, that records the browser console;
+    quit when the block ends. Its screenshots (`screenshot`) go to ``$FACEID_SCREENSHOTS`` when set, else
+    to ``screenshots_dir``.
+
+    Both binaries come from the system (skipped here, failed under CI, when missing) and the driver's path
+    is given to Selenium, so Selenium Manager never runs and nothing is downloaded.
+    """
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    driver_path, browser_path = require_binary(CHROMEDRIVER), require_binary(CHROMIUM)
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser_path
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,900",
+                     "--disable-gpu", "--no-first-run", "--disable-extensions", "--lang=en-GB"):
+        options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
+    driver.faceid_screenshots = Path(os.environ.get(SCREENSHOTS_ENV) or screenshots_dir)
+    driver.faceid_screenshots.mkdir(parents=True, exist_ok=True)
+    driver.set_script_timeout(AXE_TIMEOUT_S)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def screenshot(driver, name: str) -> Path:
+    """Save the browser's viewport as ``NAME.png`` in the driver's screenshot folder (see
+    `chromium_driver`); prints and returns its path."""
+    path = driver.faceid_screenshots / f"{name}.png"
+    if not driver.save_screenshot(str(path)):
+        pytest.fail(f"the browser did not save the screenshot {path}", pytrace=False)
+    print(f"screenshot: {path}")
+    return path
+
+
+def console_errors(driver, allowed: tuple[str, ...] = ()) -> list[str]:
+    """The browser console's errors (level SEVERE: uncaught exceptions, ``console.error``, failed loads)
+    since the last call (reading the log empties it), less those whose message contains one of
+    ``allowed`` (an error the test caused on purpose, such as the 401 of a wrong token)."""
+    return [entry["message"] for entry in driver.get_log("browser")
+            if entry["level"] == "SEVERE" and not any(text in entry["message"] for text in allowed)]
+
+
+def axe_violations(driver, context: str = "document") -> list[dict]:
+    """axe-core's violations of the WCAG 2 A and AA rules (`AXE_TAGS`) on the page as it is now, in the
+    element ``context`` (a JavaScript expression: ``"document"``, or a CSS selector in quotes).
+
+    axe-core's script is the one the ``axe-core-python`` package ships (``axe.min.js``), injected into
+    the page by Selenium (a CSP on the page does not apply to it). Each violation is ``{"id", "impact",
+    "help", "targets"}``, ``targets`` the CSS selectors of the elements at fault, so a failure says what
+    to fix and where; ``[]`` when the page passes.
+    """
+    from importlib import resources
+
+    if not driver.execute_script("return typeof window.axe === 'object'"):
+        driver.execute_script((resources.files("axe_core_python") / "axe.min.js").read_text(encoding="utf-8"))
+    result = driver.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        f"axe.run({context}, {{runOnly: {{type: 'tag', values: arguments[0]}}, resultTypes: ['violations']}})"
+        ".then(results => done({violations: results.violations}), error => done({error: String(error)}));",
+        list(AXE_TAGS))
+    if "error" in result:
+        pytest.fail(f"axe-core failed on {driver.current_url}: {result['error']}", pytrace=False)
+    return [{"id": violation["id"], "impact": violation["impact"], "help": violation["help"],
+             "targets": [" ".join(node["target"]) for node in violation["nodes"]]}
+            for violation in result["violations"]]

@@ -191,3 +191,34 @@ def test_saved_clusterings_are_sealed_and_refuse_another_extractor(lfw, tmp_path
         Clustering.load(sealed)
     with pytest.raises(Exception, match="key"):
         Clustering.load(sealed, key=new_key())
+
+
+def test_removed_faces_leave_and_emptied_clusters_go_without_reusing_ids(lfw, tmp_path):
+    vectors, people, manifest = lfw
+    clustering = Clustering.create(vectors, records(people), fingerprint=manifest["fingerprint"],
+                                   thresholds=merge_thresholds(manifest))
+    first, second = clustering.ordered()[:2]
+    first_faces, second_faces = list(first.faces), list(second.faces)
+    kept = first_faces[1:]
+    next_face, next_cluster = clustering._next_face, clustering._next_cluster
+    changes = clustering.remove(first_faces[:1] + second_faces)
+    assert changes.removed == [second.id]
+    assert changes.changed == {first.id: {"added": 0, "removed": 1}}
+    assert changes.unchanged == len(clustering.clusters) - 1
+    assert clustering.clusters[first.id].faces == kept and clustering.clusters[first.id].representative in kept
+    assert len(clustering.faces) == len(people) - 1 - len(second_faces)
+    # each remaining face keeps its own vector (create numbered the faces in record order)
+    for face in kept:
+        row = int(face[1:]) - 1
+        np.testing.assert_allclose(clustering.vectors_of([face])[0], vectors[row] / np.linalg.norm(vectors[row]),
+                                   atol=1e-5)
+    with pytest.raises(InputError, match="not in this clustering"):
+        clustering.remove(second_faces[:1])
+    clustering.save(tmp_path)
+    again = Clustering.load(tmp_path, fingerprint=manifest["fingerprint"])
+    assert {c.id: c.faces for c in again.clusters.values()} == {c.id: c.faces for c in clustering.clusters.values()}
+    # the faces come back as new faces in a new cluster: no id is given twice
+    second_rows = [int(face[1:]) - 1 for face in second_faces]
+    added = again.add(vectors[second_rows], [records(people)[row] for row in second_rows])
+    assert added.created and all(int(cluster_id[1:]) >= next_cluster for cluster_id in added.created)
+    assert all(int(face[1:]) >= next_face for cluster_id in added.created for face in again.clusters[cluster_id].faces)

@@ -39,7 +39,7 @@ from faceid.service.sinks import verify_signature
 MIRANDA, LACAMOIRE = "lin-manuel-miranda", "alex-lacamoire"
 PEOPLE = (MIRANDA, LACAMOIRE)
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
-EVENT_KEYS = {"id", "camera", "track", "name", "score", "start", "end", "closed", "face"}
+EVENT_KEYS = {"id", "camera", "track", "name", "score", "start", "end", "closed", "face", "corrected"}
 WEBHOOK_SECRET = b"a-secret-for-the-live-tests"
 
 # Generous bounds for a loaded 2-core machine; they only turn a hang into a failure that says what hung.
@@ -423,6 +423,86 @@ def test_webhooks_receive_signed_new_events(clip_server):
     assert any(payload["event"]["name"] == MIRANDA for payload in news) or \
         any(json.loads(body)["event"]["name"] == MIRANDA for _, headers, body in deliveries
             if headers["X-Faceid-Event"] in ("update", "end"))
+
+
+UNKNOWN_KEYS = {"id", "faces", "events", "first_seen", "last_seen", "cameras", "representative", "sample"}
+
+
+def test_the_clips_unknown_faces_become_clusters_and_a_named_cluster_is_enrolled_with_its_events(clip_server):
+    server = clip_server.server
+    unknown_events = {event["id"]: event for event in server.events(camera="clip", person="unknown")}
+    clusters = server.json("/unknowns")["unknowns"]
+    assert clusters, f"the clip's {len(unknown_events)} unknown events made no cluster"
+    clustered = []
+    for cluster in clusters:
+        assert set(cluster) == UNKNOWN_KEYS, cluster
+        assert cluster["faces"] == cluster["events"] >= 1 and cluster["cameras"] == ["clip"], cluster
+        assert cluster["representative"] in cluster["sample"] and len(cluster["sample"]) <= 8, cluster
+        detail = server.json(f"/unknowns/{cluster['id']}")
+        assert len(detail["event_ids"]) == cluster["events"], detail
+        assert cluster["first_seen"] == min(unknown_events[event]["start"] for event in detail["event_ids"])
+        clustered += detail["event_ids"]
+    assert len(clustered) == len(set(clustered)), "an event is in two clusters"
+    # Every unknown event with a face is clustered (the camera ended: all are closed, each with its best face).
+    assert set(clustered) == {event["id"] for event in unknown_events.values() if event["face"]}
+    sizes = [cluster["faces"] for cluster in clusters]
+    assert sizes == sorted(sizes, reverse=True), "not largest first"
+
+    # Name the largest cluster whose crops give a face (a cluster of hands or blurs gives none: a 422 that says so).
+    for cluster in clusters:
+        response = server.request("POST", f"/unknowns/{cluster['id']}/name", json={"name": "performer"})
+        if response.status_code != 422:
+            break
+    assert response.status_code == 200, response.text
+    named = response.json()
+    assert named["id"] == cluster["id"] and named["name"] == "performer" and named["enrolled"] >= 1, named
+    assert named["events"] == cluster["events"], named
+    assert cluster["id"] not in {item["id"] for item in server.json("/unknowns")["unknowns"]}
+    assert server.get(f"/unknowns/{cluster['id']}").status_code == 404
+    people = {person["name"]: person for person in server.json("/people")["people"]}
+    assert people["performer"]["faces"] == named["enrolled"] and people["performer"]["events"] == cluster["events"]
+    photos = server.json("/people/performer/faces")["photos"]
+    assert photos and {photo["source"] for photo in photos} == {"cluster"}
+    assert {photo["event"] for photo in photos} <= set(clustered), photos
+    assert len(server.events(camera="clip", person="performer")) == cluster["events"]
+
+
+def test_a_correction_relabels_the_event_takes_its_face_out_of_the_wrong_person_and_is_counted(clip_server):
+    server = clip_server.server
+    photos = server.json("/people/performer/faces")["photos"]  # the cluster named by the test above
+    event_id = photos[0]["event"]
+    # "This is not performer": the event becomes unknown and its face leaves performer's enrolment.
+    response = server.request("POST", f"/events/{event_id}/correct", json={"name": None})
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["previous"] == "performer" and answer["removed_from"] == "performer", answer
+    assert answer["event"]["name"] is None and answer["event"]["corrected"] is True and answer["enrolled"] is False
+    assert photos[0]["id"] not in {photo["id"] for photo in server.json("/people/performer/faces")["photos"]}
+    assert server.json(f"/events/{event_id}")["corrected"] is True
+    corrections = server.json("/corrections")["corrections"]
+    assert corrections[0] == {"id": answer["correction"], "event": event_id, "previous": "performer", "name": None,
+                              "at": corrections[0]["at"]}
+    people = {person["name"]: person for person in server.json("/people")["people"]}
+    assert people.get("performer", {"corrections": 1})["corrections"] == 1
+    # Back among the unknown faces, in a cluster.
+    clustered = {event for cluster in server.json("/unknowns")["unknowns"]
+                 for event in server.json(f"/unknowns/{cluster['id']}")["event_ids"]}
+    assert event_id in clustered
+    # "This is Miranda": the event is relabelled and its face enrolled under Miranda, recorded as a correction's.
+    before = {photo["id"] for photo in server.json(f"/people/{MIRANDA}/faces")["photos"]}
+    response = server.request("POST", f"/events/{event_id}/correct", json={"name": MIRANDA})
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["previous"] is None and answer["event"]["name"] == MIRANDA, answer
+    added = [photo for photo in server.json(f"/people/{MIRANDA}/faces")["photos"] if photo["id"] not in before]
+    assert answer["enrolled"] is (len(added) == 1), (answer, added)
+    assert all(photo["source"] == "correction" and photo["event"] == event_id for photo in added), added
+    assert event_id not in {event for cluster in server.json("/unknowns")["unknowns"]
+                            for event in server.json(f"/unknowns/{cluster['id']}")["event_ids"]}
+    # Bad corrections: a JSON error that says what is wrong.
+    assert server.request("POST", "/events/999999/correct", json={"name": None}).status_code == 404
+    assert server.request("POST", f"/events/{event_id}/correct", json={"name": "unknown"}).status_code == 400
+    assert server.request("POST", f"/events/{event_id}/correct", json={}).status_code == 422
 
 
 def test_token_create_list_and_revoke(clip_server):

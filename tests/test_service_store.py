@@ -223,7 +223,7 @@ def test_an_event_is_inserted_updated_and_read_as_the_public_dict(store):
     event_id = store.insert_event("door", 7, None, 0.123456, T0, T0, vector)
     assert store.get_event(event_id) == {
         "id": event_id, "camera": "door", "track": 7, "name": None, "score": 0.1235,
-        "start": "2026-12-07T07:30:00.000Z", "end": "2026-12-07T07:30:00.000Z", "closed": False, "face": None}
+        "start": "2026-12-07T07:30:00.000Z", "end": "2026-12-07T07:30:00.000Z", "closed": False, "face": None, "corrected": False}
     assert store.update_event(event_id, name="alice", score=0.9, end=T0 + timedelta(seconds=5)) is True
     np.testing.assert_array_equal(store.event_vector(event_id), vector)  # vector=None keeps it
     store.update_event(event_id, name="alice", score=0.95, end=T0 + timedelta(seconds=9), vector=vector * 2,

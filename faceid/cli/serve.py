@@ -165,6 +165,14 @@ def serve(service, host: str, port: int, verbose: bool = False) -> None:
     except SystemExit:  # uvicorn logged why (in use, no permission)
         raise InputError(f"could not listen on {host}:{port}: is the port in use? pass another --port") from None
     server = uvicorn.Server(config)
+    # Open live views (MJPEG streams) would hold the graceful shutdown until its timeout: they end when told.
+    handle_exit = server.handle_exit
+
+    def stop_streams_then_exit(sig, frame) -> None:
+        service.closing.set()
+        handle_exit(sig, frame)
+
+    server.handle_exit = stop_streams_then_exit
     # uvicorn stops gracefully on SIGTERM, then raises the signal again for the handler it found: a
     # handler that does nothing lets the process exit 0 after an orderly stop (what service managers expect).
     signal.signal(signal.SIGTERM, lambda signum, frame: None)

@@ -12,6 +12,7 @@ method and thresholds; sealed when a key is given, like a feature cache's manife
   of the old cluster it shares most faces with (each old id once, names follow ids), and the changes
   say which ids were kept, changed, created and removed.
 - `Clustering.merge`, `Clustering.split`, `Clustering.name_cluster`: a person's corrections.
+- `Clustering.remove`: faces leave (their source was deleted or corrected); emptied clusters go, ids are not reused.
 """
 
 from __future__ import annotations
@@ -403,6 +404,41 @@ class Clustering:
         new_id = self._new_cluster(face_ids)
         return ClusterChanges(created=[new_id], changed={cluster_id: {"added": 0, "removed": len(face_ids)}},
                               split={cluster_id: [new_id]}, unchanged=len(self.clusters) - 2)
+
+    def remove(self, face_ids: list[str]) -> ClusterChanges:
+        """Drop faces, their vectors and records: a cluster left empty is removed, the others keep their id
+        and name (representative and cohesion recomputed). Ids are never given again.
+
+        Raises:
+            InputError: a face that is not in this clustering.
+        """
+        gone = set(face_ids)
+        missing = sorted(gone - self.faces.keys())
+        if missing:
+            raise InputError(f"faces {', '.join(missing[:12])} are not in this clustering (`face_ids`)")
+        changes = ClusterChanges()
+        shrunk = []
+        for cluster_id in list(self.clusters):
+            cluster = self.clusters[cluster_id]
+            kept = [face for face in cluster.faces if face not in gone]
+            if len(kept) == len(cluster.faces):
+                changes.unchanged += 1
+            elif not kept:
+                del self.clusters[cluster_id]
+                changes.removed.append(cluster_id)
+            else:
+                changes.changed[cluster_id] = {"added": 0, "removed": len(cluster.faces) - len(kept)}
+                cluster.faces = kept
+                shrunk.append(cluster_id)
+        if gone:
+            kept_faces = [face for face in sorted(self._rows, key=self._rows.get) if face not in gone]
+            self._units = self._units[[self._rows[face] for face in kept_faces]].reshape(len(kept_faces), self.dim)
+            self._rows = {face: row for row, face in enumerate(kept_faces)}
+            for face in gone:
+                del self.faces[face]
+        for cluster_id in shrunk:
+            self._refresh(cluster_id)
+        return changes
 
     def name_cluster(self, cluster_id: str, person: str | None) -> None:
         """Record that a cluster is ``person`` (``None``: forget the name). Enrolling its faces is the caller's."""

@@ -278,3 +278,35 @@ def _plan_person(name: str, files: list[Path], previous: PersonFeatures | None, 
     return plan
 
 
+
+
+def remove_images(features_dir: str | Path, extractor: Extractor, person: str, file_names: list[str], *,
+                  key: Key | None = None) -> int:
+    """Drop images from a person's entry in the cache (their vectors and skip records), by the file names
+    they were cached under; the rest of the cache is untouched. A person left with nothing leaves the cache.
+
+    Returns:
+        How many vectors were removed.
+
+    Raises:
+        InputError: ``person`` is not in the cache. ManifestMismatchError: a cache of another extractor.
+    """
+    features_dir = Path(features_dir)
+    people = _open_or_start_cache(features_dir, extractor, False, key)
+    if person not in people:
+        raise InputError(f"no person {person!r} in the feature cache {features_dir}")
+    before, dropped = people[person], set(file_names)
+    keep = [row for row, file in enumerate(before.files) if file not in dropped]
+    after = PersonFeatures(name=person, vectors=before.vectors[keep], files=[before.files[row] for row in keep],
+                           hashes=[before.hashes[row] for row in keep],
+                           skipped={file: record for file, record in before.skipped.items() if file not in dropped})
+    counts = {name: len(entry.vectors) for name, entry in people.items()}
+    person_file = features_dir / PEOPLE_DIR / f"{person}.npz"
+    if len(after.files) or after.skipped:
+        after.save(person_file, extractor.fingerprint, key=key)
+        counts[person] = len(after.vectors)
+    else:
+        person_file.unlink(missing_ok=True)
+        del counts[person]
+    write_manifest(features_dir, cache_manifest(extractor.manifest, counts), key)
+    return len(before.files) - len(keep)

@@ -11,7 +11,9 @@ OpenAPI: ``/docs`` and ``/openapi.json``.
 
 # No `from __future__ import annotations`: FastAPI reads the routes' annotations, which name classes
 # imported inside create_app (FastAPI is the [serve] extra, imported only when an app is made).
+import asyncio
 import logging
+import secrets
 import time
 from contextlib import asynccontextmanager
 from typing import Any
@@ -28,6 +30,7 @@ from faceid.errors import (
 )
 from faceid.extras import require_all
 from faceid.service.cameras import CameraConfig
+from faceid.service import web
 from faceid.service.metrics import Metrics
 from faceid.service.server import Service
 from faceid.service.store import parse_time
@@ -57,7 +60,8 @@ def create_app(service: Service, *, manage_service: bool = True):
     from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
     from fastapi import Path as PathParam
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, PlainTextResponse, Response
+    from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
+    from fastapi.responses import StreamingResponse
     from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
     from pydantic import BaseModel, Field, StrictInt, StrictStr
     from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -68,6 +72,20 @@ def create_app(service: Service, *, manage_service: bool = True):
         name: str = Field(description="1-64 letters, digits, '_', '.' or '-'")
         source: StrictStr | StrictInt = Field(description="a webcam number, a stream URL (rtsp://, http://, ...) or a video file")
         loop: bool = Field(False, description="play a video file from the start again when it ends")
+
+    class CorrectionIn(BaseModel):
+        """``POST /events/{id}/correct``: who the event's face is; ``null``: not a known person."""
+
+        name: StrictStr | None = Field(description="an enrolled or new person's name, or null")
+
+    class NameIn(BaseModel):
+        name: StrictStr = Field(description="the person the cluster is")
+
+    class MergeIn(BaseModel):
+        into: StrictStr = Field(description="the id of the cluster that takes this one's faces")
+
+    class SplitIn(BaseModel):
+        events: list[StrictInt] | None = Field(None, description="the events to split off; none: in two, automatically")
 
     options = service.options
     metrics = Metrics(service)
@@ -108,7 +126,9 @@ def create_app(service: Service, *, manage_service: bool = True):
         problems = []
         for item in error.errors():
             if item.get("type") == "json_invalid":
-                problems.append("the body is not valid JSON: send e.g. {\"name\": \"door\", \"source\": \"rtsp://...\"}")
+                example = ("e.g. {\"name\": \"door\", \"source\": \"rtsp://...\"}" if request.url.path == "/cameras"
+                           else "the body documented at /docs")
+                problems.append(f"the body is not valid JSON: send {example}")
                 continue
             where = ".".join(str(part) for part in item.get("loc", ()) if part != "body")
             problems.append(f"{where}: {item.get('msg', 'invalid')}")
@@ -137,11 +157,13 @@ def create_app(service: Service, *, manage_service: bool = True):
         started = time.perf_counter()
         response = await call_next(request)
         metrics.observe_request(request, response.status_code, time.perf_counter() - started)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")  # a body is what its type says, never sniffed
         return response
 
     # Outermost: no token, no reading of the body; then a body over the limit is refused before anything reads it.
     app.add_middleware(BodyLimit, limit=options.max_upload_bytes)
-    app.add_middleware(TokenGate, check=service.store.check_token, open_paths=OPEN_PATHS)
+    app.add_middleware(TokenGate, check=service.store.check_token, open_paths=OPEN_PATHS,
+                       check_session=service.store.check_session, open_prefixes=OPEN_PREFIXES, open_routes=OPEN_ROUTES)
 
     # --- auth ----------------------------------------------------------------------------------
 
@@ -220,7 +242,7 @@ def create_app(service: Service, *, manage_service: bool = True):
         jpeg = service.store.read_crop(event_id)
         if jpeg is None:
             raise HTTPException(404, f"no face crop for event {event_id}")
-        return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+        return Response(jpeg, media_type="image/jpeg", headers=web.IMAGE_HEADERS)
 
     @app.get("/cameras", summary="The cameras, their state and counters")
     def cameras(_: Auth) -> dict[str, Any]:
@@ -233,6 +255,160 @@ def create_app(service: Service, *, manage_service: bool = True):
     @app.delete("/cameras/{name}", summary="Stop and remove a camera (its events are kept)")
     def remove_camera(name: str, _: Auth) -> dict[str, Any]:
         return service.remove_camera(name)
+
+    @app.get("/cameras/{name}/frame.jpg", summary="A camera's latest identified frame, boxes and names drawn",
+             response_class=Response)
+    def camera_frame(name: str, _: Auth) -> Response:
+        view = service.camera(name).view_jpeg()
+        if view is None:
+            raise HTTPException(404, f"camera {name!r} has identified no frame yet")
+        return Response(view[1], media_type="image/jpeg", headers={**web.IMAGE_HEADERS, "Cache-Control": "no-store"})
+
+    @app.get("/cameras/{name}/stream.mjpg", summary="A camera's live view: its identified frames as MJPEG",
+             response_class=Response)
+    async def camera_stream(name: str, _: Auth) -> Response:
+        camera = service.camera(name)
+
+        async def frames():
+            number = -1
+            while not service.closing.is_set() and service.cameras.get(name) is camera:
+                view = await _in_thread(camera.view_jpeg, number)
+                if view is not None:
+                    number, jpeg = view
+                    yield b"".join((b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: ",
+                                    str(len(jpeg)).encode(), b"\r\n\r\n", jpeg, b"\r\n"))
+                await asyncio.sleep(1.0 / DEFAULTS.stream_fps)
+
+        return StreamingResponse(frames(), media_type="multipart/x-mixed-replace; boundary=frame",
+                                 headers={**web.IMAGE_HEADERS, "Cache-Control": "no-store"})
+
+    # --- photos, corrections, unknown people -----------------------------------------------------------
+
+    @app.get("/people/{name}/faces", summary="A person's enrolment photos")
+    def photos(name: str, _: Auth) -> dict[str, Any]:
+        return {"name": name, "photos": service.photos(name)}
+
+    @app.get("/people/{name}/faces/{photo}", summary="One enrolment photo (an image, never a document)",
+             response_class=Response)
+    def photo(name: str, photo: str, _: Auth) -> Response:
+        data, media_type = service.photo(name, photo)
+        return Response(data, media_type=media_type,
+                        headers={**web.IMAGE_HEADERS, "Content-Disposition": f'inline; filename="{photo}"'})
+
+    @app.delete("/people/{name}/faces/{photo}", summary="Remove one enrolment photo (and its face from the gallery)")
+    def remove_photo(name: str, photo: str, _: Auth) -> dict[str, Any]:
+        return service.remove_photo(name, photo)
+
+    @app.post("/events/{event_id}/correct", summary="Correct who an event's face is ({\"name\": null}: not a known person)")
+    def correct(event_id: EventId, correction: CorrectionIn, token_id: Auth) -> dict[str, Any]:
+        return service.correct(event_id, correction.name, token_id)
+
+    @app.get("/corrections", summary="The corrections made, newest first")
+    def corrections(_: Auth, person: str | None = None,
+                    limit: Annotated[int, Query(ge=1, le=DEFAULTS.event_page_max)] = DEFAULTS.event_page_max):
+        return {"corrections": service.store.list_corrections(person, limit)}
+
+    @app.get("/unknowns", summary="Clusters of the unknown faces, largest and most recent first")
+    def unknowns(_: Auth) -> dict[str, Any]:
+        return {"unknowns": service.unknowns.list()}
+
+    @app.get("/unknowns/{cluster_id}", summary="One cluster of unknown faces, with all its events")
+    def unknown(cluster_id: str, _: Auth) -> dict[str, Any]:
+        return service.unknowns.get(cluster_id)
+
+    @app.post("/unknowns/{cluster_id}/name", summary="Enrol a cluster as a person and relabel its events")
+    def name_unknown(cluster_id: str, body: NameIn, _: Auth) -> dict[str, Any]:
+        return service.name_unknown(cluster_id, body.name)
+
+    @app.post("/unknowns/{cluster_id}/merge", summary="Merge a cluster into another")
+    def merge_unknown(cluster_id: str, body: MergeIn, _: Auth) -> dict[str, Any]:
+        return service.unknowns.merge(cluster_id, body.into)
+
+    @app.post("/unknowns/{cluster_id}/split", summary="Split a cluster: the events given, or in two")
+    def split_unknown(cluster_id: str, _: Auth, body: SplitIn | None = None) -> dict[str, Any]:
+        return service.unknowns.split(cluster_id, None if body is None else body.events)
+
+    @app.post("/unknowns/{cluster_id}/dismiss", summary="Hide a cluster (and the faces that join it later)")
+    def dismiss_unknown(cluster_id: str, _: Auth) -> dict[str, Any]:
+        return service.unknowns.dismiss(cluster_id)
+
+    # --- the web page ------------------------------------------------------------------------------------
+
+    def page(body: str, status: int = 200) -> HTMLResponse:
+        return HTMLResponse(body, status_code=status, headers=web.PAGE_HEADERS)
+
+    def cookie_options(request: Request) -> dict[str, Any]:
+        return {"httponly": True, "samesite": "strict", "path": "/", "secure": request.url.scheme == "https"}
+
+    def signin(request: Request, error: str = "", status: int = 200) -> HTMLResponse:
+        csrf = web.cookie_value(request.cookies, web.CSRF_COOKIE) or secrets.token_urlsafe(32)
+        response = page(web.signin_page(csrf, error), status)
+        response.set_cookie(web.CSRF_COOKIE, csrf, **cookie_options(request))
+        return response
+
+    @app.get("/", summary="The web page: sign-in, or the app once signed in", response_class=HTMLResponse)
+    def home(request: Request) -> HTMLResponse:
+        session = web.cookie_value(request.cookies, web.SESSION_COOKIE)
+        found = None if session is None else service.store.check_session(session)
+        if found is None:
+            return signin(request)
+        with service.people_lock:
+            people = service.faceid.people
+        return page(web.app_page(found["csrf"], people, __version__))
+
+    @app.post("/session", summary="Sign in on the web page with a token (form fields token and csrf, or JSON)")
+    async def sign_in(request: Request) -> Response:
+        form = not request.headers.get("content-type", "").startswith("application/json")
+
+        def refuse(status: int, message: str) -> Response:
+            return signin(request, message, status) if form else error_response(status, message)
+
+        if not web.same_origin(request.headers.get("origin"), request.url.scheme, request.headers.get("host")):
+            return refuse(403, "a sign-in from another site is refused")
+        if form:
+            fields = await request.form()
+            token, csrf = fields.get("token"), fields.get("csrf")
+        else:
+            try:
+                body = await request.json()
+            except ValueError:
+                return refuse(422, "the body is not valid JSON: send {\"token\": \"...\"}")
+            token, csrf = body.get("token") if isinstance(body, dict) else None, request.headers.get(web.CSRF_HEADER)
+        if not web.same_value(csrf if isinstance(csrf, str) else None, web.cookie_value(request.cookies, web.CSRF_COOKIE)):
+            return refuse(403, "the sign-in form had expired: reload the page and sign in again")
+        token_id = service.store.check_token(token.strip()) if isinstance(token, str) and token.strip() else None
+        if token_id is None:
+            return refuse(401, "wrong or revoked token")
+        session, csrf, expires = service.store.create_session(token_id, DEFAULTS.session_hours)
+        response = RedirectResponse("/", 303) if form else JSONResponse({"signed_in": True, "csrf": csrf,
+                                                                         "expires": expires})
+        response.set_cookie(web.SESSION_COOKIE, session, max_age=int(DEFAULTS.session_hours * 3600),
+                            **cookie_options(request))
+        return response
+
+    @app.get("/session", summary="The page's session: its CSRF token and when it ends")
+    def session_info(request: Request, token_id: Auth) -> dict[str, Any]:
+        session = request.scope.get(SESSION)
+        found = None if session is None else service.store.check_session(session)
+        return {"token": token_id, "csrf": None if found is None else found["csrf"],
+                "expires": None if found is None else found["expires"]}
+
+    @app.delete("/session", summary="Sign the page out")
+    def sign_out(request: Request, _: Auth) -> Response:
+        session = request.scope.get(SESSION)
+        if session is None:
+            raise HTTPException(400, "no session to end: this request was made with a bearer token")
+        service.store.end_session(session)
+        response = JSONResponse({"signed_in": False})
+        response.delete_cookie(web.SESSION_COOKIE, **cookie_options(request))
+        return response
+
+    @app.get("/static/{name}", include_in_schema=False)
+    def static(name: str) -> Response:
+        found = web.static_file(name)
+        if found is None:
+            raise HTTPException(404, f"no file {name!r} in the page's files")
+        return Response(found[0], media_type=found[1], headers={"Cache-Control": "no-cache"})
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
     def prometheus(_: Auth) -> Response:
@@ -247,20 +423,57 @@ OPEN_PATHS = ("/health", "/docs", "/docs/oauth2-redirect", "/openapi.json")
 MISSING_TOKEN = "missing token: send 'Authorization: Bearer <token>' (faceid serve token create makes one)"
 #: Where `TokenGate` leaves the id of the token it accepted, for the routes (the ASGI scope of the request).
 TOKEN_ID = "faceid.token_id"
+#: Where it leaves the session cookie's value of a request signed in on the page.
+SESSION = "faceid.session"
+#: What the page needs before sign-in: its files, and the sign-in itself (its route checks the CSRF cookie).
+OPEN_PREFIXES = ("/static/",)
+OPEN_ROUTES = (("GET", "/"), ("HEAD", "/"), ("POST", "/session"))
 
 
 class TokenGate:
-    """ASGI middleware: a request for anything but ``open_paths`` without a valid bearer token is
-    answered 401 (JSON, ``WWW-Authenticate: Bearer``) before its body is read; the id of an accepted
-    token goes to the routes in the scope (`TOKEN_ID`): the one check per request."""
+    """ASGI middleware: who may call what, decided once per request before its body is read.
 
-    def __init__(self, app, check, open_paths: tuple[str, ...]):
-        self.app, self.check, self.open_paths = app, check, open_paths
+    A request for ``open_paths`` (or a path under ``open_prefixes``, or an ``open_routes`` method and
+    path, whose route checks what it needs) passes. Otherwise it needs a valid ``Authorization: Bearer``
+    token (scripts) or a valid session cookie (the web page, `faceid.service.web`); with the cookie,
+    anything but GET/HEAD must come from the service's own origin and carry the session's
+    ``X-CSRF-Token``, else 403. No credentials, or wrong ones: 401 (JSON, ``WWW-Authenticate: Bearer``).
+    The id of the accepted token (a session's: the token it was opened with) goes to the routes in the
+    scope (`TOKEN_ID`), and a session's cookie value as `SESSION`.
+    """
+
+    def __init__(self, app, check, open_paths: tuple[str, ...], check_session=None,
+                 open_prefixes: tuple[str, ...] = (), open_routes: tuple[tuple[str, str], ...] = ()):
+        self.app, self.check, self.open_paths, self.check_session = app, check, open_paths, check_session
+        self.open_prefixes, self.open_routes = open_prefixes, open_routes
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope.get("path") in self.open_paths:
+        if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        header = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
+        path, method = scope.get("path", ""), scope.get("method", "GET")
+        if path in self.open_paths or path.startswith(self.open_prefixes) or (method, path) in self.open_routes:
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        header = headers.get(b"authorization", b"").decode("latin-1")
+        session = None if header or self.check_session is None else _session_cookie(headers)
+        if session is not None:
+            found = self.check_session(session)
+            if found is None:
+                return await _refuse(scope, receive, send, 401, "your session has ended: sign in again at /",
+                                     {"WWW-Authenticate": "Bearer"})
+            if method not in ("GET", "HEAD"):
+                from faceid.service.web import same_origin, same_value
+
+                origin = headers.get(b"origin")
+                host = headers.get(b"host")
+                if not same_origin(None if origin is None else origin.decode("latin-1"), scope.get("scheme", "http"),
+                                   None if host is None else host.decode("latin-1")):
+                    return await _refuse(scope, receive, send, 403, "a request from another site is refused")
+                if not same_value(headers.get(b"x-csrf-token", b"").decode("latin-1"), found["csrf"]):
+                    return await _refuse(scope, receive, send, 403, "missing or wrong X-CSRF-Token: a change made "
+                                         "with the session cookie must send the page's CSRF token")
+            scope[TOKEN_ID], scope[SESSION] = found["token_id"], session
+            return await self.app(scope, receive, send)
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             message = MISSING_TOKEN
@@ -270,6 +483,16 @@ class TokenGate:
             scope[TOKEN_ID] = token_id
             return await self.app(scope, receive, send)
         await _refuse(scope, receive, send, 401, message, {"WWW-Authenticate": "Bearer"})
+
+
+def _session_cookie(headers: dict[bytes, bytes]) -> str | None:
+    """The session cookie of a request's headers, when one is there and well formed."""
+    from starlette.requests import cookie_parser
+
+    from faceid.service.web import SESSION_COOKIE, cookie_value
+
+    raw = headers.get(b"cookie")
+    return None if raw is None else cookie_value(cookie_parser(raw.decode("latin-1")), SESSION_COOKIE)
 
 
 class BodyLimit:

@@ -159,6 +159,10 @@ class Camera:
         self._latest: tuple[np.ndarray, datetime] | None = None
         self._source_done = False
         self._condition = threading.Condition()
+        # The live view: the latest identified frame with its results, numbered; its JPEG made once, when asked.
+        self._view: tuple[int, np.ndarray, list[FaceResult]] | None = None
+        self._view_jpeg: tuple[int, bytes] | None = None
+        self._view_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name=f"camera-{self.name}", daemon=True)
 
     # --- life ----------------------------------------------------------------------------
@@ -198,6 +202,25 @@ class Camera:
             "reconnects": stats.reconnects,
             "fps": round(stats.frames_processed / elapsed, 2),
         }
+
+    def view_jpeg(self, after: int = -1) -> tuple[int, bytes] | None:
+        """The latest identified frame with a box and a name on each face, as ``(its number, JPEG bytes)``;
+        ``None`` before the first frame, or when the latest is still number ``after`` (nothing new)."""
+        import cv2
+
+        from faceid.apps.live import annotate
+
+        view = self._view
+        if view is None or view[0] == after:
+            return None
+        with self._view_lock:
+            if self._view_jpeg is None or self._view_jpeg[0] != view[0]:
+                ok, encoded = cv2.imencode(".jpg", annotate(view[1], view[2]),
+                                           [cv2.IMWRITE_JPEG_QUALITY, DEFAULTS.event_crop_quality])
+                if not ok:
+                    return None
+                self._view_jpeg = (view[0], encoded.tobytes())
+            return self._view_jpeg
 
     def _set_state(self, state: str, error: str | None = None) -> None:
         if state == self.state and error == self.error:
@@ -282,6 +305,7 @@ class Camera:
                 started = time.perf_counter()
                 results = identifier.process(frame_rgb)
                 self.stats.observe(time.perf_counter() - started, len(results))
+                self._view = (self.stats.frames_processed, frame_rgb, results)
                 self._on_results(self, frame_rgb, results, captured)
         finally:
             self._stop_reader(reader)

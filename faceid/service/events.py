@@ -7,8 +7,10 @@ and vector, and sent to the sinks (MQTT, webhooks) as ``new``. While the track l
 and score move on (written every ``flush_seconds``), its crop and vector are replaced by a larger
 face (``crop_growth`` times the area), and a change of name is written and sent at once as
 ``update``. When the track ends — it left the picture, the shot changed, the source dropped, the
-camera stopped — the event is closed and sent as ``end``. After each change of who is in front of
-a camera, its presence state (the people there, how many unknown faces) goes to the sinks.
+camera stopped — the event is closed and sent as ``end``, and ``on_closed`` (the unknown people's
+clustering, `faceid.service.unknowns`) is told its id once the recorder's lock is released. After each
+change of who is in front of a camera, its presence state (the people there, how many unknown faces)
+goes to the sinks.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Protocol
@@ -82,12 +85,16 @@ class EventRecorder:
         sinks: MQTT, webhooks (any object with ``publish_event`` and ``publish_camera``).
         flush_seconds, crop_growth: see the module docstring (`Settings.event_flush_seconds`,
             `Settings.event_crop_growth`).
+        on_closed: called with the id of each event once it is closed, outside the recorder's lock (its
+            exceptions are logged, never raised into the camera).
     """
 
     def __init__(self, store: ServiceStore, sinks: list[Sink] = (), *,
-                 flush_seconds: float = DEFAULTS.event_flush_seconds, crop_growth: float = DEFAULTS.event_crop_growth):
+                 flush_seconds: float = DEFAULTS.event_flush_seconds, crop_growth: float = DEFAULTS.event_crop_growth,
+                 on_closed: Callable[[int], None] | None = None):
         self.store = store
         self.sinks = list(sinks)
+        self.on_closed = on_closed
         self.flush_seconds = flush_seconds
         self.crop_growth = crop_growth
         self.created: dict[str, int] = {}  # camera -> events created (for /metrics)
@@ -99,6 +106,7 @@ class EventRecorder:
 
     def on_results(self, camera, frame_rgb: np.ndarray | None, results: list[FaceResult], now: datetime) -> None:
         """One identified frame of ``camera`` (``frame_rgb`` ``None``: every track of it ended)."""
+        closed = []
         with self._lock:
             name = camera.name
             open_events = self._open.setdefault(name, {})
@@ -114,9 +122,10 @@ class EventRecorder:
                 else:
                     self._update(event, frame_rgb, result, now)
             for track in [track for track in open_events if track not in seen]:
-                self._close(open_events.pop(track))
+                closed.append(self._close(open_events.pop(track)))
             if self._presence(name) != present_before:
                 self._publish_camera(name)
+        self._closed(closed)
 
     def on_state(self, camera, state: str) -> None:
         """A camera's state changed: its presence state goes out with it."""
@@ -128,13 +137,13 @@ class EventRecorder:
         """A camera was removed: nothing more is said of it."""
         with self._lock:
             self._states.pop(name, None)
-            for event in self._open.pop(name, {}).values():
-                self._close(event)
+            closed = [self._close(event) for event in self._open.pop(name, {}).values()]
             for sink in self.sinks:
                 try:
                     sink.forget_camera(name)
                 except Exception:  # noqa: BLE001 - a sink never stops the service
                     logger.exception("clearing camera %s's state failed", name)
+        self._closed(closed)
 
     # --- an event's life ---------------------------------------------------------------------------
 
@@ -164,9 +173,20 @@ class EventRecorder:
         if renamed:
             self._publish(UPDATE, event.id)
 
-    def _close(self, event: _OpenEvent) -> None:
+    def _close(self, event: _OpenEvent) -> int:
         self.store.update_event(event.id, name=event.name, score=event.score, end=event.end, closed=True)
         self._publish(END, event.id)
+        return event.id
+
+    def _closed(self, event_ids: list[int]) -> None:
+        """Tell ``on_closed`` of closed events; called without the lock (clustering a face takes a while)."""
+        if self.on_closed is None:
+            return
+        for event_id in event_ids:
+            try:
+                self.on_closed(event_id)
+            except Exception:  # noqa: BLE001 - what follows an event never stops a camera
+                logger.exception("handling closed event %d failed", event_id)
 
     # --- the sinks ---------------------------------------------------------------------------------
 
@@ -188,6 +208,12 @@ class EventRecorder:
                 sink.publish_camera(camera, state)
             except Exception:  # noqa: BLE001 - a sink never stops a camera
                 logger.exception("publishing camera %s's state failed", camera)
+
+    def relabelled(self, event_ids: list[int]) -> None:
+        """Events were renamed from outside a camera (a correction, a named cluster): each goes to the
+        sinks as ``update``."""
+        for event_id in event_ids:
+            self._publish(UPDATE, event_id)
 
     def _publish(self, kind: str, event_id: int) -> None:
         if not self.sinks:

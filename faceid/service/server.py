@@ -35,10 +35,14 @@ logger = logging.getLogger(__name__)
 FEATURES_DIR = "features"
 FACES_DIR = "faces"
 LOCK_FILE = "serve.lock"
+UNKNOWNS_DIR = "unknowns"
 # Names no person may have: `unknown` is how events, /events?person= and MQTT topics say "not enrolled";
 # `<prefix>/<camera>/state` is a camera's retained presence topic beside its people's topics.
 RESERVED_NAMES = ("unknown", "state")
 IMAGE_SUFFIXES = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif", "GIF": ".gif"}
+#: How an enrolment photo is served back: by the suffix its decoded format gave it, never by what was uploaded.
+MEDIA_TYPES = {".jpg": "image/jpeg", ".png": "image/png", ".webp": "image/webp", ".bmp": "image/bmp",
+               ".tif": "image/tiff", ".gif": "image/gif"}
 
 
 @dataclass
@@ -92,14 +96,25 @@ class Service:
         self.people_lock = threading.RLock()
         self._people_version = 0
         self.sinks = self._make_sinks()
-        self.events = EventRecorder(self.store, self.sinks)
+        self.unknowns = self._make_unknowns()
+        self.events = EventRecorder(self.store, self.sinks,
+                                    on_closed=self.unknowns.add_event)
         self.cameras: dict[str, Camera] = {}
         self._cameras_lock = threading.Lock()
-        self._stopping = threading.Event()
+        self.closing = threading.Event()  # set when the service stops (its live views end then)
         self._janitor = threading.Thread(target=self._purge_hourly, name="retention", daemon=True)
         self.started = time.monotonic()
         for camera in cameras:
             self.store.upsert_camera(camera.name, str(camera.source), camera.loop)
+
+    def _make_unknowns(self):
+        """The clusters of the unknown events (`faceid.service.unknowns.UnknownPeople`), in ``<data>/unknowns``."""
+        from faceid.cluster.methods import merge_thresholds
+        from faceid.service.unknowns import UnknownPeople
+
+        extractor = self.faceid.extractor
+        return UnknownPeople(self.data / UNKNOWNS_DIR, self.store, fingerprint=extractor.fingerprint,
+                             thresholds=merge_thresholds(extractor.manifest, self.options.model), key=self.options.key)
 
     def _make_sinks(self) -> list:
         sinks = []
@@ -129,7 +144,7 @@ class Service:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the cameras (their open events closed), flush the sinks, close the store."""
-        self._stopping.set()
+        self.closing.set()
         with self._cameras_lock:
             cameras = list(self.cameras.values())
         for camera in cameras:
@@ -145,11 +160,14 @@ class Service:
             self._lock = None
 
     def purge(self) -> int:
-        """Delete the closed events older than the retention (rows and crops)."""
-        return self.store.purge(self.options.retention_days)  # it logs what it deleted
+        """Delete the closed events older than the retention (rows and crops), and their faces from the
+        unknown people."""
+        removed = self.store.purge(self.options.retention_days)  # it logs what it deleted
+        self.unknowns.sync()
+        return removed
 
     def _purge_hourly(self) -> None:
-        while not self._stopping.wait(3600.0):
+        while not self.closing.wait(3600.0):
             try:
                 self.purge()
             except Exception:  # noqa: BLE001 - tried again in an hour
@@ -161,28 +179,31 @@ class Service:
         """The enrolled people with how many faces each has, and when they were enrolled."""
         with self.people_lock:
             counts = self.faceid.face_counts()
+            photos = {name: len(self._photo_files(name)) for name in counts}
         rows = {row["name"]: row for row in self.store.list_people()}
-        return [{"name": name, "faces": counts[name], "created": rows.get(name, {}).get("created"),
+        events, corrections = self.store.event_counts(), self.store.correction_counts()
+        return [{"name": name, "faces": counts[name], "photos": photos[name], "events": events.get(name, 0),
+                 "corrections": corrections.get(name, 0), "created": rows.get(name, {}).get("created"),
                  "updated": rows.get(name, {}).get("updated")}
                 for name in counts]
 
-    def enrol(self, name: str, images: list[bytes]) -> dict[str, Any]:
+    def enrol(self, name: str, images: list[bytes], *, source: str = "upload",
+              events: list[int | None] | None = None) -> dict[str, Any]:
         """Keep the photos in ``faces/<name>/`` (sealed with the key) and enrol them.
 
         Args:
             images: encoded photos (JPEG, PNG, ...); each is stored under a name made from its content,
                 so the same photo sent twice is one photo.
+            source: where they come from (``upload``, ``cluster``, ``correction``: `store.PHOTO_SOURCES`),
+                recorded with each new photo, and ``events``: the event each one is the face of (so a
+                correction of that event can take it back).
 
         Raises:
             NoFaceError: none gave a face and ``name`` had none before (the photos are not kept).
         """
-        from faceid.features.cache import check_person_name
         from faceid.io.store import write_private
 
-        check_person_name(name, "name")
-        if name.lower() in RESERVED_NAMES:
-            raise InputError(f"`name` {name!r} is reserved (events of unknown faces and a camera's state use it): "
-                             "choose another name")
+        self._check_new_name(name)
         folder = self.data / FACES_DIR / name
         with self.people_lock:
             folder.mkdir(parents=True, exist_ok=True)
@@ -204,7 +225,10 @@ class Service:
             self._people_version += 1
             faces = self.faceid.face_counts().get(name, 0)
             self.store.touch_person(name, faces)
-        return {"name": name, "added": added, "faces": faces, "images": len(images)}
+            for path, event in zip(paths, events or [None] * len(paths)):
+                self.store.record_photo(name, path.name, source, event)
+        return {"name": name, "added": added, "faces": faces, "images": len(images),
+                "photos": [path.name for path in paths]}
 
     def forget(self, name: str) -> dict[str, Any]:
         """Erase a person: the cache, the enrolment photos, their events (rows and crops).
@@ -222,7 +246,163 @@ class Service:
             self._people_version += 1
             self.store.delete_person(name)
         events = self.store.forget_person(name)
+        self.unknowns.sync()
         return {"name": name, "forgotten": True, "events_removed": events}
+
+    # --- a person's photos ---------------------------------------------------------------------------
+
+    def _photo_files(self, name: str) -> list[Path]:
+        folder = self.data / FACES_DIR / name
+        return sorted(path for path in folder.iterdir() if path.is_file() and not path.name.startswith(".")) \
+            if folder.is_dir() else []
+
+    def _enrolled(self, name: str) -> None:
+        from faceid.features.cache import check_person_name
+
+        check_person_name(name, "name")
+        if name not in self.faceid.face_counts():
+            raise NotFoundError(f"no person {name!r} is enrolled")
+
+    def photos(self, name: str) -> list[dict[str, Any]]:
+        """A person's enrolment photos: ``id`` (the file name), ``url``, ``source``, ``event``.
+
+        Raises:
+            NotFoundError: not enrolled.
+        """
+        from urllib.parse import quote
+
+        with self.people_lock:
+            self._enrolled(name)
+            files = self._photo_files(name)
+        sources = self.store.photo_sources(name)
+        return [{"id": path.name, "url": f"/people/{quote(name, safe='')}/faces/{path.name}",
+                 "source": sources.get(path.name, {}).get("source", "upload"),
+                 "event": sources.get(path.name, {}).get("event")} for path in files]
+
+    def photo(self, name: str, photo: str) -> tuple[bytes, str]:
+        """The bytes and media type of one enrolment photo (only the raster formats enrolment accepts).
+
+        Raises:
+            NotFoundError: no such person or photo.
+        """
+        from faceid.io.store import read_private
+
+        path = self._photo_path(name, photo)
+        media_type = MEDIA_TYPES.get(path.suffix.lower())
+        if media_type is None:
+            raise NotFoundError(f"no photo {photo!r} of {name!r}")
+        data = read_private(path, "an enrolment photo", "it was deleted outside faceid", key=self.options.key,
+                            encrypted=self.options.key is not None)
+        return data, media_type
+
+    def _photo_path(self, name: str, photo: str) -> Path:
+        from faceid.features.cache import check_person_name
+
+        check_person_name(name, "name")
+        path = self.data / FACES_DIR / name / photo
+        if "/" in photo or photo.startswith(".") or not path.is_file():
+            raise NotFoundError(f"no photo {photo!r} of {name!r}")
+        return path
+
+    def remove_photo(self, name: str, photo: str, *, last: bool = False) -> dict[str, Any]:
+        """Remove one enrolment photo: its file and its vector in the gallery.
+
+        Args:
+            last: allow removing the person's last photo (they are then no longer enrolled).
+
+        Raises:
+            NotFoundError: no such person or photo. ConflictError: the last photo, without ``last``.
+        """
+        with self.people_lock:
+            path = self._photo_path(name, photo)
+            if not last and len(self._photo_files(name)) == 1:
+                raise ConflictError(f"{photo!r} is the last photo of {name!r}: delete the person instead")
+            if name in self.faceid.face_counts() or name in self.faceid.not_enrolled:
+                self.faceid.remove_images(name, [photo])
+            path.unlink()
+            self.store.delete_photo(name, photo)
+            self._people_version += 1
+            faces = self.faceid.face_counts().get(name, 0)
+            if faces:
+                self.store.touch_person(name, faces)
+            else:
+                self.store.delete_person(name)
+        return {"name": name, "removed": photo, "faces": faces}
+
+    # --- corrections and the unknown people ----------------------------------------------------------
+
+    def correct(self, event_id: int, name: str | None, token_id: str | None = None) -> dict[str, Any]:
+        """"This is not NAME" (``name`` ``None``) / "this is OTHER": relabel the event, take its face out of
+        the enrolment of the person it was wrongly enrolled under (when it was: a named cluster, an earlier
+        correction), enrol it as ``name`` (when a face is found in its crop), record the correction.
+
+        Raises:
+            NotFoundError: no such event. ConflictError: the event is still open. InputError: an invalid
+                or reserved ``name``.
+        """
+        if name is not None:
+            self._check_new_name(name)
+        with self.people_lock:
+            event = self.store.get_event(event_id)
+            if event is None:
+                raise NotFoundError(f"no event {event_id}")
+            if not event["closed"]:  # its track would write the camera's name over the correction
+                raise ConflictError(f"event {event_id} is still going on (its face is in front of camera "
+                                    f"{event['camera']!r}): correct it once it has ended")
+            correction, previous = self.store.correct_event(event_id, name, token_id)
+            removed_from = None
+            for person, photo in self.store.photos_of_event(event_id):
+                if person != name and (self.data / FACES_DIR / person / photo).is_file():
+                    self.remove_photo(person, photo, last=True)
+                    removed_from = person
+            enrolled = False
+            crop = self.store.read_crop(event_id) if name is not None else None
+            if crop is not None:
+                try:
+                    self.enrol(name, [crop], source="correction", events=[event_id])
+                    enrolled = True
+                except NoFaceError:
+                    logger.info("event %d corrected: no face found again in its crop, nothing enrolled", event_id)
+        if name is None:  # unknown now: it joins the unknown people's clusters
+            self.unknowns.add_event(event_id)
+        else:
+            self.unknowns.remove_events([event_id])
+        self.events.relabelled([event_id])
+        logger.info("event %d corrected (correction %d)", event_id, correction)
+        return {"event": self.store.get_event(event_id), "previous": previous, "removed_from": removed_from,
+                "enrolled": enrolled, "correction": correction}
+
+    def _check_new_name(self, name: str) -> None:
+        from faceid.features.cache import check_person_name
+
+        check_person_name(name, "name")
+        if name.lower() in RESERVED_NAMES:
+            raise InputError(f"`name` {name!r} is reserved (events of unknown faces and a camera's state use it): "
+                             "choose another name")
+
+    def name_unknown(self, cluster_id: str, name: str) -> dict[str, Any]:
+        """Enrol an unknown cluster as ``name``: its `Settings.unknown_enrol_faces` most typical faces are
+        enrolled (each photo remembers its event), all its events are relabelled ``name``, and its faces
+        leave the unknown people (the clusters are of unknown faces only).
+
+        Raises:
+            NotFoundError: no such cluster. NoFaceError: no face found again in its crops.
+        """
+        self._check_new_name(name)
+        with self.people_lock:
+            events = self.unknowns.events_of(cluster_id)
+            best = self.unknowns.best_events(cluster_id, DEFAULTS.unknown_enrol_faces)
+            crops = [(event, crop) for event in best if (crop := self.store.read_crop(event)) is not None]
+            if not crops:
+                raise NotFoundError(f"cluster {cluster_id}'s events have no face crops left to enrol")
+            enrolled = self.enrol(name, [crop for _, crop in crops], source="cluster",
+                                  events=[event for event, _ in crops])
+            relabelled = self.store.relabel_events(events, name)
+            self.unknowns.remove_events(events)  # known now: the cluster leaves the unknown people
+        self.events.relabelled(events)
+        logger.info("unknown cluster %s named (%d events)", cluster_id, relabelled)
+        return {"id": cluster_id, "name": name, "enrolled": enrolled["added"], "photos": len(crops),
+                "events": relabelled}
 
     def identify(self, image_rgb) -> dict[str, Any]:
         """Every face of an image and who it is (``POST /identify``).
@@ -283,6 +463,19 @@ class Service:
         self.events.forget_camera(name)
         self.store.delete_camera(name)
         return {"name": name, "removed": True}
+
+    def camera(self, name: str) -> Camera:
+        """The running camera ``name``.
+
+        Raises:
+            NotFoundError: no such camera.
+        """
+        check_camera_name(name)
+        with self._cameras_lock:
+            camera = self.cameras.get(name)
+        if camera is None:
+            raise NotFoundError(f"no camera named {name!r}")
+        return camera
 
     def camera_list(self) -> list[dict[str, Any]]:
         with self._cameras_lock:

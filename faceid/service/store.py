@@ -41,13 +41,14 @@ from typing import Any
 
 import numpy as np
 
-from faceid.errors import InputError, KeyRequiredError, WrongKeyError
+from faceid.errors import InputError, KeyRequiredError, NotFoundError, WrongKeyError
 from faceid.io import sealed
 from faceid.io.store import TEMPORARY_GLOB, read_private, write_private
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+# 2: sessions, corrections, photos, events.corrected (a schema-1 database is upgraded in place).
+SCHEMA_VERSION = 2
 DATABASE_NAME = "faceid.db"
 CROPS_FOLDER = "events"
 VECTOR_CONTEXT = "events.vector"
@@ -68,8 +69,21 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS events_by_start ON events (started)",
     "CREATE INDEX IF NOT EXISTS events_by_camera ON events (camera, started)",
     "CREATE INDEX IF NOT EXISTS events_by_name ON events (name, started)",
+    # The page's sign-in sessions: the SHA-256 of the cookie's value, never the value; a session ends with its token.
+    "CREATE TABLE IF NOT EXISTS sessions (hash TEXT PRIMARY KEY, token_id TEXT NOT NULL, csrf TEXT NOT NULL,"
+    " created TEXT NOT NULL, expires TEXT NOT NULL)",
+    # Each "this is not NAME" / "this is OTHER": which event, from which name to which (NULL: unknown), by whom.
+    "CREATE TABLE IF NOT EXISTS corrections (id INTEGER PRIMARY KEY AUTOINCREMENT, event INTEGER NOT NULL,"
+    " previous TEXT, name TEXT, token_id TEXT, at TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS corrections_by_previous ON corrections (previous)",
+    # Where each enrolment photo came from: an upload, a named cluster's event, a corrected event.
+    "CREATE TABLE IF NOT EXISTS photos (person TEXT NOT NULL, photo TEXT NOT NULL, source TEXT NOT NULL,"
+    " event INTEGER, added TEXT NOT NULL, PRIMARY KEY (person, photo))",
+    "CREATE INDEX IF NOT EXISTS photos_by_event ON photos (event)",
 )
-_EVENT_COLUMNS = "id, camera, track, name, score, started, ended, closed, crop"
+_EVENT_COLUMNS = "id, camera, track, name, score, started, ended, closed, crop, corrected"
+#: Where an enrolment photo came from (the ``photos`` table's ``source``).
+PHOTO_SOURCES = ("upload", "cluster", "correction")
 
 
 def utc_iso(moment: datetime) -> str:
@@ -134,7 +148,8 @@ def _public_event(row: sqlite3.Row) -> dict[str, Any]:
     """The event as the REST API returns it and the sinks send it."""
     return {"id": row["id"], "camera": row["camera"], "track": row["track"], "name": row["name"],
             "score": None if row["score"] is None else round(row["score"], 4), "start": row["started"], "end": row["ended"],
-            "closed": bool(row["closed"]), "face": f"/events/{row['id']}/face.jpg" if row["crop"] else None}
+            "closed": bool(row["closed"]), "face": f"/events/{row['id']}/face.jpg" if row["crop"] else None,
+            "corrected": bool(row["corrected"])}
 
 
 class ServiceStore:
@@ -229,6 +244,11 @@ class ServiceStore:
                 self._check_key(meta.get("key_id", ""))
             for statement in _SCHEMA:
                 db.execute(statement)
+            columns = {row["name"] for row in db.execute("PRAGMA table_info(events)")}
+            if "corrected" not in columns:  # schema 1 -> 2
+                db.execute("ALTER TABLE events ADD COLUMN corrected INTEGER NOT NULL DEFAULT 0")
+            if int(meta["schema"]) < SCHEMA_VERSION:
+                db.execute("UPDATE meta SET value = ? WHERE name = 'schema'", (str(SCHEMA_VERSION),))
 
     def _check_key(self, recorded: str) -> None:
         where = f"the service data in {self.data_dir}"
@@ -354,6 +374,99 @@ class ServiceStore:
         """Every person by name: ``name``, ``faces``, ``created`` and ``updated``."""
         return [dict(row) for row in self._query("SELECT name, faces, created, updated FROM people ORDER BY name")]
 
+    def event_counts(self) -> dict[str, int]:
+        """``{name: how many events are named so}``."""
+        return {row[0]: int(row[1]) for row in self._query(
+            "SELECT name, COUNT(*) FROM events WHERE name IS NOT NULL GROUP BY name")}
+
+    # -- sign-in sessions (the web page) -------------------------------------------------------------
+
+    def create_session(self, token_id: str, hours: float) -> tuple[str, str, str]:
+        """A session for the page, signed in with token ``token_id``: ``(session, csrf, expires)``. Only the
+        session's SHA-256 is stored; ``csrf`` is the value the page sends back with each change. Expired
+        sessions are deleted here."""
+        session, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+        now = _now()
+        expires = utc_iso(now + timedelta(hours=float(hours)))
+        with self._transaction() as db:
+            db.execute("DELETE FROM sessions WHERE expires <= ?", (utc_iso(now),))
+            db.execute("INSERT INTO sessions (hash, token_id, csrf, created, expires) VALUES (?, ?, ?, ?, ?)",
+                       (_token_hash(session), token_id, csrf, utc_iso(now), expires))
+        logger.info("signed in on the page with token %s", token_id)
+        return session, csrf, expires
+
+    def check_session(self, session: str) -> dict[str, str] | None:
+        """``{"token_id", "csrf", "expires"}`` of an unexpired session whose token is not revoked, else ``None``."""
+        if not isinstance(session, str) or not session:
+            return None
+        rows = self._query(
+            "SELECT s.token_id, s.csrf, s.expires FROM sessions s JOIN tokens t ON t.id = s.token_id"
+            " WHERE s.hash = ? AND s.expires > ? AND t.revoked IS NULL", (_token_hash(session), utc_iso(_now())))
+        return dict(rows[0]) if rows else None
+
+    def end_session(self, session: str) -> bool:
+        """Sign a session out; ``False`` when there was none."""
+        with self._transaction() as db:
+            return db.execute("DELETE FROM sessions WHERE hash = ?", (_token_hash(str(session)),)).rowcount > 0
+
+    # -- enrolment photos' sources -------------------------------------------------------------------
+
+    def record_photo(self, person: str, photo: str, source: str, event: int | None = None) -> None:
+        """Record where ``person``'s enrolment photo ``photo`` (its file name) came from (`PHOTO_SOURCES`);
+        a photo recorded before keeps its first source."""
+        if source not in PHOTO_SOURCES:
+            raise InputError(f"`source` must be one of {', '.join(PHOTO_SOURCES)}, not {source!r}")
+        with self._transaction() as db:
+            db.execute("INSERT OR IGNORE INTO photos (person, photo, source, event, added) VALUES (?, ?, ?, ?, ?)",
+                       (_check_text(person, "person"), _check_text(photo, "photo"), source,
+                        None if event is None else int(event), utc_iso(_now())))
+
+    def photo_sources(self, person: str) -> dict[str, dict[str, Any]]:
+        """``{photo: {"source", "event"}}`` for ``person``'s recorded photos."""
+        rows = self._query("SELECT photo, source, event FROM photos WHERE person = ?", (person,))
+        return {row["photo"]: {"source": row["source"], "event": row["event"]} for row in rows}
+
+    def photos_of_event(self, event_id: int) -> list[tuple[str, str]]:
+        """``[(person, photo)]``: the enrolment photos made from ``event_id``'s face."""
+        return [(row["person"], row["photo"]) for row in
+                self._query("SELECT person, photo FROM photos WHERE event = ?", (int(event_id),))]
+
+    def delete_photo(self, person: str, photo: str) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM photos WHERE person = ? AND photo = ?", (person, photo))
+
+    # -- corrections ----------------------------------------------------------------------------------
+
+    def correct_event(self, event_id: int, name: str | None, token_id: str | None = None) -> tuple[int, str | None]:
+        """Relabel event ``event_id`` as ``name`` (``None``: not a known person), mark it corrected and record
+        the correction, in one transaction: ``(correction id, the name it had)``.
+
+        Raises:
+            NotFoundError: no such event.
+        """
+        with self._transaction() as db:
+            row = db.execute("SELECT name FROM events WHERE id = ?", (int(event_id),)).fetchone()
+            if row is None:
+                raise NotFoundError(f"no event {int(event_id)}")
+            previous = row["name"]
+            db.execute("UPDATE events SET name = ?, corrected = 1 WHERE id = ?", (name, int(event_id)))
+            cursor = db.execute("INSERT INTO corrections (event, previous, name, token_id, at) VALUES (?, ?, ?, ?, ?)",
+                                (int(event_id), previous, name, token_id, utc_iso(_now())))
+        return int(cursor.lastrowid), previous
+
+    def list_corrections(self, person: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        """Corrections, newest first (``person``: those from or to that name): ``id, event, previous, name, at``."""
+        where, parameters = ("WHERE previous = ? OR name = ?", (person, person)) if person else ("", ())
+        rows = self._query(f"SELECT id, event, previous, name, at FROM corrections {where} ORDER BY id DESC LIMIT ?",
+                           (*parameters, int(limit)))
+        return [dict(row) for row in rows]
+
+    def correction_counts(self) -> dict[str, int]:
+        """``{name: how many events named so were corrected to someone else}``: how often a person was
+        recognised wrongly."""
+        return {row[0]: int(row[1]) for row in self._query(
+            "SELECT previous, COUNT(*) FROM corrections WHERE previous IS NOT NULL GROUP BY previous")}
+
     # -- events -------------------------------------------------------------------------------------
 
     def _vector_blob(self, vector: np.ndarray) -> bytes:
@@ -468,6 +581,9 @@ class ServiceStore:
     def forget_person(self, name: str) -> int:
         """Delete every event named ``name`` and its crop file; returns how many events."""
         removed = self._delete_events("name = ?", (_check_text(name, "name"),))
+        with self._transaction() as db:  # the name leaves the corrections and the photos' records too
+            db.execute("DELETE FROM corrections WHERE previous = ? OR name = ?", (name, name))
+            db.execute("DELETE FROM photos WHERE person = ?", (name,))
         logger.info("forgot %d events of one person", removed)
         return removed
 
@@ -514,3 +630,32 @@ class ServiceStore:
                     db.executemany("UPDATE events SET crop = 0 WHERE id = ?", ((event_id,) for event_id in missing))
                 logger.warning("%d event crops were missing from %s", len(missing), self.crops_dir)
         return removed
+
+    # --- unknown people (helper unknowns) -----------------------------------------------------------
+
+    def unknown_event_ids(self, closed: bool = True) -> list[int]:
+        """Ids of the unknown events (no name) that have a face vector, oldest first; ``closed``: closed ones only."""
+        rows = self._query("SELECT id FROM events WHERE name IS NULL AND vector IS NOT NULL"
+                           f"{' AND closed = 1' if closed else ''} ORDER BY id")
+        return [int(row["id"]) for row in rows]
+
+    def events_by_ids(self, ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+        """``{id: public event dict}`` of those of ``ids`` that exist (a purged or forgotten one is absent)."""
+        ids = sorted({int(event_id) for event_id in ids})
+        found: dict[int, dict[str, Any]] = {}
+        for start in range(0, len(ids), 500):  # SQLite's bound on the parameters of one statement
+            chunk = ids[start:start + 500]
+            rows = self._query(f"SELECT {_EVENT_COLUMNS} FROM events WHERE id IN ({', '.join('?' * len(chunk))})",
+                               chunk)
+            found.update((int(row["id"]), _public_event(row)) for row in rows)
+        return found
+
+    def relabel_events(self, ids: Iterable[int], name: str | None) -> int:
+        """Give the events ``ids`` the name ``name`` (``None``: unknown), in one transaction; returns how many
+        exist and were changed (a named cluster's events, `faceid.service.unknowns`)."""
+        ids = sorted({int(event_id) for event_id in ids})
+        if name is not None:
+            _check_text(name, "name")
+        with self._transaction() as db:
+            return sum(db.execute("UPDATE events SET name = ? WHERE id = ?", (name, event_id)).rowcount
+                       for event_id in ids)
