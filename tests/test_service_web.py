@@ -12,11 +12,12 @@ step fails the ones after it):
 2. cameras: the page adds the camera; its card shows it running, with a live view that loads;
 3. events: the clip's events with their face thumbnails; filtered by camera and person;
 4. unknown people: the clip's unknown faces as clusters; the largest named on the page, enrolled
-   (``GET /people``), no longer listed (``GET /unknowns``), and a later play of the clip names it;
+   (``GET /people``), no longer listed (``GET /unknowns``), and the clip's next play names it;
 5. a correction of one of that person's events on the page: "not a known person", and what changed
    (the event, ``GET /corrections``, the enrolled photo of that face);
 6. enrol by upload (Lin-Manuel Miranda, two photos), remove a photo, the delete confirmation (cancelled);
-7. sign out: the sign-in page again, and the old cookie refused.
+7. every view on a phone's screen: nothing wider than the screen;
+8. sign out: the sign-in page again, and the old cookie refused.
 
 Each view is screenshotted (``$FACEID_SCREENSHOTS``, or the test's temporary folder: the paths are
 printed), and on each the browser console has no error and axe-core finds no WCAG 2 A/AA violation.
@@ -48,6 +49,7 @@ CLUSTER_TIMEOUT_S = 240.0  # the clip's unknown faces clustered (events cluster 
 NEXT_RUN_TIMEOUT_S = 240.0  # a later play of the clip naming the person just named
 CAMERA = "door"
 VISITOR = "Door Visitor"  # the name given on the page to the largest unknown cluster
+PHONE = (390, 844)  # a phone's screen in CSS pixels (an iPhone 12 to 15)
 CLUSTER_FACES = 3  # faces in the largest cluster before it is named: enough to be recognised again
 # The console error a wrong token causes on purpose: the sign-in page comes back with status 401.
 WRONG_TOKEN_ERROR = "/session - Failed to load resource: the server responded with a status of 401"
@@ -61,7 +63,6 @@ class WebRun:
     token: str
     driver: object  # selenium.webdriver.Chrome
     tmp: Path
-    named_after: int = 0  # the newest event id when the cluster was named (step 4 -> 5)
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +142,11 @@ def loads(run: WebRun, view: str) -> int:
 
 
 def show_view(run: WebRun, view: str) -> None:
-    """Click the view's link in the navigation and wait until its list has loaded (again)."""
+    """Click the view's link in the navigation and wait until its list has loaded (again: from another
+    view, which the page reloads it on)."""
+    if run.driver.find_element(By.TAG_NAME, "body").get_attribute("data-view") == view:
+        run.driver.find_element(By.CSS_SELECTOR, "a[href='#unknowns'], a[href='#people']").click()
+        show_view(run, "people" if view == "unknowns" else "unknowns")
     before = loads(run, view)
     run.driver.find_element(By.ID, f"nav-{view}").click()
     wait_page(run, lambda: run.driver.find_element(By.ID, f"view-{view}").is_displayed() and loads(run, view) > before,
@@ -195,6 +200,17 @@ def anonymous() -> requests.Session:
 
 def newest_event_id(run: WebRun) -> int:
     return max((event["id"] for event in run.server.events()), default=0)
+
+
+def clip_frames() -> int:
+    """The frames in the clip, as its container says (275)."""
+    import cv2
+
+    capture = cv2.VideoCapture(str(VIDEO))
+    try:
+        return int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    finally:
+        capture.release()
 
 
 # --- the steps, in order ------------------------------------------------------------------------
@@ -303,7 +319,7 @@ class TestThePageInABrowser:
                   PAGE_TIMEOUT_S, "the clusters' faces")
         check_view(web, "07-unknowns")
 
-        web.named_after = newest_event_id(web)
+        read_at_naming = server.camera(CAMERA)["frames_read"]
         largest.find_element(By.CSS_SELECTOR, ".cluster-name-input").send_keys(VISITOR)
         submit_and_reload(web, "unknowns", largest.find_element(By.CSS_SELECTOR, ".cluster-name-button"),
                           f"the unknown people view after naming {cluster_id}")
@@ -317,13 +333,18 @@ class TestThePageInABrowser:
         relabelled = server.events(person=VISITOR)
         assert relabelled and all(event["name"] == VISITOR for event in relabelled)
 
-        # The next play of the clip (the camera loops) recognises the person: a new event with that name.
-        server.wait(lambda: any(event["id"] > web.named_after for event in server.events(person=VISITOR)),
-                    NEXT_RUN_TIMEOUT_S, f"a new event of camera {CAMERA} naming {VISITOR}")
+        # The next play of the clip (the camera loops; its frames_read counts on across plays) names the
+        # person: an event begun after the clip started again, with that name.
+        next_play = (read_at_naming // clip_frames() + 1) * clip_frames()
+        server.wait(lambda: server.camera(CAMERA)["frames_read"] > next_play, NEXT_RUN_TIMEOUT_S,
+                    f"camera {CAMERA} playing the clip again (frame {next_play} read)")
+        replayed_after = newest_event_id(web)
+        server.wait(lambda: any(event["id"] > replayed_after for event in server.events(person=VISITOR)),
+                    NEXT_RUN_TIMEOUT_S, f"an event of the clip's next play naming {VISITOR}")
         newest = max(server.events(person=VISITOR), key=lambda event: event["id"])
         print(f"\n{cluster_id} named {VISITOR!r} on the page: {people[VISITOR]['faces']} faces enrolled, "
-              f"{len(relabelled)} events relabelled; event {newest['id']} (after {web.named_after}) names them, "
-              f"score {newest['score']}")
+              f"{len(relabelled)} events relabelled; in the clip's next play (from frame {next_play}, events after "
+              f"{replayed_after}) event {newest['id']} names them, score {newest['score']}")
 
         show_view(web, "people")
         card = f"#people-list li[data-person='{VISITOR}']"
@@ -425,6 +446,24 @@ class TestThePageInABrowser:
         assert MIRANDA in [person["name"] for person in server.json("/people")["people"]]
         assert css(web, card)
 
+    def test_every_view_fits_a_phone_screen(self, web):
+        driver = web.driver
+        # A phone's screen, as Chromium's device mode makes it (the page's viewport meta applies).
+        driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                               {"width": PHONE[0], "height": PHONE[1], "deviceScaleFactor": 1, "mobile": True})
+        try:
+            for number, view in enumerate(("people", "cameras", "events", "unknowns"), start=15):
+                show_view(web, view)
+                if view == "cameras":
+                    live = css(web, f"#camera-list li[data-camera='{CAMERA}'] img.live")[0]
+                    wait_page(web, lambda: image_loaded(web, live), CAMERA_TIMEOUT_S, "the live view on a phone")
+                overflow = driver.execute_script(
+                    "return document.documentElement.scrollWidth - document.documentElement.clientWidth")
+                assert overflow <= 0, f"the {view} view is {overflow} px wider than a {PHONE[0]} px screen"
+                check_view(web, f"{number}-phone-{view}")
+        finally:
+            driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
     def test_signing_out_ends_the_session(self, web):
         server, driver = web.server, web.driver
         cookie = driver.get_cookie("faceid_session")
@@ -436,7 +475,7 @@ class TestThePageInABrowser:
         driver.find_element(By.ID, "sign-out").click()
         wait_page(web, lambda: css(web, "input#token[type=password]"), PAGE_TIMEOUT_S, "the sign-in page again")
         assert not driver.get_cookie("faceid_session")
-        check_view(web, "15-signed-out")
+        check_view(web, "19-signed-out")
         driver.get(server.url + "/")
         wait_page(web, lambda: css(web, "input#token[type=password]"), PAGE_TIMEOUT_S, "the sign-in page on a reload")
 

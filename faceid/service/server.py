@@ -113,8 +113,13 @@ class Service:
         from faceid.service.unknowns import UnknownPeople
 
         extractor = self.faceid.extractor
+        try:
+            thresholds = merge_thresholds(extractor.manifest, self.options.model)
+        except InputError as error:  # a model without a cosine calibration: everything else still runs
+            logger.warning("unknown people are off: %s", error)
+            return UnknownPeople.disabled(str(error))
         return UnknownPeople(self.data / UNKNOWNS_DIR, self.store, fingerprint=extractor.fingerprint,
-                             thresholds=merge_thresholds(extractor.manifest, self.options.model), key=self.options.key)
+                             thresholds=thresholds, key=self.options.key)
 
     def _make_sinks(self) -> list:
         sinks = []
@@ -390,7 +395,7 @@ class Service:
         """
         self._check_new_name(name)
         with self.people_lock:
-            events = self.unknowns.events_of(cluster_id)
+            events = self.unknowns.get(cluster_id)["event_ids"]  # a 404 for a dismissed cluster too
             best = self.unknowns.best_events(cluster_id, DEFAULTS.unknown_enrol_faces)
             crops = [(event, crop) for event in best if (crop := self.store.read_crop(event)) is not None]
             if not crops:

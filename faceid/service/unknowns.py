@@ -11,21 +11,28 @@ person (`merge`, `split`).
 Each clustered face is one event: its `FaceRecord` is ``source="event:<id>"``, ``track=<id>``,
 ``label=<camera>``; the event id <-> face id map is read back from the records.
 
+The clusters are of unknown faces only. Naming a cluster is the caller's: the service enrols its best
+faces (`best_events`), relabels its events, then calls `remove_events` with them, so the named
+cluster's faces leave and the emptied cluster is gone. An event corrected to a name leaves the same
+way (`remove_events`); one corrected to "unknown" is clustered again (`add_event`).
+
+What is listed (`list`, ``GET /unknowns``): every cluster that is not dismissed (`dismiss`). A
+dismissed cluster stays in the clustering, so a later face that joins it stays hidden too.
+
+What leaves, when: a face whose event was purged, forgotten or given a name leaves at the next `sync`
+(no vector outlives its event by more than that), or at once through `remove_events`; a cluster whose
+last face left is removed, and its id is never given again.
+
 Files, in ``folder`` (``<data>/unknowns``, mode 0700): ``clusters.json`` and ``vectors.npz`` (the
 `Clustering`: private files, sealed with the service's key), saved after every change, so all of it
 survives a restart; ``dismissed.json`` (the ids of the dismissed clusters only: nothing private).
 A clustering of another extractor, or one that cannot be read, is deleted with a warning and rebuilt
 from the events by the next `sync` (the events and their vectors are the source of truth: what is
-lost is the names and dismissals of clusters); a missing or wrong key raises.
+lost is the merges, splits and dismissals); a missing or wrong key raises.
 
-What is listed (`list`, ``GET /unknowns``): the clusters that are neither named (`mark_named`: the
-service enrolled them as a person and relabelled their events) nor dismissed (`dismiss`). Both kinds
-stay in the clustering, so a later face that joins them stays hidden too.
-
-Retention: a purged or forgotten event leaves the clustering at the next `sync` (no vector outlives
-its event by more than that); an event that was given a name (a correction) leaves a cluster that is
-not named, and one whose name differs from its named cluster's leaves that cluster. An event corrected
-to "unknown" is clustered again like any unknown event.
+Off: an extractor without a cosine calibration gives no clustering thresholds
+(`faceid.cluster.methods.merge_thresholds` raises); `UnknownPeople.disabled` then stands in, writes
+nothing, follows no event and refuses every request with a `ConflictError` that says why.
 
 Thread-safe: one lock guards the clustering; nothing here calls the event recorder.
 """
@@ -88,6 +95,12 @@ class UnknownPeople:
         self._event_of_face: dict[str, int] = {}
         self._cluster_of_face: dict[str, str] = {}
         self._index()
+
+    @classmethod
+    def disabled(cls, reason: str) -> DisabledUnknownPeople:
+        """The stand-in for a service whose extractor gives no clustering thresholds: it follows no event,
+        writes nothing, and its requests raise ConflictError ``"unknown people are off: <reason>"``."""
+        return DisabledUnknownPeople(reason)
 
     # --- loading and saving ----------------------------------------------------------------------
 
@@ -164,32 +177,19 @@ class UnknownPeople:
             self._clustering.add(vectors, records)
         self._index()
 
-    def sync(self, people: Iterable[str] | None = None) -> dict[str, int]:
+    def sync(self) -> dict[str, int]:
         """Make the clustering follow the events table (at start, after a purge, after forgetting a person).
 
-        Faces leave whose event is gone, or now has a name while its cluster is not named (or a name other
-        than its named cluster's); closed unknown events with a vector that are not clustered are added.
-        ``people``: the enrolled people, when given: a cluster named someone no longer enrolled loses its
-        name (and is listed again).
+        A face leaves when its event is gone or has a name; closed unknown events with a vector that are not
+        clustered are added (oldest first).
 
         Returns:
-            ``{"added": faces added, "removed": faces removed, "unnamed": clusters unnamed}``.
+            ``{"added": faces added, "removed": faces removed}``.
         """
         with self._lock:
-            unnamed = 0
-            if people is not None and self._clustering is not None:
-                enrolled = set(people)
-                for cluster in self._clustering.clusters.values():
-                    if cluster.name is not None and cluster.name not in enrolled:
-                        cluster.name = None
-                        unnamed += 1
             events = self.store.events_by_ids(self._face_of_event)
-            leaving = []
-            for event_id, face_id in self._face_of_event.items():
-                event = events.get(event_id)
-                cluster_name = self._clustering.clusters[self._cluster_of_face[face_id]].name
-                if event is None or (event["name"] is not None and event["name"] != cluster_name):
-                    leaving.append(event_id)
+            leaving = [event_id for event_id in self._face_of_event
+                       if event_id not in events or events[event_id]["name"] is not None]
             removed = self._remove(leaving)
             new_ids = [event_id for event_id in self.store.unknown_event_ids(closed=True)
                        if event_id not in self._face_of_event]
@@ -202,15 +202,14 @@ class UnknownPeople:
                     vectors.append(vector)
             if new_events:
                 self._add(new_events, np.stack(vectors))
-            if removed or new_events or unnamed:
+            if removed or new_events:
                 self._save()
-                logger.info("unknown people: %d faces added, %d removed, %d clusters unnamed",
-                            len(new_events), removed, unnamed)
-            return {"added": len(new_events), "removed": removed, "unnamed": unnamed}
+                logger.info("unknown people: %d faces added, %d removed", len(new_events), removed)
+            return {"added": len(new_events), "removed": removed}
 
     def remove_events(self, event_ids: Iterable[int]) -> int:
-        """Take these events out of the clustering (a correction, a deletion); ids not clustered are ignored.
-        Returns how many faces left."""
+        """Take these events out of the clustering (a named cluster's events, a correction to a name, a
+        deletion); a cluster left empty is removed; ids not clustered are ignored. Returns how many faces left."""
         with self._lock:
             removed = self._remove(event_ids)
             if removed:
@@ -234,9 +233,6 @@ class UnknownPeople:
         order = sorted(range(len(cluster.faces)), key=lambda row: (-float(similarity[row]), cluster.faces[row]))
         return [cluster.faces[row] for row in order]
 
-    def _is_listed(self, cluster: Cluster) -> bool:
-        return cluster.name is None and cluster.id not in self._dismissed
-
     def _row(self, cluster: Cluster, events: dict[int, dict[str, Any]]) -> dict[str, Any] | None:
         """A cluster as ``GET /unknowns`` lists it (its events that still exist); ``None`` when none do."""
         typical = [self._event_of_face[face] for face in self._typical_faces(cluster)]
@@ -257,13 +253,14 @@ class UnknownPeople:
         }
 
     def list(self) -> list[dict[str, Any]]:
-        """The listed clusters (neither named nor dismissed) as ``GET /unknowns`` rows: ``id``, ``faces``,
-        ``events``, ``first_seen``, ``last_seen``, ``cameras``, ``representative`` (event id), ``sample`` (up to
-        8 event ids, most typical first); largest first, then the most recently seen, then by id."""
+        """The clusters not dismissed as ``GET /unknowns`` rows: ``id``, ``faces``, ``events``, ``first_seen``,
+        ``last_seen``, ``cameras``, ``representative`` (event id), ``sample`` (up to 8 event ids, most typical
+        first); largest first, then the most recently seen, then by id. A cluster whose events are all gone
+        (purged, not yet synced) is left out."""
         with self._lock:
             if self._clustering is None:
                 return []
-            listed = [cluster for cluster in self._clustering.clusters.values() if self._is_listed(cluster)]
+            listed = [cluster for cluster in self._clustering.clusters.values() if cluster.id not in self._dismissed]
             events = self.store.events_by_ids(self._event_of_face[face] for cluster in listed for face in cluster.faces)
             rows = [row for row in (self._row(cluster, events) for cluster in listed) if row is not None]
         for row in rows:
@@ -274,83 +271,64 @@ class UnknownPeople:
         return rows
 
     def get(self, cluster_id: str) -> dict[str, Any]:
-        """A listed cluster's row (`list`) with ``event_ids``: all its events, most typical first.
+        """A listed cluster's row (`list`) with ``event_ids``: all its events that exist, most typical first.
 
         Raises:
-            NotFoundError: no such cluster, or it is named or dismissed (not an unknown person).
+            NotFoundError: no such cluster (never made, emptied, or merged into another), it was dismissed,
+            or its events are gone; the message says which.
         """
         with self._lock:
             cluster = self._cluster(cluster_id)
-            if not self._is_listed(cluster):
-                raise NotFoundError(f"no unknown cluster {cluster_id!r}: it was "
-                                    f"{'named ' + repr(cluster.name) if cluster.name else 'dismissed'}")
-            row = self._row(cluster, self.store.events_by_ids(self.events_of(cluster_id)))
+            if cluster.id in self._dismissed:
+                raise NotFoundError(f"no unknown cluster {cluster.id!r}: it was dismissed")
+            row = self._row(cluster, self.store.events_by_ids(self.events_of(cluster.id)))
             if row is None:
-                raise NotFoundError(f"no unknown cluster {cluster_id!r}: its events are gone")
+                raise NotFoundError(f"no unknown cluster {cluster.id!r}: its events are gone")
             return row
 
     def _cluster(self, cluster_id: str) -> Cluster:
-        """Any cluster (listed or not). Raises NotFoundError for an id that is not one."""
+        """Any cluster (dismissed or not). Raises NotFoundError for an id that is not one."""
         cluster = None if self._clustering is None else self._clustering.clusters.get(str(cluster_id))
         if cluster is None:
-            raise NotFoundError(f"no unknown cluster {cluster_id!r}: GET /unknowns lists them")
+            raise NotFoundError(f"no unknown cluster {cluster_id!r}: no such id (never given, emptied, merged into "
+                                "another or named); GET /unknowns lists them")
         return cluster
 
-    def events_of(self, cluster_id: str) -> list[int]:
-        """The event ids of a cluster (listed or not), in increasing order. Raises NotFoundError."""
-        with self._lock:
-            return sorted(self._event_of_face[face] for face in self._cluster(cluster_id).faces)
-
-    def best_events(self, cluster_id: str, count: int) -> list[int]:
-        """Up to ``count`` event ids of a cluster (listed or not), most typical first: the faces to enrol when
-        it is named. Raises NotFoundError."""
-        with self._lock:
-            return [self._event_of_face[face] for face in self._typical_faces(self._cluster(cluster_id))][:count]
-
-    def cluster_of_event(self, event_id: int) -> str | None:
-        """The id of the cluster holding ``event_id`` (listed or not), or ``None``."""
-        with self._lock:
-            face_id = self._face_of_event.get(int(event_id))
-            return None if face_id is None else self._cluster_of_face[face_id]
-
-    def name_of(self, cluster_id: str) -> str | None:
-        """The person a cluster was named as, or ``None``. Raises NotFoundError."""
-        with self._lock:
-            return self._cluster(cluster_id).name
-
-    def is_dismissed(self, cluster_id: str) -> bool:
-        with self._lock:
-            return self._cluster(cluster_id).id in self._dismissed
-
-    # --- a person's decisions --------------------------------------------------------------------
-
     def _listed(self, cluster_id: str, parameter: str) -> Cluster:
+        """A cluster that is not dismissed. Raises NotFoundError (no such cluster), ConflictError (dismissed)."""
         cluster = self._cluster(cluster_id)
-        if cluster.name is not None:
-            raise ConflictError(f"cluster {cluster.id} (`{parameter}`) was named {cluster.name!r}: it is no "
-                                "unknown person any more")
         if cluster.id in self._dismissed:
             raise ConflictError(f"cluster {cluster.id} (`{parameter}`) was dismissed: pick a listed cluster")
         return cluster
 
-    def mark_named(self, cluster_id: str, name: str | None) -> None:
-        """Record that a cluster is ``name`` (the caller enrolled it and relabelled its events); it is no
-        longer listed (nor dismissed). ``None`` forgets the name. Raises NotFoundError."""
+    def events_of(self, cluster_id: str) -> list[int]:
+        """The event ids of a cluster (dismissed or not), in increasing order. Raises NotFoundError."""
         with self._lock:
-            cluster = self._cluster(cluster_id)
-            self._clustering.name_cluster(cluster.id, name)
-            self._dismissed.discard(cluster.id)
-            self._save()
+            return sorted(self._event_of_face[face] for face in self._cluster(cluster_id).faces)
+
+    def best_events(self, cluster_id: str, count: int) -> list[int]:
+        """Up to ``count`` event ids of a cluster (dismissed or not), most typical first: the faces to enrol
+        when it is named. Raises NotFoundError."""
+        with self._lock:
+            return [self._event_of_face[face] for face in self._typical_faces(self._cluster(cluster_id))][:count]
+
+    def cluster_of_event(self, event_id: int) -> str | None:
+        """The id of the cluster holding ``event_id`` (dismissed or not), or ``None``."""
+        with self._lock:
+            face_id = self._face_of_event.get(int(event_id))
+            return None if face_id is None else self._cluster_of_face[face_id]
+
+    # --- a person's decisions --------------------------------------------------------------------
 
     def merge(self, source_id: str, into_id: str) -> dict[str, Any]:
-        """Move every face of listed cluster ``source_id`` into listed cluster ``into_id`` (which keeps its id).
+        """Move every face of cluster ``source_id`` into cluster ``into_id`` (which keeps its id); the source id
+        is gone after.
 
         Returns:
             ``{"id": source_id, "into": into_id, "faces": faces of into_id now}``.
 
         Raises:
-            NotFoundError: no such cluster; ConflictError: either one is named or dismissed (merge a named
-            one's faces by naming the other cluster the same person instead); InputError: the same id twice.
+            NotFoundError: no such cluster; ConflictError: either one is dismissed; InputError: the same id twice.
         """
         with self._lock:
             source, into = self._listed(source_id, "id"), self._listed(into_id, "into")
@@ -362,7 +340,7 @@ class UnknownPeople:
             return {"id": source.id, "into": into.id, "faces": len(self._clustering.clusters[into.id].faces)}
 
     def split(self, cluster_id: str, event_ids: list[int] | None = None) -> dict[str, Any]:
-        """Move events of a listed cluster into a new cluster (``None``: split it in two automatically).
+        """Move events of a cluster into a new cluster (``None``: split it in two automatically).
 
         Messages name the REST API's fields (`id`, `events`), as `merge`'s do (`id`, `into`).
 
@@ -370,8 +348,8 @@ class UnknownPeople:
             ``{"id": cluster_id, "new": the new cluster's id}``.
 
         Raises:
-            NotFoundError: no such cluster; ConflictError: it is named or dismissed; InputError: events not in
-            it, all or none of its events, or a one-face cluster split automatically.
+            NotFoundError: no such cluster; ConflictError: it is dismissed; InputError: events not in it, all or
+            none of its events, or a one-face cluster split automatically.
         """
         with self._lock:
             cluster = self._listed(cluster_id, "id")
@@ -393,25 +371,69 @@ class UnknownPeople:
             return {"id": cluster.id, "new": changes.split[cluster.id][0]}
 
     def dismiss(self, cluster_id: str) -> dict[str, Any]:
-        """Hide a listed cluster (not a person to name); later faces that join it stay hidden too.
-        Dismissing one twice is no error.
+        """Hide a cluster (not a person to name); later faces that join it stay hidden too. Dismissing one twice
+        is no error.
 
         Raises:
-            NotFoundError: no such cluster; ConflictError: it is named.
+            NotFoundError: no such cluster.
         """
         with self._lock:
             cluster = self._cluster(cluster_id)
             if cluster.id not in self._dismissed:
-                self._listed(cluster.id, "id")
                 self._dismissed.add(cluster.id)
                 self._save()
             return {"id": cluster.id, "dismissed": True}
 
     def summary(self) -> dict[str, int]:
-        """Counts: ``faces``, ``clusters``, ``listed``, ``named``, ``dismissed``."""
+        """Counts: ``faces``, ``clusters``, ``listed``, ``dismissed``."""
         with self._lock:
-            clusters = [] if self._clustering is None else list(self._clustering.clusters.values())
+            clusters = set() if self._clustering is None else set(self._clustering.clusters)
             return {"faces": len(self._face_of_event), "clusters": len(clusters),
-                    "listed": sum(self._is_listed(cluster) for cluster in clusters),
-                    "named": sum(cluster.name is not None for cluster in clusters),
-                    "dismissed": len(self._dismissed)}
+                    "listed": len(clusters - self._dismissed), "dismissed": len(clusters & self._dismissed)}
+
+
+class DisabledUnknownPeople:
+    """`UnknownPeople` when they are off (`UnknownPeople.disabled`): the same methods; those that follow the
+    events do nothing, the others raise ConflictError ``"unknown people are off: <reason>"``. Writes nothing."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+    def _off(self) -> ConflictError:
+        return ConflictError(f"unknown people are off: {self.reason}")
+
+    def add_event(self, event_id: int) -> None:
+        return None
+
+    def sync(self) -> dict[str, int]:
+        return {"added": 0, "removed": 0}
+
+    def remove_events(self, event_ids: Iterable[int]) -> int:
+        return 0
+
+    def cluster_of_event(self, event_id: int) -> None:
+        return None
+
+    def summary(self) -> dict[str, int]:
+        return {"faces": 0, "clusters": 0, "listed": 0, "dismissed": 0}
+
+    def list(self) -> list[dict[str, Any]]:
+        raise self._off()
+
+    def get(self, cluster_id: str) -> dict[str, Any]:
+        raise self._off()
+
+    def events_of(self, cluster_id: str) -> list[int]:
+        raise self._off()
+
+    def best_events(self, cluster_id: str, count: int) -> list[int]:
+        raise self._off()
+
+    def merge(self, source_id: str, into_id: str) -> dict[str, Any]:
+        raise self._off()
+
+    def split(self, cluster_id: str, event_ids: list[int] | None = None) -> dict[str, Any]:
+        raise self._off()
+
+    def dismiss(self, cluster_id: str) -> dict[str, Any]:
+        raise self._off()

@@ -46,7 +46,7 @@ CONTENT_SECURITY_POLICY = ("default-src 'self'; img-src 'self' data: blob:; styl
 PAGE_HEADERS = {
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
     "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",  # no-referrer would make Chrome send "Origin: null" with the sign-in form
     "Cache-Control": "no-store",
 }
 #: Sent with every image a person uploaded or a camera saw: never run as a document, whatever its bytes.

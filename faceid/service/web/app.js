@@ -280,7 +280,8 @@ function personCard(person, photos) {
     const files = Array.from(input.files);
     attempt(async () => {
       const answer = await upload(name, files);
-      say(`Added ${plural(answer.added, 'photo')} of ${name}: ${plural(answer.faces, 'face')} enrolled.`);
+      say(`Added ${plural(answer.added, 'face')} of ${name} from ${plural(answer.images ?? files.length, 'photo')}: ` +
+        `${plural(answer.faces, 'face')} in all.`);
       await showPeople();
     });
   });
@@ -313,7 +314,7 @@ function setupPeople() {
     if (!filesInput.files || filesInput.files.length === 0) throw new ApiError(`Choose photos of ${name}.`);
     const answer = await upload(name, Array.from(filesInput.files));
     form.reset();
-    say(`Enrolled ${name}: ${plural(answer.added, 'photo')}, ${plural(answer.faces, 'face')}.`);
+    say(`Enrolled ${name}: ${plural(answer.added, 'face')} from ${plural(answer.images ?? 0, 'photo')}.`);
     await showPeople();
   });
 }
