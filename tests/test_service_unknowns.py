@@ -1,6 +1,7 @@
 """The service's unknown people (faceid/service/unknowns.py) on real LFW faces: events of a real store,
-clustered as they close, listed, merged, split, dismissed, named, kept in step with the events table
-and kept across restarts, sealed with the service's key."""
+clustered as they close, listed, merged, split, dismissed, left by the events that get a name, kept in
+step with the events table and kept across restarts, sealed with the service's key; and off when the
+extractor gives no clustering thresholds."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from faceid.errors import ConflictError, InputError, NotFoundError, SealError
 from faceid.io.sealed import new_key
 from faceid.service.events import EventRecorder
 from faceid.service.store import ServiceStore
-from faceid.service.unknowns import DISMISSED_FILE, UnknownPeople
+from faceid.service.unknowns import DISMISSED_FILE, DisabledUnknownPeople, UnknownPeople
 
 PEOPLE = ("Al_Gore", "Alejandro_Toledo", "Andre_Agassi", "Andy_Roddick")
 IMAGES_PER_PERSON = 4
@@ -135,11 +136,11 @@ def test_the_list_is_largest_first_then_most_recently_seen(store, faces):
     typicality = units @ units.sum(axis=0)
     assert list(typicality) == sorted(typicality, reverse=True)  # most typical first
     assert unknowns.best_events(clusters[big], 2) == unknowns.get(clusters[big])["sample"][:2]
-    with pytest.raises(NotFoundError, match="no unknown cluster 'c0099'"):
+    with pytest.raises(NotFoundError, match="no unknown cluster 'c0099': no such id"):
         unknowns.get("c0099")
 
 
-def test_merge_split_dismiss_and_name_change_what_is_listed(store, faces):
+def test_merge_split_and_dismiss_change_what_is_listed(store, faces):
     unknowns = unknown_people(store, faces)
     a, b, c, d = PEOPLE
     events = record_people(store, faces, {a: 3, b: 3, c: 2, d: 2})
@@ -152,7 +153,7 @@ def test_merge_split_dismiss_and_name_change_what_is_listed(store, faces):
     assert merged == {"id": cluster[b], "into": cluster[a], "faces": 6}
     assert cluster[b] not in [row["id"] for row in unknowns.list()]
     assert unknowns.events_of(cluster[a]) == sorted(events[a] + events[b])
-    with pytest.raises(NotFoundError):
+    with pytest.raises(NotFoundError, match="no such id"):  # merged away
         unknowns.get(cluster[b])
     with pytest.raises(InputError, match="into itself"):
         unknowns.merge(cluster[a], cluster[a])
@@ -169,23 +170,19 @@ def test_merge_split_dismiss_and_name_change_what_is_listed(store, faces):
     assert unknowns.dismiss(cluster[d]) == {"id": cluster[d], "dismissed": True}
     assert unknowns.dismiss(cluster[d])["dismissed"]  # twice is no error
     assert cluster[d] not in [row["id"] for row in unknowns.list()]
-    with pytest.raises(NotFoundError, match="dismissed"):
+    with pytest.raises(NotFoundError, match=f"no unknown cluster '{cluster[d]}': it was dismissed"):
         unknowns.get(cluster[d])
     with pytest.raises(ConflictError, match="dismissed"):
         unknowns.merge(cluster[c], cluster[d])
+    with pytest.raises(ConflictError, match="dismissed"):
+        unknowns.split(cluster[d])
+    assert unknowns.events_of(cluster[d]) == sorted(events[d])  # still clustered, only hidden
     # a later face of the dismissed person joins the dismissed cluster and stays hidden
     later = record_event(store, faces, d, 2, 200)
     assert unknowns.add_event(later) == cluster[d]
     assert cluster[d] not in [row["id"] for row in unknowns.list()]
     assert json.loads((unknowns.folder / DISMISSED_FILE).read_text())["dismissed"] == [cluster[d]]
-
-    unknowns.mark_named(split["new"], b)
-    assert split["new"] not in [row["id"] for row in unknowns.list()]
-    with pytest.raises(ConflictError, match="named"):
-        unknowns.merge(cluster[a], split["new"])
-    assert unknowns.name_of(split["new"]) == b and unknowns.best_events(split["new"], 8)
-    unknowns.mark_named(split["new"], None)
-    assert split["new"] in [row["id"] for row in unknowns.list()]
+    assert unknowns.summary() == {"faces": 11, "clusters": 5, "listed": 4, "dismissed": 1}
 
 
 def test_sync_follows_purges_deletions_corrections_and_new_events(store, faces):
@@ -200,35 +197,31 @@ def test_sync_follows_purges_deletions_corrections_and_new_events(store, faces):
     recent = {a: [record_event(store, faces, a, 2, days_later), record_event(store, faces, a, 3, days_later + 1)],
               c: [record_event(store, faces, c, 0, days_later + 2)]}
     # not clustered yet (closed while nothing listened): the sync adds them
-    assert unknowns.sync() == {"added": 3, "removed": 0, "unnamed": 0}
+    assert unknowns.sync() == {"added": 3, "removed": 0}
     assert [unknowns.cluster_of_event(event_id) for event_id in recent[a]] == [cluster_a, cluster_a]
     assert unknowns.cluster_of_event(recent[c][0]) not in (None, cluster_a)
 
-    # a correction names one of a's events: it leaves the (unnamed) cluster
+    # a correction names one of a's events: it leaves the cluster
     assert store.relabel_events([recent[a][0]], "Al") == 1
     # retention: the first four events ended days before; purged, they leave the clustering at the next sync
     assert store.purge(retention_days=2, now=T0 + timedelta(days=5)) == 4
-    assert unknowns.sync() == {"added": 0, "removed": 5, "unnamed": 0}
+    assert unknowns.sync() == {"added": 0, "removed": 5}
     for event_id in (*old[a], *old[b], recent[a][0]):
         assert unknowns.cluster_of_event(event_id) is None
     assert unknowns.events_of(cluster_a) == recent[a][1:]
     saved = json.loads((unknowns.folder / CLUSTERS_FILE).read_text())
     assert {face["track"] for face in saved["faces"]} == {recent[a][1], recent[c][0]}  # no vector outlives its event
 
-    # a named cluster's relabelled events stay; forgetting the person empties it and it goes
+    # an event corrected back to unknown is clustered again; deleted events (a person forgotten) leave
+    assert store.relabel_events([recent[a][0]], None) == 1
+    assert unknowns.sync() == {"added": 1, "removed": 0}
+    assert unknowns.cluster_of_event(recent[a][0]) == cluster_a
     cluster_c = unknowns.cluster_of_event(recent[c][0])
-    store.relabel_events(unknowns.events_of(cluster_c), "Andre")
-    unknowns.mark_named(cluster_c, "Andre")
-    assert unknowns.sync()["removed"] == 0
+    store.relabel_events([recent[c][0]], "Andre")
     store.forget_person("Andre")
-    assert unknowns.sync()["removed"] == 1
+    assert unknowns.sync() == {"added": 0, "removed": 1}
     with pytest.raises(NotFoundError):
         unknowns.events_of(cluster_c)
-
-    # a cluster named someone no longer enrolled is listed again
-    unknowns.mark_named(cluster_a, "Al")
-    assert unknowns.list() == []
-    assert unknowns.sync(people=["Bob"])["unnamed"] == 1
     assert [row["id"] for row in unknowns.list()] == [cluster_a]
 
 
@@ -255,15 +248,17 @@ def test_the_clusters_survive_a_restart(store, faces):
         for event_id in event_ids:
             unknowns.add_event(event_id)
     dismissed = unknowns.cluster_of_event(events[PEOPLE[1]][0])
-    named = unknowns.cluster_of_event(events[PEOPLE[2]][0])
     unknowns.dismiss(dismissed)
-    unknowns.mark_named(named, "Andre")
+    merged = unknowns.merge(unknowns.cluster_of_event(events[PEOPLE[2]][0]), unknowns.cluster_of_event(events[PEOPLE[0]][0]))
     listed = unknowns.list()
+    assert [row["faces"] for row in listed] == [5]
 
     again = unknown_people(store, faces)
     assert again.list() == listed
-    assert again.sync() == {"added": 0, "removed": 0, "unnamed": 0}
-    assert again.is_dismissed(dismissed) and again.name_of(named) == "Andre"
+    assert again.sync() == {"added": 0, "removed": 0}
+    with pytest.raises(NotFoundError, match="dismissed"):
+        again.get(dismissed)
+    assert again.events_of(merged["into"]) == sorted(events[PEOPLE[0]] + events[PEOPLE[2]])
     assert again.cluster_of_event(events[PEOPLE[0]][2]) == listed[0]["id"]
     later = record_event(store, faces, PEOPLE[0], 3, 40)
     assert again.add_event(later) == listed[0]["id"]
@@ -340,3 +335,70 @@ def test_a_split_must_leave_events_on_both_sides(store, faces):
     with pytest.raises(NotFoundError, match="no unknown cluster 'c0042'"):
         unknowns.split("c0042", None)
     assert unknowns.events_of(cluster_id) == events
+
+
+def test_a_named_clusters_events_leave_and_an_emptied_cluster_is_no_longer_listed(store, faces):
+    """Naming is the service's: it relabels the cluster's events, then calls `remove_events` (or a `sync` finds
+    them named); the cluster's faces leave and the emptied cluster goes, its id never given again."""
+    unknowns = unknown_people(store, faces)
+    a, b, c, _ = PEOPLE
+    events = record_people(store, faces, {a: 3, b: 2, c: 2})
+    for event_ids in events.values():
+        for event_id in event_ids:
+            unknowns.add_event(event_id)
+    cluster = {person: unknowns.cluster_of_event(ids[0]) for person, ids in events.items()}
+    assert len(unknowns.list()) == 3
+
+    # one event relabelled to a name (a correction) leaves at the next sync; its cluster stays
+    assert store.relabel_events([events[a][0]], "Al") == 1
+    assert unknowns.sync() == {"added": 0, "removed": 1}
+    assert unknowns.cluster_of_event(events[a][0]) is None
+    assert unknowns.get(cluster[a])["event_ids"] and unknowns.events_of(cluster[a]) == events[a][1:]
+
+    # a cluster named as the service names it: relabelled, then removed
+    assert store.relabel_events(unknowns.get(cluster[b])["event_ids"], "Alejandro") == 2
+    assert unknowns.remove_events(events[b]) == 2
+    assert [row["id"] for row in unknowns.list()] == [cluster[a], cluster[c]]
+    with pytest.raises(NotFoundError, match=f"no unknown cluster '{cluster[b]}': no such id"):
+        unknowns.get(cluster[b])
+    assert unknowns.sync() == {"added": 0, "removed": 0}  # nothing named is left to leave
+    assert unknowns.remove_events(events[b]) == 0
+
+    # a cluster whose events were all relabelled empties at the sync too
+    store.relabel_events(events[c], "Andre")
+    assert unknowns.sync() == {"added": 0, "removed": 2}
+    assert [row["id"] for row in unknowns.list()] == [cluster[a]]
+    assert unknowns.summary() == {"faces": 2, "clusters": 1, "listed": 1, "dismissed": 0}
+    # a later unknown face of a named person forms a new cluster, under a new id
+    later = record_event(store, faces, b, 3, 50)
+    assert unknowns.add_event(later) not in (None, *cluster.values())
+    assert unknown_people(store, faces).list() == unknowns.list()  # as saved
+
+
+def test_off_unknown_people_follow_nothing_and_refuse_with_the_reason(store, faces):
+    with pytest.raises(InputError) as error:
+        merge_thresholds({"fingerprint": "f" * 32})  # an extractor without a cosine calibration
+    reason = str(error.value)
+    unknowns = UnknownPeople.disabled(reason)
+    event_id = record_event(store, faces, PEOPLE[0], 0, 0)
+    assert unknowns.add_event(event_id) is None
+    assert unknowns.sync() == {"added": 0, "removed": 0}
+    assert unknowns.remove_events([event_id]) == 0
+    assert unknowns.cluster_of_event(event_id) is None
+    assert unknowns.summary()["faces"] == 0
+    with pytest.raises(ConflictError) as refused:
+        unknowns.list()
+    assert str(refused.value) == f"unknown people are off: {reason}" and "no cosine open-set calibration" in reason
+    for call in (lambda: unknowns.get("c0001"), lambda: unknowns.events_of("c0001"),
+                 lambda: unknowns.best_events("c0001", 3), lambda: unknowns.merge("c0001", "c0002"),
+                 lambda: unknowns.split("c0001"), lambda: unknowns.dismiss("c0001")):
+        with pytest.raises(ConflictError, match="unknown people are off: extractor ffffffffffff"):
+            call()
+    assert not (store.data_dir / "unknowns").exists()  # nothing written
+
+
+def test_off_unknown_people_have_every_public_method_of_the_real_ones():
+    def public(cls) -> set[str]:
+        return {name for name, value in vars(cls).items() if callable(value) and not name.startswith("_")}
+
+    assert public(DisabledUnknownPeople) == public(UnknownPeople) - {"disabled"}

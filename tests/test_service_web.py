@@ -145,8 +145,7 @@ def show_view(run: WebRun, view: str) -> None:
     """Click the view's link in the navigation and wait until its list has loaded (again: from another
     view, which the page reloads it on)."""
     if run.driver.find_element(By.TAG_NAME, "body").get_attribute("data-view") == view:
-        run.driver.find_element(By.CSS_SELECTOR, "a[href='#unknowns'], a[href='#people']").click()
-        show_view(run, "people" if view == "unknowns" else "unknowns")
+        show_view(run, "people" if view != "people" else "events")
     before = loads(run, view)
     run.driver.find_element(By.ID, f"nav-{view}").click()
     wait_page(run, lambda: run.driver.find_element(By.ID, f"view-{view}").is_displayed() and loads(run, view) > before,
