@@ -48,13 +48,14 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def require_binary(name: str) -> str:
+def require_binary(name: str, package: str | None = None) -> str:
     """The path of system binary ``name`` (a name on PATH or an absolute path); skips the test when it is
-    missing, or fails it when ``$CI`` is set (CI installs every binary the tests use)."""
+    missing, or fails it when ``$CI`` is set (CI installs every binary the tests use). ``package``: the
+    Debian package that has it, when not named like it."""
     path = name if os.path.isabs(name) and os.access(name, os.X_OK) else shutil.which(name)
     if path:
         return path
-    message = f"{name} is not installed (apt-get install {Path(name).name})"
+    message = f"{name} is not installed (apt-get install {package or Path(name).name})"
     if os.environ.get("CI"):
         pytest.fail(f"{message}: CI must install it (.ci/run)", pytrace=False)
     pytest.skip(message)
@@ -188,11 +189,16 @@ def mosquitto_port(tmp_path) -> Iterator[int]:
 
 # --- the web page in a real browser: headless Chromium through Selenium ---------------------------
 
-CHROMIUM, CHROMEDRIVER = "chromium", "chromedriver"
+CHROMIUM, CHROMEDRIVER = "chromium", "chromedriver"  # Debian's packages chromium and chromium-driver
 SCREENSHOTS_ENV = "FACEID_SCREENSHOTS"  # where screenshots go when set (kept after the run, to look at)
 AXE_TIMEOUT_S = 120.0  # one axe-core run (a large page on a loaded machine takes seconds)
 # The WCAG 2.0 and 2.1 level A and AA rules: labels, names, contrast, keyboard traps, language, ...
 AXE_TAGS = ("wcag2a", "wcag2aa", "wcag21a", "wcag21aa")
+
+
+def require_browser() -> tuple[str, str]:
+    """The paths of the system's ChromeDriver and Chromium (`require_binary`: skipped or failed when missing)."""
+    return require_binary(CHROMEDRIVER, package="chromium-driver"), require_binary(CHROMIUM)
 
 
 @contextlib.contextmanager
@@ -207,11 +213,11 @@ def chromium_driver(screenshots_dir: Path) -> Iterator:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    driver_path, browser_path = require_binary(CHROMEDRIVER), require_binary(CHROMIUM)
+    driver_path, browser_path = require_browser()
     options = webdriver.ChromeOptions()
     options.binary_location = browser_path
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,900",
-                     "--disable-gpu", "--no-first-run", "--disable-extensions", "--lang=en-GB"):
+                     "--disable-gpu", "--no-first-run", "--disable-extensions"):
         options.add_argument(argument)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)

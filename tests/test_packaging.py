@@ -269,6 +269,14 @@ def test_the_installed_command_lists_its_subcommands_and_version(core_venv, tmp_
     folder, files, checked = located.stdout.splitlines()
     assert str(core_venv) in folder and checked == "face_detection_back.tflite"
     assert "LICENSE" in files and "face_detection_short_range.tflite" in files
+    # the web page's files too: the service serves them from the installed package (no CDN)
+    code = ("import faceid.service.web as w; print(w.WEB_DIR); print(sorted(p.name for p in w.WEB_DIR.iterdir())); "
+            "print(w.static_file('app.js')[1])")
+    located = venv_run(core_venv, [str(core_venv / "bin" / "python"), "-c", code], cwd=tmp_path)
+    assert located.returncode == 0, located.stderr
+    folder, files, media_type = located.stdout.splitlines()
+    assert str(core_venv) in folder and media_type.startswith("text/javascript")
+    assert all(name in files for name in ("signin.html", "app.html", "app.js", "app.css", "icon.svg")), files
 
 
 def test_the_root_scripts_identify_the_clip_in_the_core_venv(core_venv, tmp_path):

@@ -4,8 +4,8 @@
 One server for the module: a token, Alex Lacamoire enrolled through the API, and no camera; the page
 adds camera ``door`` (the Hamilton clip, looped), so with one person enrolled the clip's other faces
 are unknown and become clusters. The tests are the steps of one session in the browser, in this order,
-each on what the ones before left (one class; pytest runs its tests in the order written, and a failed
-step fails the ones after it):
+each on what the ones before left (one class; pytest runs its tests in the order written; after a failed
+step the later ones fail too, so ``-x`` stops at the one that matters):
 
 1. sign-in: ``GET /`` is the sign-in form; a wrong token is refused, the right one opens the app,
    whose people view lists the enrolled person;
@@ -20,7 +20,9 @@ step fails the ones after it):
 8. sign out: the sign-in page again, and the old cookie refused.
 
 Each view is screenshotted (``$FACEID_SCREENSHOTS``, or the test's temporary folder: the paths are
-printed), and on each the browser console has no error and axe-core finds no WCAG 2 A/AA violation.
+printed), and on each the browser console has no error and axe-core finds no WCAG 2.0/2.1 A or AA
+violation. From the keyboard: the sign-in submitted with Enter, a view reached with Tab and Enter, the
+delete confirmation opened on Cancel and closed with Escape.
 Every wait is bounded and generous (a loaded 2-core machine); nothing asserts how long anything took.
 """
 
@@ -36,10 +38,12 @@ import pytest
 import requests
 from conftest import KNOWN, VIDEO
 from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException, TimeoutException
+from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import Select, WebDriverWait
-from service_support import axe_violations, chromium_driver, console_errors, require_binary, screenshot
+from service_support import axe_violations, chromium_driver, console_errors, require_browser, screenshot
 from test_service_live import LACAMOIRE, MIRANDA, REQUEST_TIMEOUT_S, Server, create_token
 
 # Generous bounds for a loaded 2-core machine; they only turn a hang into a failure that says what hung.
@@ -68,8 +72,7 @@ class WebRun:
 @pytest.fixture(scope="module")
 def web(tmp_path_factory) -> Iterator[WebRun]:
     """A server with a token and one person enrolled (no camera yet), and a browser on nothing."""
-    require_binary("chromium")
-    require_binary("chromedriver")
+    require_browser()  # before a server is started for nothing
     tmp = tmp_path_factory.mktemp("web")
     data = tmp / "data"
     token = create_token(data, label="web-tests")
@@ -116,6 +119,12 @@ def status_text(run: WebRun) -> str:
         return ""
 
 
+def says(run: WebRun, *words: str) -> None:
+    """The page reports an action done: a note naming each of ``words``, and no error."""
+    error, note = (run.driver.find_element(By.ID, name).text for name in ("status-error", "status-note"))
+    assert not error and all(word in note for word in words), f"the page says: {status_text(run)!r}"
+
+
 def css(run: WebRun, selector: str) -> list[WebElement]:
     return run.driver.find_elements(By.CSS_SELECTOR, selector)
 
@@ -158,6 +167,15 @@ def submit_and_reload(run: WebRun, view: str, button: WebElement, what: str) -> 
     before = loads(run, view)
     button.click()
     wait_page(run, lambda: loads(run, view) > before, PAGE_TIMEOUT_S, what)
+
+
+def tab_to(run: WebRun, element_id: str, presses: int = 60) -> None:
+    """Press Tab until element ``element_id`` has the focus (it must be reachable from the keyboard)."""
+    for _ in range(presses):
+        if run.driver.switch_to.active_element.get_attribute("id") == element_id:
+            return
+        ActionChains(run.driver).send_keys(Keys.TAB).perform()
+    pytest.fail(f"#{element_id} not reached in {presses} presses of Tab", pytrace=False)
 
 
 def image_loaded(run: WebRun, image: WebElement) -> bool:
@@ -236,8 +254,7 @@ class TestThePageInABrowser:
         assert css(web, "input#token[type=password]") and not driver.get_cookie("faceid_session")
         check_view(web, "02-sign-in-wrong-token", allowed=(WRONG_TOKEN_ERROR,))
 
-        driver.find_element(By.ID, "token").send_keys(web.token)
-        driver.find_element(By.CSS_SELECTOR, "form[action='/session'] button[type=submit]").click()
+        driver.find_element(By.ID, "token").send_keys(web.token, Keys.ENTER)  # from the keyboard
         wait_page(web, lambda: css(web, "#view-people[data-loaded]"), PAGE_TIMEOUT_S, "the app's people view")
         assert driver.get_cookie("faceid_session"), "signed in without a session cookie"
         cards = css(web, f"#people-list li[data-person='{LACAMOIRE}']")
@@ -250,7 +267,12 @@ class TestThePageInABrowser:
 
     def test_the_page_adds_a_camera_whose_card_shows_it_running_with_a_live_view(self, web):
         server, driver = web.server, web.driver
-        show_view(web, "cameras")
+        # From the keyboard: Tab to the view's link, Enter.
+        before = loads(web, "cameras")
+        tab_to(web, "nav-cameras")
+        driver.switch_to.active_element.send_keys(Keys.ENTER)
+        wait_page(web, lambda: loads(web, "cameras") > before, PAGE_TIMEOUT_S, "the cameras view from the keyboard")
+        assert driver.switch_to.active_element == driver.find_element(By.ID, "cameras-title")  # focus moved there
         driver.find_element(By.ID, "camera-name").send_keys(CAMERA)
         driver.find_element(By.ID, "camera-source").send_keys(str(VIDEO))
         driver.find_element(By.ID, "camera-loop").click()
@@ -289,11 +311,12 @@ class TestThePageInABrowser:
                           "the events filtered")
         shown = {int(row.get_attribute("data-event")): row for row in css(web, "#event-list li[data-event]")}
         assert shown, "no unknown event of the camera is listed"
-        unknown_ids = {event["id"] for event in server.events(camera=CAMERA, person="unknown")}
-        assert set(shown) <= unknown_ids, set(shown) - unknown_ids
         for event_id, row in shown.items():
             assert row.find_element(By.CSS_SELECTOR, ".event-name").text.startswith("unknown"), event_id
             assert f"Event {event_id} · {CAMERA} ·" in row.find_element(By.CSS_SELECTOR, ".meta").text
+            event = server.json(f"/events/{event_id}")
+            # An open event's vote may still name it; a closed one is decided.
+            assert event["camera"] == CAMERA and (event["name"] is None or not event["closed"]), event
         check_view(web, "06-events-filtered")
 
     def test_the_clips_unknown_faces_are_clusters_and_the_one_named_is_recognised_next_time(self, web):
@@ -322,7 +345,7 @@ class TestThePageInABrowser:
         largest.find_element(By.CSS_SELECTOR, ".cluster-name-input").send_keys(VISITOR)
         submit_and_reload(web, "unknowns", largest.find_element(By.CSS_SELECTOR, ".cluster-name-button"),
                           f"the unknown people view after naming {cluster_id}")
-        assert f"{cluster_id} is now {VISITOR}" in status_text(web), status_text(web)
+        says(web, cluster_id, VISITOR)
         assert not css(web, f"#cluster-list li[data-cluster='{cluster_id}']")
         check_view(web, "08-unknowns-after-naming")
 
@@ -378,8 +401,8 @@ class TestThePageInABrowser:
         Select(row.find_element(By.CSS_SELECTOR, ".correct-select")).select_by_value("")  # not a known person
         submit_and_reload(web, "events", row.find_element(By.CSS_SELECTOR, ".correct-button"),
                           f"the events view after correcting event {event_id}")
-        assert f"Event {event_id} is now not a known person" in status_text(web), status_text(web)
-        assert f"a photo was removed from {VISITOR}" in status_text(web), status_text(web)
+        says(web, f"Event {event_id}", "not a known person", VISITOR)  # and the photo removed from them
+        driver.execute_script("window.scrollTo(0, 0)")  # the page's note of what changed
         check_view(web, "11-event-corrected")
 
         event = server.json(f"/events/{event_id}")
@@ -417,7 +440,7 @@ class TestThePageInABrowser:
         driver.find_element(By.ID, "new-person-files").send_keys("\n".join([str(photo), str(mirrored)]))
         submit_and_reload(web, "people", driver.find_element(By.CSS_SELECTOR, "#add-person-form button[type=submit]"),
                           f"the people view after enrolling {MIRANDA}")
-        assert f"Enrolled {MIRANDA}: 2 photos" in status_text(web), status_text(web)
+        says(web, MIRANDA, "2 photos")
         card = f"#people-list li[data-person='{MIRANDA}']"
         wait_page(web, lambda: len(css(web, f"{card} .person-photo img")) == 2 and
                   all(image_loaded(web, image) for image in css(web, f"{card} .person-photo img")),
@@ -437,10 +460,10 @@ class TestThePageInABrowser:
         dialog = driver.find_element(By.ID, "confirm-dialog")
         wait_page(web, lambda: dialog.get_attribute("open") is not None, PAGE_TIMEOUT_S, "the delete confirmation")
         text = driver.find_element(By.ID, "confirm-text").text
-        assert f"This erases {MIRANDA}: 1 photo, their face vectors and" in text and "cannot be undone" in text, text
+        assert all(words in text for words in (MIRANDA, "1 photo", "event")), text  # what would be erased
         assert driver.switch_to.active_element == driver.find_element(By.ID, "confirm-cancel")  # the safe choice
         check_view(web, "14-delete-person-confirmation", idle=False)
-        driver.find_element(By.ID, "confirm-cancel").click()
+        ActionChains(driver).send_keys(Keys.ESCAPE).perform()  # cancelled from the keyboard
         wait_page(web, lambda: dialog.get_attribute("open") is None, PAGE_TIMEOUT_S, "the confirmation closed")
         assert MIRANDA in [person["name"] for person in server.json("/people")["people"]]
         assert css(web, card)

@@ -11,10 +11,12 @@ only static files served. Every wait is bounded; no test asserts on a time.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import io
 import re
 import secrets
+import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from html.parser import HTMLParser
@@ -45,8 +47,6 @@ EVIL = "http://evil.example"
 # must show it as text.
 HOSTILE_NAME = "<img src=x onerror=alert(1)>"
 EVENT_TIMEOUT_S = 120.0  # the first event with a face from a camera on the clip, on a loaded machine
-ACTIVE_TYPES = ("text/html", "image/svg+xml", "application/xhtml+xml", "text/xml", "application/xml",
-                "text/javascript", "application/javascript", "text/plain")
 
 
 # --- a browser's view of the page -------------------------------------------------------------------
@@ -277,6 +277,7 @@ def test_the_pages_have_a_strict_content_security_policy_and_may_not_be_framed(s
         assert directives.get("object-src") == ["'none'"], policy
         assert response.headers.get("x-frame-options") == "DENY"
         assert response.headers.get("x-content-type-options") == "nosniff"
+        assert "no-store" in response.headers.get("cache-control", "")  # the names and CSRF value stay off disk
 
 
 def test_the_pages_hold_no_inline_script_style_or_event_handler(server, signed_in):
@@ -419,6 +420,24 @@ def test_a_photo_is_never_served_without_a_session_or_token(server, person):
     assert response.status_code == 401 and error_of(response)
 
 
+ERRORS = {
+    "no token (the gate)": ("GET", "/people", {}),
+    "a forged session (the gate)": ("GET", "/people", {"Cookie": f"{SESSION_COOKIE}={secrets.token_urlsafe(32)}"}),
+    "a path holding a script (the router)": ("GET", "/%3Cscript%3Ealert(1)%3C/script%3E", {"bearer": ""}),
+    "a static name holding a tag": ("GET", "/static/%3Cb%3E.js", {}),
+}
+
+
+@pytest.mark.parametrize("method, path, headers", ERRORS.values(), ids=ERRORS.keys())
+def test_an_error_is_json_that_a_browser_never_sniffs_as_a_page(server, method, path, headers):
+    headers = dict(headers)
+    token = "default" if headers.pop("bearer", None) is not None else None
+    response = server.request(method, path, token=token, headers=headers)
+    assert 400 <= response.status_code < 500
+    assert error_of(response)
+    assert response.headers.get("x-content-type-options") == "nosniff", dict(response.headers)
+
+
 # --- 4. cross-site requests ------------------------------------------------------------------------------
 
 
@@ -550,6 +569,35 @@ def test_a_photo_with_html_appended_is_served_back_only_as_a_sandboxed_image(ser
     assert served.content == data  # the bytes as sent, under an image type only
 
 
+def photo_as(kind: str) -> bytes:
+    """A real photo of Al Gore saved as image format ``kind`` (XBM: a text file of C source, one bit a pixel)."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    with Image.open(GORE[1]) as image:
+        image.convert("1" if kind == "XBM" else "RGB").save(buffer, kind)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("kind", ["PPM", "TGA", "XBM"])
+def test_a_photo_in_another_format_is_refused_or_served_back_as_an_image(server, signed_in, person, kind):
+    # Formats Pillow decodes beyond the ones the service serves: refused at upload (415), or every photo it
+    # lists can be shown (GET answers an image type), never a listed photo whose URL is a 404.
+    before = photo_ids(server, person)
+    response = server.post(f"/people/{person}/faces", files=[("images", (f"face.{kind.lower()}", photo_as(kind),
+                                                                         "application/octet-stream"))])
+    if response.status_code == 415:
+        assert photo_ids(server, person) == before
+        return
+    assert response.status_code == 200, response.text
+    for new in set(photo_ids(server, person)) - set(before):
+        served = with_cookie(server, "GET", f"/people/{person}/faces/{new}", signed_in.session)
+        assert served.status_code == 200, (f"upload of a {kind} answered 200 and lists photo {new}, whose URL "
+                                           f"answers {served.status_code} {served.text[:200]}")
+        assert served.headers["content-type"].startswith("image/")
+        assert served.headers["content-type"] != "image/svg+xml"
+
+
 def test_an_events_face_crop_is_served_back_only_as_a_sandboxed_image(server, signed_in, event):
     served = with_cookie(server, "GET", event["face"], signed_in.session)
     assert served.status_code == 200
@@ -568,6 +616,27 @@ def test_a_photo_id_that_leaves_the_persons_folder_is_not_found(server, person, 
     assert error_of(response)
     assert (server.data / "faceid.db").is_file()
     assert server.get("/people").status_code == 200
+
+
+@pytest.mark.parametrize("stray, data", [
+    (".partial.jpg", GORE[2].read_bytes()),  # what an interrupted write leaves behind
+    ("notes.html", b"<html><script>alert(1)</script></html>"),
+    ("face.svg", b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>'),
+])
+def test_a_file_put_in_a_persons_folder_by_hand_is_never_served(server, signed_in, person, stray, data):
+    path = server.data / "faces" / person / stray
+    assert path.parent.is_dir(), "the enrolment photos are no longer in data/faces/<name>/: update this test"
+    path.write_bytes(data)
+    try:
+        response = with_cookie(server, "GET", f"/people/{person}/faces/{stray}", signed_in.session)
+        assert response.status_code == 404, (response.headers.get("content-type"), response.text[:200])
+        assert error_of(response)
+        if stray.startswith("."):  # a hidden file is no photo: neither listed nor removable
+            assert stray not in photo_ids(server, person)
+            assert server.delete(f"/people/{person}/faces/{stray}").status_code == 404
+            assert path.is_file()
+    finally:
+        path.unlink(missing_ok=True)
 
 
 @pytest.mark.parametrize("name", ["%2E%2E", "..%2Ffaces"])
@@ -615,6 +684,26 @@ def test_revoking_the_token_ends_the_sessions_opened_with_it(server, person):
     page = with_cookie(server, "GET", "/", browser_.session)
     assert Page(page.text).find("input", type="password", name="token") and person not in page.text
     assert server.get("/people").status_code == 200  # the other token and its sessions still work
+
+
+def test_an_expired_session_is_refused_by_the_server_whatever_the_browser_keeps(server, person):
+    token, token_id = create_token_and_id(server.data)
+    browser_ = sign_in(server, token)
+    with contextlib.closing(sqlite3.connect(server.data / "faceid.db", timeout=REQUEST_TIMEOUT_S)) as db, db:
+        changed = db.execute("UPDATE sessions SET expires = ? WHERE token_id = ?",
+                             ("2000-01-01T00:00:00.000Z", token_id)).rowcount
+    assert changed == 1
+    response = with_cookie(server, "GET", "/people", browser_.session)
+    assert response.status_code == 401 and error_of(response)
+    page = with_cookie(server, "GET", "/", browser_.session)
+    assert Page(page.text).find("input", type="password", name="token") and person not in page.text
+
+
+def test_neither_a_session_nor_its_csrf_value_is_kept_in_the_database_or_the_log(server, signed_in):
+    kept = b"".join(path.read_bytes() for path in server.data.glob("faceid.db*"))
+    assert signed_in.session.encode() not in kept
+    log = server.log()
+    assert signed_in.session not in log and signed_in.csrf not in log and server.token not in log
 
 
 # --- 7. the page's static files ----------------------------------------------------------------------------
