@@ -32,7 +32,7 @@ from faceid.extras import require_all
 from faceid.service.cameras import CameraConfig
 from faceid.service import web
 from faceid.service.metrics import Metrics
-from faceid.service.server import Service
+from faceid.service.server import IMAGE_SUFFIXES, Service
 from faceid.service.store import parse_time
 from faceid.settings import DEFAULTS
 
@@ -262,7 +262,7 @@ def create_app(service: Service, *, manage_service: bool = True):
         view = service.camera(name).view_jpeg()
         if view is None:
             raise HTTPException(404, f"camera {name!r} has identified no frame yet")
-        return Response(view[1], media_type="image/jpeg", headers={**web.IMAGE_HEADERS, "Cache-Control": "no-store"})
+        return Response(view[1], media_type="image/jpeg", headers=web.IMAGE_HEADERS)
 
     @app.get("/cameras/{name}/stream.mjpg", summary="A camera's live view: its identified frames as MJPEG",
              response_class=Response)
@@ -280,7 +280,7 @@ def create_app(service: Service, *, manage_service: bool = True):
                 await asyncio.sleep(1.0 / DEFAULTS.stream_fps)
 
         return StreamingResponse(frames(), media_type="multipart/x-mixed-replace; boundary=frame",
-                                 headers={**web.IMAGE_HEADERS, "Cache-Control": "no-store"})
+                                 headers=web.IMAGE_HEADERS)
 
     # --- photos, corrections, unknown people -----------------------------------------------------------
 
@@ -448,6 +448,8 @@ class TokenGate:
         self.open_prefixes, self.open_routes = open_prefixes, open_routes
 
     async def __call__(self, scope, receive, send):
+        if scope["type"] == "websocket":  # there are none; one added later must not pass unchecked
+            return await send({"type": "websocket.close", "code": 1008})
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path, method = scope.get("path", ""), scope.get("method", "GET")
@@ -541,7 +543,8 @@ async def _refuse(scope, receive, send, status: int, message: str, headers: dict
     from starlette.responses import JSONResponse
 
     await JSONResponse({"error": message}, status_code=status,
-                       headers={**(headers or {}), "Connection": "close"})(scope, receive, send)
+                       headers={**(headers or {}), "Connection": "close", "X-Content-Type-Options": "nosniff"}
+                       )(scope, receive, send)
 
 
 async def _in_thread(function, *args):
@@ -567,10 +570,11 @@ def check_and_decode(data: bytes, what: str, max_pixels: int):
     if not data:
         raise ImageReadError(f"{what} is empty")
     try:
-        with Image.open(io.BytesIO(data)) as header:
+        # Only the formats the service serves back (`IMAGE_SUFFIXES`): no other decoder ever sees an upload.
+        with Image.open(io.BytesIO(data), formats=list(IMAGE_SUFFIXES)) as header:
             width, height = header.size
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as error:
-        raise ImageReadError(f"{what} is not an image Pillow can read (JPEG, PNG, ...)") from error
+        raise ImageReadError(f"{what} is not a JPEG, PNG, WebP, BMP, TIFF or GIF image") from error
     if width * height > max_pixels:
         raise TooLargeError(f"{what} is {width}x{height} = {width * height / 1e6:.1f} megapixels; the limit is "
                             f"{max_pixels / 1e6:.1f} (`max_image_pixels`)")

@@ -257,9 +257,9 @@ class Service:
     # --- a person's photos ---------------------------------------------------------------------------
 
     def _photo_files(self, name: str) -> list[Path]:
-        folder = self.data / FACES_DIR / name
-        return sorted(path for path in folder.iterdir() if path.is_file() and not path.name.startswith(".")) \
-            if folder.is_dir() else []
+        folder = self.data / FACES_DIR / name  # only what enrol writes: anything else there is not a photo of ours
+        return sorted(path for path in folder.iterdir() if path.is_file() and not path.name.startswith(".")
+                      and path.suffix in MEDIA_TYPES) if folder.is_dir() else []
 
     def _enrolled(self, name: str) -> None:
         from faceid.features.cache import check_person_name

@@ -50,7 +50,8 @@ PAGE_HEADERS = {
     "Cache-Control": "no-store",
 }
 #: Sent with every image a person uploaded or a camera saw: never run as a document, whatever its bytes.
-IMAGE_HEADERS = {"Content-Security-Policy": "default-src 'none'; sandbox", "Cache-Control": "private, max-age=3600"}
+#: Faces are never kept in the browser's cache (a shared computer keeps nothing after sign-out).
+IMAGE_HEADERS = {"Content-Security-Policy": "default-src 'none'; sandbox", "Cache-Control": "no-store"}
 
 
 def static_file(name: str) -> tuple[bytes, str] | None:

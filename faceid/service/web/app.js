@@ -256,13 +256,17 @@ function personCard(person, photos) {
 
   const gallery = el('ul', { class: 'photos' });
   photos.forEach((photo, index) => {
-    const remove = el('button', { type: 'button', class: 'remove-photo quiet small', text: 'Remove photo',
-      'aria-label': `Remove photo ${index + 1} of ${name}` });
-    onClick(remove, async () => {
-      const answer = await api(`/people/${enc(name)}/faces/${enc(photo.id)}`, { method: 'DELETE' });
-      say(`Removed a photo of ${name}: ${plural(answer.faces, 'face')} left.`);
-      await showPeople();
-    });
+    // A person's last photo is not removed (the API says 409): "Delete person" erases them instead.
+    let remove = null;
+    if (photos.length > 1) {
+      remove = el('button', { type: 'button', class: 'remove-photo quiet small', text: 'Remove photo',
+        'aria-label': `Remove photo ${index + 1} of ${name}` });
+      onClick(remove, async () => {
+        const answer = await api(`/people/${enc(name)}/faces/${enc(photo.id)}`, { method: 'DELETE' });
+        say(`Removed a photo of ${name}: ${plural(answer.faces, 'face')} left.`);
+        await showPeople();
+      });
+    }
     gallery.append(el('li', { class: 'person-photo' }, [
       photo.url ? el('img', { src: photo.url, alt: `photo ${index + 1} of ${name}`, width: 96, height: 96 }) : null,
       remove,
@@ -614,6 +618,7 @@ function route() {
   const previous = state.view;
   if (view === previous) return;
   state.view = view;
+  if (previous) say('');  // a message belongs to the view it was said in
   document.body.dataset.view = view;
   document.title = `${TITLES[view]} · faceid`;
   for (const name of VIEWS) {
