@@ -303,6 +303,13 @@ class FaceID:
             return {}
         return {name: len(cache.people[name].vectors) for name in sorted(cache.people) if len(cache.people[name].vectors)}
 
+    def images(self, name: str) -> list[str]:
+        """The file names of ``name``'s images that gave a face (those the gallery holds), as enrolled;
+        empty for someone not enrolled."""
+        cache = self._load_cache()
+        person = None if cache is None else cache.people.get(name)
+        return [] if person is None else list(person.files)
+
     @property
     def not_enrolled(self) -> list[str]:
         """People the cache lists but who have no usable face (every image failed), sorted."""

@@ -203,6 +203,8 @@ class Service:
                 recorded with each new photo, and ``events``: the event each one is the face of (so a
                 correction of that event can take it back).
 
+        A photo in which no face is found is not kept (``photos`` lists those kept, ``added`` counts them).
+
         Raises:
             NoFaceError: none gave a face and ``name`` had none before (the photos are not kept).
         """
@@ -227,13 +229,19 @@ class Service:
                 if not any(folder.iterdir()):
                     folder.rmdir()
                 raise
+            # A photo that gave no face is not kept: the person's photos are the faces the gallery holds.
+            held = set(self.faceid.images(name))
+            for path in new:
+                if path.name not in held:
+                    path.unlink(missing_ok=True)
             self._people_version += 1
             faces = self.faceid.face_counts().get(name, 0)
             self.store.touch_person(name, faces)
-            for path, event in zip(paths, events or [None] * len(paths)):
+            kept = [(path, event) for path, event in zip(paths, events or [None] * len(paths)) if path.name in held]
+            for path, event in kept:
                 self.store.record_photo(name, path.name, source, event)
         return {"name": name, "added": added, "faces": faces, "images": len(images),
-                "photos": [path.name for path in paths]}
+                "photos": [path.name for path, _ in kept]}
 
     def forget(self, name: str) -> dict[str, Any]:
         """Erase a person: the cache, the enrolment photos, their events (rows and crops).
@@ -406,8 +414,8 @@ class Service:
             self.unknowns.remove_events(events)  # known now: the cluster leaves the unknown people
         self.events.relabelled(events)
         logger.info("unknown cluster %s named (%d events)", cluster_id, relabelled)
-        return {"id": cluster_id, "name": name, "enrolled": enrolled["added"], "photos": len(crops),
-                "events": relabelled}
+        return {"id": cluster_id, "name": name, "enrolled": enrolled["added"], "photos": len(enrolled["photos"]),
+                "tried": len(crops), "events": relabelled}
 
     def identify(self, image_rgb) -> dict[str, Any]:
         """Every face of an image and who it is (``POST /identify``).
