@@ -79,12 +79,7 @@ def web(tmp_path_factory) -> Iterator[WebRun]:
     server = Server(data, token, log_dir=tmp / "logs")
     try:
         server.wait_healthy()
-        photo = KNOWN / LACAMOIRE / f"{LACAMOIRE}.png"
-        with photo.open("rb") as image:
-            response = server.request("POST", f"/people/{LACAMOIRE}/faces",
-                                      files=[("images", (photo.name, image, "image/png"))])
-        if response.status_code != 200:
-            server.fail(f"enrolling {LACAMOIRE}: {response.status_code} {response.text}")
+        server.enrol(LACAMOIRE, KNOWN / LACAMOIRE / f"{LACAMOIRE}.png")
         with chromium_driver(tmp / "screenshots") as driver:
             yield WebRun(server=server, token=token, driver=driver, tmp=tmp)
     finally:
