@@ -574,6 +574,14 @@ def test_with_a_key_every_photo_vector_and_crop_at_rest_is_sealed_and_the_key_is
             assert all(sealed != path.read_bytes() for path in GORE[:2])
         person_file = keyed.data / "features" / "people" / "Al_Gore.npz"
         assert person_file.read_bytes().startswith(b"FACEID\x00\x01")
+        # The page gets the photos back in the clear, and a removed one leaves the disk and the gallery.
+        listed = keyed.get("/people/Al_Gore/faces").json()["photos"]
+        assert sorted(photo["id"] for photo in listed) == [photo.name for photo in photos]
+        served = keyed.get(listed[0]["url"])
+        assert served.status_code == 200 and served.content in {path.read_bytes() for path in GORE[:2]}
+        removed = keyed.delete(listed[0]["url"])
+        assert removed.status_code == 200 and removed.json()["faces"] == 1, removed.text
+        assert not (keyed.data / "faces" / "Al_Gore" / listed[0]["id"]).exists()
     finally:
         runs.close()
     refused = subprocess.run([sys.executable, "-m", "faceid", "serve", "--data", str(keyed.data), "--port",
