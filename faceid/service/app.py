@@ -299,7 +299,8 @@ def create_app(service: Service, *, manage_service: bool = True):
     def remove_photo(name: str, photo: str, _: Auth) -> dict[str, Any]:
         return service.remove_photo(name, photo)
 
-    @app.post("/events/{event_id}/correct", summary="Correct who an event's face is ({\"name\": null}: not a known person)")
+    @app.post("/events/{event_id}/correct",
+              summary="Correct who an event's face is ({\"name\": null}: not a known person)")
     def correct(event_id: EventId, correction: CorrectionIn, token_id: Auth) -> dict[str, Any]:
         return service.correct(event_id, correction.name, token_id)
 
@@ -374,7 +375,8 @@ def create_app(service: Service, *, manage_service: bool = True):
             except ValueError:
                 return refuse(422, "the body is not valid JSON: send {\"token\": \"...\"}")
             token, csrf = body.get("token") if isinstance(body, dict) else None, request.headers.get(web.CSRF_HEADER)
-        if not web.same_value(csrf if isinstance(csrf, str) else None, web.cookie_value(request.cookies, web.CSRF_COOKIE)):
+        expected = web.cookie_value(request.cookies, web.CSRF_COOKIE)
+        if not web.same_value(csrf if isinstance(csrf, str) else None, expected):
             return refuse(403, "the sign-in form had expired: reload the page and sign in again")
         token_id = service.store.check_token(token.strip()) if isinstance(token, str) and token.strip() else None
         if token_id is None:
@@ -574,7 +576,8 @@ def check_and_decode(data: bytes, what: str, max_pixels: int):
         with Image.open(io.BytesIO(data), formats=list(IMAGE_SUFFIXES)) as header:
             width, height = header.size
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as error:
-        raise ImageReadError(f"{what} is not a JPEG, PNG, WebP, BMP, TIFF or GIF image") from error
+        raise ImageReadError(f"{what} is not an image this service takes: send a JPEG, PNG, WebP, BMP, TIFF "
+                             "or GIF") from error
     if width * height > max_pixels:
         raise TooLargeError(f"{what} is {width}x{height} = {width * height / 1e6:.1f} megapixels; the limit is "
                             f"{max_pixels / 1e6:.1f} (`max_image_pixels`)")
