@@ -402,3 +402,27 @@ def test_off_unknown_people_have_every_public_method_of_the_real_ones():
         return {name for name, value in vars(cls).items() if callable(value) and not name.startswith("_")}
 
     assert public(DisabledUnknownPeople) == public(UnknownPeople) - {"disabled"}
+
+
+def test_an_open_event_corrected_keeps_the_corrected_name_until_it_closes_then_is_clustered(store, faces):
+    """A correction of an event still going on: the track's vote no longer renames it, and "not a known person"
+    takes it among the unknown people when it ends."""
+    unknowns = unknown_people(store, faces)
+    recorder = EventRecorder(store, on_closed=unknowns.add_event, flush_seconds=0.0)
+    camera = SimpleNamespace(name="door")
+    frame = np.zeros((120, 160, 3), np.uint8)
+    box = FaceBox(40, 30, 100, 90)
+    vector = faces.by_person[PEOPLE[0]][0][0]
+    named = FaceResult(box, PEOPLE[1], 0.9, PEOPLE[1], track_id=7, known=True, vector=vector)
+    recorder.on_results(camera, frame, [named], T0)
+    event_id = store.list_events()[0]["id"]
+    assert store.get_event(event_id)["name"] == PEOPLE[1]
+    assert recorder.correct(event_id, None) is True
+    store.correct_event(event_id, None)
+    recorder.on_results(camera, frame, [named], T0 + timedelta(seconds=1))  # the vote still says PEOPLE[1]
+    assert store.get_event(event_id)["name"] is None and store.get_event(event_id)["corrected"] is True
+    assert unknowns.summary()["faces"] == 0  # open: not clustered yet
+    recorder.on_results(camera, None, [], T0 + timedelta(seconds=2))
+    assert store.get_event(event_id)["name"] is None and store.get_event(event_id)["closed"] is True
+    assert unknowns.cluster_of_event(event_id) is not None
+    assert recorder.correct(event_id, PEOPLE[0]) is False  # closed: the store's correction is all there is

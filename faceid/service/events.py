@@ -54,6 +54,7 @@ class _OpenEvent:
     end: datetime
     crop_area: int
     flushed: float  # time.monotonic() of the last write
+    corrected: bool = False  # a person corrected its name: the track's vote no longer renames it
 
 
 def event_score(score: float) -> float | None:
@@ -158,7 +159,7 @@ class EventRecorder:
                           time.monotonic())
 
     def _update(self, event: _OpenEvent, frame_rgb: np.ndarray, result: FaceResult, now: datetime) -> None:
-        name = result.name if result.known else None
+        name = event.name if event.corrected else result.name if result.known else None
         event.end, event.score = now, event_score(result.score)
         renamed = name != event.name
         event.name = name
@@ -208,6 +209,17 @@ class EventRecorder:
                 sink.publish_camera(camera, state)
             except Exception:  # noqa: BLE001 - a sink never stops a camera
                 logger.exception("publishing camera %s's state failed", camera)
+
+    def correct(self, event_id: int, name: str | None) -> bool:
+        """A person corrected event ``event_id`` to ``name``: if it is still open, its track keeps that name
+        until it ends (its vote no longer renames it). ``False`` when it is not open."""
+        with self._lock:
+            for events in self._open.values():
+                for event in events.values():
+                    if event.id == event_id:
+                        event.name, event.corrected = name, True
+                        return True
+        return False
 
     def relabelled(self, event_ids: list[int]) -> None:
         """Events were renamed from outside a camera (a correction, a named cluster): each goes to the

@@ -349,19 +349,19 @@ class Service:
         the enrolment of the person it was wrongly enrolled under (when it was: a named cluster, an earlier
         correction), enrol it as ``name`` (when a face is found in its crop), record the correction.
 
+        An event still going on is corrected too: its track keeps the corrected name until it ends.
+
         Raises:
-            NotFoundError: no such event. ConflictError: the event is still open. InputError: an invalid
-                or reserved ``name``.
+            NotFoundError: no such event. InputError: an invalid or reserved ``name``.
         """
         if name is not None:
             self._check_new_name(name)
         with self.people_lock:
-            event = self.store.get_event(event_id)
-            if event is None:
+            if self.store.get_event(event_id) is None:
                 raise NotFoundError(f"no event {event_id}")
-            if not event["closed"]:  # its track would write the camera's name over the correction
-                raise ConflictError(f"event {event_id} is still going on (its face is in front of camera "
-                                    f"{event['camera']!r}): correct it once it has ended")
+            # An event still going on keeps the corrected name until its track ends (first in memory, so a
+            # write of the track in between cannot put the old name back).
+            self.events.correct(event_id, name)
             correction, previous = self.store.correct_event(event_id, name, token_id)
             removed_from = None
             for person, photo in self.store.photos_of_event(event_id):

@@ -470,10 +470,7 @@ function eventRow(event) {
         event.closed === false ? el('span', { class: 'badge badge-open', text: 'now' }) : null,
       ]),
       el('p', { class: 'meta', text: `Event ${event.id} · ${details}` }),
-      // An event still going on is not corrected (the API says 409: its track would name it again).
-      event.closed === false
-        ? el('p', { class: 'meta', text: 'It can be corrected once it has ended.' })
-        : correctForm(event),
+      correctForm(event),
     ]),
   ]);
   return row;
