@@ -582,6 +582,15 @@ def looping_server(data: Path, token: str, log_dir: Path, *, camera: bool = True
     return Server(data, token, *args, log_dir=log_dir).wait_healthy()
 
 
+def open_loop_events(server: Server) -> set[int]:
+    """Wait until camera loop has an open event; the ids of its open events."""
+    def open_ids() -> set[int]:
+        return {event["id"] for event in server.events(camera="loop") if not event["closed"]}
+
+    server.wait(lambda: bool(open_ids()), EVENT_TIMEOUT_S, "an open event on camera loop")
+    return open_ids()
+
+
 def test_kill_9_loses_no_committed_event_and_the_restart_closes_those_left_open(tmp_path):
     data = tmp_path / "data"
     token = create_token(data)
@@ -637,9 +646,7 @@ def test_sigterm_closes_the_open_events_and_stops(tmp_path):
     token = create_token(data)
     server = looping_server(data, token, tmp_path / "logs")
     try:
-        server.wait(lambda: any(not event["closed"] for event in server.events(camera="loop")), EVENT_TIMEOUT_S,
-                    "an open event on camera loop")
-        open_ids = {event["id"] for event in server.events(camera="loop") if not event["closed"]}
+        open_ids = open_loop_events(server)
         assert server.stop(signal.SIGTERM) == 0, server.log()
     finally:
         server.close()
@@ -656,8 +663,7 @@ def test_a_second_service_on_the_same_data_is_refused_and_the_first_keeps_its_op
     token = create_token(data)
     server = looping_server(data, token, tmp_path / "logs")
     try:
-        server.wait(lambda: any(not event["closed"] for event in server.events(camera="loop")), EVENT_TIMEOUT_S,
-                    "an open event on camera loop")
+        open_loop_events(server)
         second = run_process([sys.executable, "-m", "faceid", "serve", "--data", str(data), "--port", str(free_port())],
                              cwd=REPO, env=server_environment())
         assert second.returncode != 0 and "another faceid serve uses" in second.stderr, second.stderr

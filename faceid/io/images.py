@@ -93,6 +93,17 @@ def image_sha256(path: str | Path, key: Key | None = None) -> str:
     return hashlib.sha256(image_bytes(path, key)).hexdigest()
 
 
+def encode_jpeg(image_bgr: np.ndarray, quality: int) -> bytes:
+    """JPEG bytes of a BGR image (what OpenCV draws on) at ``quality`` (1-100): the service's face crops and
+    live views."""
+    import cv2
+
+    ok, encoded = cv2.imencode(".jpg", np.ascontiguousarray(image_bgr), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise InputError(f"OpenCV could not encode a {image_bgr.shape} image as JPEG")
+    return encoded.tobytes()
+
+
 def encode_png(image_rgb: np.ndarray) -> bytes:
     """PNG bytes of an RGB image (lossless: what enrolment saves)."""
     import cv2

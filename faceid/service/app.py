@@ -390,17 +390,15 @@ def create_app(service: Service, *, manage_service: bool = True):
 
     @app.get("/session", summary="The page's session: its CSRF token and when it ends")
     def session_info(request: Request, token_id: Auth) -> dict[str, Any]:
-        session = request.scope.get(SESSION)
-        found = None if session is None else service.store.check_session(session)
-        return {"token": token_id, "csrf": None if found is None else found["csrf"],
-                "expires": None if found is None else found["expires"]}
+        session = request.scope.get(SESSION) or {}  # the gate's: a bearer request has none
+        return {"token": token_id, "csrf": session.get("csrf"), "expires": session.get("expires")}
 
     @app.delete("/session", summary="Sign the page out")
     def sign_out(request: Request, _: Auth) -> Response:
         session = request.scope.get(SESSION)
         if session is None:
             raise HTTPException(400, "no session to end: this request was made with a bearer token")
-        service.store.end_session(session)
+        service.store.end_session(session["cookie"])
         response = JSONResponse({"signed_in": False})
         response.delete_cookie(web.SESSION_COOKIE, **cookie_options(request))
         return response
@@ -425,7 +423,7 @@ OPEN_PATHS = ("/health", "/docs", "/docs/oauth2-redirect", "/openapi.json")
 MISSING_TOKEN = "missing token: send 'Authorization: Bearer <token>' (faceid serve token create makes one)"
 #: Where `TokenGate` leaves the id of the token it accepted, for the routes (the ASGI scope of the request).
 TOKEN_ID = "faceid.token_id"
-#: Where it leaves the session cookie's value of a request signed in on the page.
+#: Where it leaves the session of a request signed in on the page: ``check_session``'s dict and its ``cookie``.
 SESSION = "faceid.session"
 #: What the page needs before sign-in: its files, and the sign-in itself (its route checks the CSRF cookie).
 OPEN_PREFIXES = ("/static/",)
@@ -441,7 +439,7 @@ class TokenGate:
     anything but GET/HEAD must come from the service's own origin and carry the session's
     ``X-CSRF-Token``, else 403. No credentials, or wrong ones: 401 (JSON, ``WWW-Authenticate: Bearer``).
     The id of the accepted token (a session's: the token it was opened with) goes to the routes in the
-    scope (`TOKEN_ID`), and a session's cookie value as `SESSION`.
+    scope (`TOKEN_ID`), and the session (its row and cookie) as `SESSION`.
     """
 
     def __init__(self, app, check, open_paths: tuple[str, ...], check_session=None,
@@ -466,17 +464,14 @@ class TokenGate:
                 return await _refuse(scope, receive, send, 401, "your session has ended: sign in again at /",
                                      {"WWW-Authenticate": "Bearer"})
             if method not in ("GET", "HEAD"):
-                from faceid.service.web import same_origin, same_value
-
-                origin = headers.get(b"origin")
-                host = headers.get(b"host")
-                if not same_origin(None if origin is None else origin.decode("latin-1"), scope.get("scheme", "http"),
-                                   None if host is None else host.decode("latin-1")):
+                origin, host = headers.get(b"origin"), headers.get(b"host")
+                if not web.same_origin(None if origin is None else origin.decode("latin-1"),
+                                       scope.get("scheme", "http"), None if host is None else host.decode("latin-1")):
                     return await _refuse(scope, receive, send, 403, "a request from another site is refused")
-                if not same_value(headers.get(b"x-csrf-token", b"").decode("latin-1"), found["csrf"]):
+                if not web.same_value(headers.get(b"x-csrf-token", b"").decode("latin-1"), found["csrf"]):
                     return await _refuse(scope, receive, send, 403, "missing or wrong X-CSRF-Token: a change made "
                                          "with the session cookie must send the page's CSRF token")
-            scope[TOKEN_ID], scope[SESSION] = found["token_id"], session
+            scope[TOKEN_ID], scope[SESSION] = found["token_id"], {**found, "cookie": session}
             return await self.app(scope, receive, send)
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
@@ -493,10 +488,8 @@ def _session_cookie(headers: dict[bytes, bytes]) -> str | None:
     """The session cookie of a request's headers, when one is there and well formed."""
     from starlette.requests import cookie_parser
 
-    from faceid.service.web import SESSION_COOKIE, cookie_value
-
     raw = headers.get(b"cookie")
-    return None if raw is None else cookie_value(cookie_parser(raw.decode("latin-1")), SESSION_COOKIE)
+    return None if raw is None else web.cookie_value(cookie_parser(raw.decode("latin-1")), web.SESSION_COOKIE)
 
 
 class BodyLimit:

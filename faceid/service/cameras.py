@@ -30,8 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from faceid.apps.live import FaceResult, LiveIdentifier
+from faceid.apps.live import FaceResult, LiveIdentifier, annotate
 from faceid.errors import InputError
+from faceid.io.images import encode_jpeg
 from faceid.io.video import FALLBACK_FPS, FrameSource, is_url, open_source
 from faceid.settings import DEFAULTS
 
@@ -206,20 +207,12 @@ class Camera:
     def view_jpeg(self, after: int = -1) -> tuple[int, bytes] | None:
         """The latest identified frame with a box and a name on each face, as ``(its number, JPEG bytes)``;
         ``None`` before the first frame, or when the latest is still number ``after`` (nothing new)."""
-        import cv2
-
-        from faceid.apps.live import annotate
-
         view = self._view
         if view is None or view[0] == after:
             return None
         with self._view_lock:
             if self._view_jpeg is None or self._view_jpeg[0] != view[0]:
-                ok, encoded = cv2.imencode(".jpg", annotate(view[1], view[2]),
-                                           [cv2.IMWRITE_JPEG_QUALITY, DEFAULTS.event_crop_quality])
-                if not ok:
-                    return None
-                self._view_jpeg = (view[0], encoded.tobytes())
+                self._view_jpeg = (view[0], encode_jpeg(annotate(view[1], view[2]), DEFAULTS.event_crop_quality))
             return self._view_jpeg
 
     def _set_state(self, state: str, error: str | None = None) -> None:

@@ -28,6 +28,7 @@ import numpy as np
 
 from faceid.apps.live import FaceResult
 from faceid.detect.faces import FaceBox
+from faceid.io.images import encode_jpeg
 from faceid.service.store import ServiceStore, utc_iso
 from faceid.settings import DEFAULTS
 
@@ -65,17 +66,11 @@ def event_score(score: float) -> float | None:
 def face_crop_jpeg(frame_rgb: np.ndarray, box: FaceBox, margin: float = DEFAULTS.event_crop_margin,
                    quality: int = DEFAULTS.event_crop_quality) -> bytes:
     """The face of ``box`` with ``margin`` (a share of the box's side) around it, as JPEG bytes."""
-    import cv2
-
     height, width = frame_rgb.shape[:2]
     pad_x, pad_y = int(box.width * margin), int(box.height * margin)
     left, top = max(0, box.left - pad_x), max(0, box.top - pad_y)
     right, bottom = min(width, box.right + pad_x), min(height, box.bottom + pad_y)
-    crop = np.ascontiguousarray(frame_rgb[top:bottom, left:right, ::-1])
-    ok, encoded = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
-    if not ok:
-        raise ValueError("JPEG encoding of a face crop failed")
-    return encoded.tobytes()
+    return encode_jpeg(frame_rgb[top:bottom, left:right, ::-1], quality)
 
 
 class EventRecorder:

@@ -265,9 +265,8 @@ class Service:
     # --- a person's photos ---------------------------------------------------------------------------
 
     def _photo_files(self, name: str) -> list[Path]:
-        folder = self.data / FACES_DIR / name  # only what enrol writes: anything else there is not a photo of ours
-        return sorted(path for path in folder.iterdir() if path.is_file() and not path.name.startswith(".")
-                      and path.suffix in MEDIA_TYPES) if folder.is_dir() else []
+        folder = self.data / FACES_DIR / name
+        return sorted(path for path in folder.iterdir() if _is_photo(path)) if folder.is_dir() else []
 
     def _enrolled(self, name: str) -> None:
         from faceid.features.cache import check_person_name
@@ -301,19 +300,16 @@ class Service:
         from faceid.io.store import read_private
 
         path = self._photo_path(name, photo)
-        media_type = MEDIA_TYPES.get(path.suffix.lower())
-        if media_type is None:
-            raise NotFoundError(f"no photo {photo!r} of {name!r}")
         data = read_private(path, "an enrolment photo", "it was deleted outside faceid", key=self.options.key,
                             encrypted=self.options.key is not None)
-        return data, media_type
+        return data, MEDIA_TYPES[path.suffix]
 
     def _photo_path(self, name: str, photo: str) -> Path:
         from faceid.features.cache import check_person_name
 
         check_person_name(name, "name")
         path = self.data / FACES_DIR / name / photo
-        if "/" in photo or photo.startswith(".") or not path.is_file():
+        if "/" in photo or not _is_photo(path):
             raise NotFoundError(f"no photo {photo!r} of {name!r}")
         return path
 
@@ -522,6 +518,12 @@ def _lock_directory(data: Path):
         handle.close()
         raise ConflictError(f"another faceid serve uses {data}: stop it first, or pass another `data_dir`") from None
     return handle
+
+
+def _is_photo(path: Path) -> bool:
+    """A file enrol wrote in a person's folder: a visible file with the suffix of a format served back
+    (anything else there, put by hand, is neither listed nor served nor removed)."""
+    return path.is_file() and not path.name.startswith(".") and path.suffix in MEDIA_TYPES
 
 
 def _image_suffix(data: bytes) -> str:
