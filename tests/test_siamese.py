@@ -156,13 +156,18 @@ def test_saved_tower_reloads_embeds_identically_and_resume_continues(tmp_path, c
     manifest = json.loads((output / "manifest.json").read_text())
     assert manifest["backbone"] == "siamese" and manifest["tower"] == "koch" and manifest["output_dim"] == 4096
 
-    # The saved tower (Keras and ONNX) gives the vectors of the best epoch's weights.
+    # The saved tower (Keras and ONNX) gives the vectors of the weights it kept (the best epoch's, or the
+    # start's when the gain was within the noise), averaged with the mirror image's (--tta flip, the default).
+    assert manifest["tta"] == "flip" and report["kept"] in ("start", "fine-tuned")
+    assert report["improved"] == (report["kept"] == "fine-tuned") and report["decision"]
     chips = np.stack([np.asarray(chip) for chip in np.load(output / "training" / "chips.npy", mmap_mode="r")[:6]])
     tower = build_tower(SiameseOptions(init="koch", loss="bce", input_size=68))
-    arrays = load_npz(output / "training" / "best.npz", "best", "")
+    arrays = load_npz(output / "training" / ("best.npz" if report["improved"] else "start.npz"), "weights", "")
     for index, weight in enumerate(tower.model.weights):
         weight.assign(arrays[f"tower.{index}"])
-    expected = np.asarray(tower.model(preprocessing(manifest["preprocessing"])(chips), training=False))
+    preprocess = preprocessing(manifest["preprocessing"])
+    expected = (np.asarray(tower.model(preprocess(chips), training=False))
+                + np.asarray(tower.model(preprocess(chips[:, :, ::-1]), training=False))) / 2
     keras_vectors = load_extractor(output, runtime="keras").embed(chips)
     onnx_vectors = load_extractor(output, runtime="onnx").embed(chips)
     np.testing.assert_allclose(keras_vectors, expected, atol=1e-6)

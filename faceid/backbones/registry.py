@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import logging
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -157,13 +158,7 @@ class Extractor(ABC):
         chips = self.check_chips(chips)
         if len(chips) == 0:
             return np.zeros((0, self.output_dim), dtype=np.float32)
-        chips = self._domain_chips(chips)
-        if self.tta == "flip":
-            # The chip and its mirror in one pass (batches stay full), then the mean of the two.
-            count = len(chips)
-            both = self._embed(np.concatenate([chips, chips[:, :, ::-1]]), batch_size)
-            return ((both[:count] + both[count:]) * np.float32(0.5)).astype(np.float32, copy=False)
-        return self._embed(chips, batch_size)
+        return with_tta(lambda batch: self._embed(batch, batch_size), self._domain_chips(chips), self.tta)
 
     @abstractmethod
     def _embed(self, chips: np.ndarray, batch_size: int) -> np.ndarray:
@@ -179,6 +174,21 @@ class Extractor(ABC):
     def describe(self) -> str:
         """A human-readable summary (network.py --print_model 1)."""
         return "\n".join(f"{key}: {value}" for key, value in sorted(self.manifest.items()) if key != "sources")
+
+
+def with_tta(embed: Callable[[np.ndarray], np.ndarray], chips: np.ndarray, tta: str) -> np.ndarray:
+    """``embed(chips)`` with test-time augmentation ``tta`` (:data:`TTA_MODES`).
+
+    ``flip``: the chips and their mirror images in one call (batches stay full), then the mean of
+    each chip's two vectors. The one implementation: extractors and train_siamese.py's validation.
+    """
+    if tta == "none":
+        return embed(chips)
+    if tta != "flip":
+        raise InputError(f"unknown `tta` {tta!r}: choose one of {', '.join(TTA_MODES)}")
+    count = len(chips)
+    both = embed(np.concatenate([chips, chips[:, :, ::-1]]))
+    return ((both[:count] + both[count:]) * np.float32(0.5)).astype(np.float32, copy=False)
 
 
 def check_file_sha256(path: Path, manifest: dict[str, Any], key: str, fix: str) -> None:

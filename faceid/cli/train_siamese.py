@@ -22,6 +22,7 @@ import json
 import sys
 from pathlib import Path
 
+from faceid.backbones.registry import TTA_MODES
 from faceid.cli import add_detection_options, add_verbosity, run_main
 from faceid.detect.faces import FaceOptions
 from faceid.errors import InputError
@@ -97,12 +98,23 @@ def build_parser() -> argparse.ArgumentParser:
                           "20,000 training images")
     fit.add_argument("--save_augmented", type=int, default=0, metavar="N",
                      help="also write N augmented training chips to OUTPUT/augmented/ to look at")
-    fit.add_argument("--val_people", type=float, default=DEFAULTS.val_people, help="share of people held out for validation")
+    fit.add_argument("--val_people", type=float, default=DEFAULTS.val_people,
+                     help="share of people held out for validation (and the choice of network)")
+    fit.add_argument("--test_people", type=float, default=SiameseOptions.test_people,
+                     help="share of people also held out of both, to measure the start, the fine-tuned and the written "
+                          "network on (report.json's test; training/test_people.txt names them). 0: none")
+    fit.add_argument("--bootstrap", type=int, default=SiameseOptions.bootstrap,
+                     help="resamples of validation people in the paired bootstrap that decides whether fine-tuning "
+                          "really beat the starting network (else the starting network is written)")
     fit.add_argument("--target_fpir", type=float, default=DEFAULTS.target_fpir,
                      help="share of strangers the calibrated threshold may name (test.py's default)")
     fit.add_argument("--seed", type=int, default=DEFAULTS.seed, help="fixes the split, the batches, augmentation and init")
     fit.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
     fit.add_argument("--export", choices=("onnx", "none"), default="onnx", help="also export the tower to ONNX")
+    fit.add_argument("--tta", choices=TTA_MODES,
+                     help="test-time augmentation of the written tower and of every validation measure: flip averages "
+                          "each chip's vector with its mirror image's (network.py's default for frozen backbones); "
+                          f"default {SiameseOptions.tta} (none with --init hog, which has no network)")
     fit.add_argument("--cross_validate", type=int, default=0, metavar="K",
                      help="--pairs_path: instead of one model, train K models, each on all people but one fold, and "
                           "score sketch -> photo retrieval on the held-out fold (OUTPUT/crossval.json; frozen dlib "
@@ -135,6 +147,9 @@ def run(args: argparse.Namespace) -> int:
     face_options = FaceOptions(detect=not args.no_detect, upsample=args.upsample, detector=args.detector)
     progress = not args.quiet
     if init == "hog":
+        if args.tta not in (None, "none") or args.test_people:
+            raise InputError("--tta flip and --test_people are for network towers: --init hog fits a projection on "
+                             "unmirrored HOG descriptors and measures itself with --cross_validate K")
         hog_options = HogOptions(cell=args.cell, dims=args.dims, synthetic=args.synthetic,
                                  synthetic_limit=args.synthetic_limit, val_people=args.val_people, seed=args.seed)
 
@@ -148,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
             input_size=args.input_size, color=args.color, weights=args.weights, epochs=args.epochs,
             batch_size=args.batch_size, per_person=args.per_person, learning_rate=args.learning_rate,
             patience=args.patience, val_people=args.val_people, augment=args.augment, target_fpir=args.target_fpir,
-            seed=args.seed, export=args.export,
+            seed=args.seed, export=args.export, tta=args.tta or SiameseOptions.tta, test_people=args.test_people, bootstrap=args.bootstrap,
             synthetic=None if args.synthetic is None else str(args.synthetic), synthetic_limit=args.synthetic_limit,
         )
         data = DataOptions(face_options=face_options, workers=args.workers)
@@ -173,12 +188,40 @@ def run(args: argparse.Namespace) -> int:
                    "start_rank1": report["start"]["rank1"], "people": report["people"]["fitted_on"],
                    "seconds": report["seconds"]}
     else:
-        summary = {key: report[key] for key in ("val_auc", "val_accuracy", "start", "best_epoch", "stopped", "seconds")}
+        summary = {key: report[key] for key in ("improved", "kept", "val_auc", "val_accuracy", "start", "best_epoch",
+                                                "stopped", "seconds")}
         summary["threshold_one_person"] = report["calibration"].get("threshold_one_person")
         summary["default_scorer"] = report["calibration"].get("default_scorer")
+        print(comparison_table(report))
     print(json.dumps(summary))
     print(f"saved: {args.output}")
     return 0
+
+
+FIGURE_LABELS = {"pair_auc": "pair AUC", "pair_accuracy": "pair accuracy", "tar_at_far": "TAR at FAR 1%",
+                 "rank1": "rank-1 (leave one out)", "own_fnir": "anchor person missed at FPIR"}
+
+
+def comparison_table(report: dict) -> str:
+    """The starting and the fine-tuned network side by side on the validation (and test) people."""
+    parts = [("validation", report["validation"])] + ([("test", report["test"])] if "test" in report else [])
+    lines = [f"kept the {report['kept']} network (improved: {str(report['improved']).lower()}): {report['decision']}"]
+    for title, part in parts:
+        written = "written" in part
+        rows = [("", "start", "fine-tuned", "gain", "95% interval") + (("written",) if written else ())]
+        for name, label in FIGURE_LABELS.items():
+            if name not in part["start"] or name not in part["fine_tuned"]:
+                continue
+            gain = part["gain"][name]
+            interval = f"{gain['low']:+.4f} to {gain['high']:+.4f}" if "low" in gain else "-"
+            row = (label, f"{part['start'][name]:.4f}", f"{part['fine_tuned'][name]:.4f}", f"{gain['value']:+.4f}",
+                   interval)
+            rows.append(row + ((f"{part['written'][name]:.4f}",) if written else ()))
+        widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+        lines.append(f"{title}: {part['people']} people, {part['faces']} faces, {part['pairs']} pairs "
+                     f"({part['pairs_same']} same-person)")
+        lines += ["  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    return "\n".join(lines)
 
 
 def crossval_table(summary: dict) -> str:

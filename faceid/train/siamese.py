@@ -32,16 +32,18 @@ from typing import Any
 
 import numpy as np
 
+from faceid.backbones.registry import TTA_MODES, with_tta
 from faceid.backbones.siamese import EXTRACTOR_HEAD_DIR, preprocessing, siamese_manifest
 from faceid.detect.faces import FaceCropper, FaceOptions
 from faceid.errors import InputError
 from faceid.extras import require_all
 from faceid.io.manifest import library_versions
 from faceid.io.sealed import Key
-from faceid.io.store import StagedFiles, json_bytes, load_npz, read_json, save_npz, write_json
+from faceid.io.store import StagedFiles, json_bytes, load_npz, read_json, save_npz, write_bytes, write_json
 from faceid.match.metrics import accuracy_at, best_accuracy_threshold, roc_auc
 from faceid.settings import DEFAULTS
 from faceid.train.augment import Augmentation
+from faceid.train.compare import Split, compare, decide, figures, held_out_split, measure
 from faceid.train.siamese_data import (
     BatchSampler,
     ChipSet,
@@ -49,9 +51,8 @@ from faceid.train.siamese_data import (
     check_for_loss,
     pair_masks,
     prepare_chips,
-    split_faceset,
+    split_three,
     synthetic_pairs,
-    validation_pairs,
     with_synthetic,
 )
 
@@ -76,6 +77,9 @@ KOCH_SIZE = 105
 AUGMENT_BELOW = 20000
 TRAINING_DIR = "training"
 TOWER_NAME = "tower"
+# Where the fine-tuned network is written when the starting one is kept (to look at, or use on purpose).
+FINE_TUNED_DIR = "fine_tuned"
+TEST_PEOPLE_FILE = "test_people.txt"
 
 
 @dataclass(frozen=True)
@@ -101,11 +105,19 @@ class SiameseOptions:
     export: str = "onnx"
     synthetic: str | None = None  # --pairs_path: photos whose synthetic sketches add training pairs
     synthetic_limit: int = 2000
+    # Test-time augmentation of the written tower and of every validation measure (as DEFAULTS.tta
+    # for frozen backbones), so the start and the fine-tuned network are compared like for like.
+    tta: str = DEFAULTS.tta
+    # A share of people held out of training and of the choice of network, to measure what was chosen.
+    test_people: float = 0.0
+    # Resamples of the paired bootstrap that decides whether the fine-tuned network is really better.
+    bootstrap: int = 1000
 
     def check(self) -> None:
         for value, choices, name in ((self.init, TOWERS, "init"), (self.loss, LOSSES, "loss"),
                                      (self.mining, MINING, "mining"), (self.fine_tune, FINE_TUNE, "fine_tune"),
-                                     (self.color, COLORS, "color"), (self.augment, AUGMENT, "augment")):
+                                     (self.color, COLORS, "color"), (self.augment, AUGMENT, "augment"),
+                                     (self.tta, TTA_MODES, "tta")):
             if value not in choices:
                 raise InputError(f"unknown `{name}` {value!r}: choose one of {', '.join(choices)}")
         if self.epochs < 1:
@@ -116,6 +128,10 @@ class SiameseOptions:
             raise InputError(f"`margin` {self.margin} must be positive")
         if self.learning_rate is not None and self.learning_rate <= 0:
             raise InputError(f"`learning_rate` {self.learning_rate} must be positive")
+        if self.bootstrap < 100:
+            raise InputError(f"`bootstrap` {self.bootstrap}: use at least 100 resamples (1,000 is the default)")
+        if not 0.0 <= self.test_people < 1.0:
+            raise InputError(f"`test_people` {self.test_people} must be a share of people, at least 0 and under 1")
 
     @property
     def lr(self) -> float:
@@ -128,7 +144,7 @@ class SiameseOptions:
     def identity(self) -> dict[str, Any]:
         """What a resumed run must share with the checkpoint (the epochs may grow)."""
         values = asdict(self)
-        for key in ("epochs", "patience", "export"):
+        for key in ("epochs", "patience", "export", "bootstrap"):
             values.pop(key)
         return values
 
@@ -325,15 +341,18 @@ class SiameseTrainer:
     """One training run: the tower, the head (bce), the optimiser, the data, the state on disk."""
 
     def __init__(self, chipset: ChipSet, train_rows: np.ndarray, val_rows: np.ndarray, options: SiameseOptions,
-                 output: Path, tower: Tower, augment: bool):
+                 output: Path, tower: Tower, augment: bool, test_rows: np.ndarray | None = None):
         import keras
 
         self.chipset, self.train_rows, self.val_rows = chipset, train_rows, val_rows
+        self.test_rows = np.zeros(0, dtype=np.int64) if test_rows is None else test_rows
         self.options, self.output, self.tower, self.augment = options, output, tower, augment
         self.preprocess = preprocessing(tower.preprocessing)
         self.labels = chipset.faces.labels
         self.domains = chipset.faces.domains
         self.sampler = BatchSampler(self.labels[train_rows], options.batch_size, options.per_person, options.seed)
+        self.val_split = self.split(val_rows)
+        self.test_split = self.split(self.test_rows) if len(self.test_rows) else None
         self.head = None
         if options.loss == "bce":
             # Starts as "farther apart in every dimension = less alike" (the warm-up then fits it).
@@ -434,10 +453,17 @@ class SiameseTrainer:
         return float(self._step(batch, same, cross))
 
     def embed(self, rows: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """The tower's vectors of ``rows``, with the test-time augmentation it will be written with."""
         model = self.tower.model
-        outputs = [np.asarray(model(self.preprocess(np.asarray(self.chipset.chips[rows[start:start + batch_size]])),
-                                    training=False))
-                   for start in range(0, len(rows), batch_size)]
+        if len(rows) == 0:
+            return np.zeros((0, int(model.output.shape[-1])), dtype=np.float32)
+
+        def run(chips: np.ndarray) -> np.ndarray:
+            return np.concatenate([np.asarray(model(self.preprocess(chips[start:start + batch_size]), training=False))
+                                   for start in range(0, len(chips), batch_size)]).astype(np.float32)
+
+        outputs = [with_tta(run, np.asarray(self.chipset.chips[rows[start:start + 512]]), self.options.tta)
+                   for start in range(0, len(rows), 512)]
         return np.concatenate(outputs).astype(np.float32)
 
     def head_arrays(self) -> tuple[np.ndarray, np.ndarray] | None:
@@ -445,24 +471,50 @@ class SiameseTrainer:
             return None
         return np.asarray(self.head.kernel), np.asarray(self.head.bias)
 
+    def split(self, rows: np.ndarray) -> Split:
+        """The held-out faces ``rows`` as :mod:`faceid.train.compare` measures them: the pairs the
+        validation samples among them, the half each accuracy threshold is chosen on, the bootstrap units."""
+        return held_out_split(self.labels[rows], None if self.domains is None else self.domains[rows],
+                              own=0 if self.chipset.faces.layout == "anchor" else None,
+                              neg_ratio=self.options.neg_ratio, seed=self.options.seed)
+
+    def scorer(self):
+        """Same-person scores of pairs with the current distance layer (bce) or distance (the others)."""
+        head = self.head_arrays()
+        return lambda vectors, first, second: pair_scores(vectors, first, second, head)
+
+    def own_gallery_rows(self) -> np.ndarray:
+        """The anchor layout: the anchor person's training faces (their gallery in ``own_fnir``); else none."""
+        if self.chipset.faces.layout != "anchor":
+            return np.zeros(0, dtype=np.int64)
+        return self.train_rows[self.labels[self.train_rows] == 0]
+
+    def measure_network(self, name: str) -> dict[str, Any]:
+        """Load the ``start`` or ``best`` weights and measure them on the validation (and test) faces."""
+        self.load_start() if name == "start" else self.load_best()
+        gallery_rows = self.own_gallery_rows()
+        gallery = self.embed(gallery_rows) if len(gallery_rows) else None
+        scorer, fpir = self.scorer(), self.options.target_fpir
+        result = {"val": measure(self.embed(self.val_rows), self.val_split, scorer, gallery=gallery, target_fpir=fpir)}
+        if len(self.test_rows):
+            result["test"] = measure(self.embed(self.test_rows), self.test_split, scorer, gallery=gallery,
+                                     target_fpir=fpir)
+        return result
+
     def validate(self, vectors: np.ndarray | None = None) -> dict[str, float]:
         """Pair AUC and accuracy on the validation people (embedded now unless ``vectors`` given)."""
         vectors = self.embed(self.val_rows) if vectors is None else vectors
-        labels = self.labels[self.val_rows]
-        domains = None if self.domains is None else self.domains[self.val_rows]
-        pairs = validation_pairs(labels, domains, self.options.neg_ratio, self.options.seed + 1)
-        scores = pair_scores(vectors, pairs.first, pairs.second, self.head_arrays())
-        is_same = pairs.label.astype(bool)
+        split = self.val_split
+        scores = pair_scores(vectors, split.first, split.second, self.head_arrays())
         # Accuracy: the threshold chosen on one random half of the pairs, measured on the other, both ways.
-        half = np.random.default_rng(self.options.seed).random(len(pairs)) < 0.5
         accuracies = []
-        for chosen, measured in ((half, ~half), (~half, half)):
-            if len(np.unique(is_same[chosen])) == 2 and len(np.unique(is_same[measured])) == 2:
-                threshold, _ = best_accuracy_threshold(scores[chosen], is_same[chosen])
-                accuracies.append(accuracy_at(scores[measured], is_same[measured], threshold))
-        return {"val_auc": float(roc_auc(scores, is_same)),
+        for chosen, measured in ((split.half, ~split.half), (~split.half, split.half)):
+            if len(np.unique(split.is_same[chosen])) == 2 and len(np.unique(split.is_same[measured])) == 2:
+                threshold, _ = best_accuracy_threshold(scores[chosen], split.is_same[chosen])
+                accuracies.append(accuracy_at(scores[measured], split.is_same[measured], threshold))
+        return {"val_auc": float(roc_auc(scores, split.is_same)),
                 "val_accuracy": float(np.mean(accuracies)) if accuracies else float("nan"),
-                "val_pairs": len(pairs), "val_positive": pairs.n_positive}
+                "val_pairs": len(split.first), "val_positive": int(split.is_same.sum())}
 
     # ------------------------------------------------------------ state on disk
 
@@ -482,6 +534,10 @@ class SiameseTrainer:
 
     def save_best(self) -> None:
         save_npz(self.folder / "best.npz", **self._network_arrays())
+
+    def save_start(self) -> None:
+        """The starting network (after bce's distance layer warm-up): what is written when training does not really help."""
+        save_npz(self.folder / "start.npz", **self._network_arrays())
 
     def _load_arrays(self, name: str, optimizer: bool) -> None:
         arrays = load_npz(self.folder / name, "training checkpoint", "train again without `resume`")
@@ -507,6 +563,9 @@ class SiameseTrainer:
     def load_best(self) -> None:
         self._load_arrays("best.npz", optimizer=False)
 
+    def load_start(self) -> None:
+        self._load_arrays("start.npz", optimizer=False)
+
     # ------------------------------------------------------------ the loop
 
     def fit(self, state: dict[str, Any] | None, progress: bool) -> dict[str, Any]:
@@ -525,6 +584,7 @@ class SiameseTrainer:
                      "history": [{"epoch": 0, "loss": warm_up, **metrics, "seconds": round(time.perf_counter() - started, 1)}],
                      "stopped": None}
             self.save_best()
+            self.save_start()
             self.save_checkpoint(state)
             _say(progress, f"epoch 0 (the starting network): val AUC {metrics['val_auc']:.4f}, "
                            f"accuracy {metrics['val_accuracy']:.4f}")
@@ -612,18 +672,20 @@ def train_siamese(faces: FaceSet, output: Path, options: SiameseOptions = Siames
     check_for_loss(faces, options.loss, usable=False)
     chipset = prepare_chips(faces, cropper, output / TRAINING_DIR, data.workers, progress, key=key)
     check_for_loss(chipset.faces, options.loss, usable=True)
-    train_rows, val_rows = split_faceset(chipset.faces, options.val_people, options.seed)
+    train_rows, val_rows, test_rows = split_three(chipset.faces, options.val_people, options.test_people, options.seed)
     if options.synthetic is not None:
         sketches, photos = synthetic_pairs(Path(options.synthetic), cropper,
                                            synthetic_chips or output / TRAINING_DIR / "synthetic",
                                            options.synthetic_limit, options.seed, data.workers, progress, key=key)
         chipset, train_rows = with_synthetic(chipset, train_rows, sketches, photos)
     augment = options.augment == "on" or (options.augment == "auto" and len(train_rows) < AUGMENT_BELOW)
-    trainer = SiameseTrainer(chipset, train_rows, val_rows, options, output, tower, augment)
-    write_json(output / TRAINING_DIR / "split.json", {
-        "train": sorted({chipset.faces.names[label] for label in chipset.faces.labels[train_rows]}),
-        "val": sorted({chipset.faces.names[label] for label in chipset.faces.labels[val_rows]}),
-    })
+    trainer = SiameseTrainer(chipset, train_rows, val_rows, options, output, tower, augment, test_rows)
+    people = {part: sorted({chipset.faces.names[label] for label in chipset.faces.labels[rows]})
+              for part, rows in (("train", train_rows), ("val", val_rows), ("test", test_rows))}
+    write_json(output / TRAINING_DIR / "split.json", people)
+    if len(test_rows):
+        # One name per line: what `evaluate.py sample_pairs --people` and `--people` elsewhere read.
+        write_bytes(output / TRAINING_DIR / TEST_PEOPLE_FILE, "".join(f"{name}\n" for name in people["test"]).encode())
     if save_augmented > 0:
         write_augmented(trainer, output / "augmented", save_augmented, key=key)
     state = trainer.load_checkpoint() if resume else None
@@ -654,12 +716,68 @@ def write_augmented(trainer: SiameseTrainer, folder: Path, count: int, *, key: K
 
 def finish(trainer: SiameseTrainer, state: dict[str, Any], chipset: ChipSet, data: DataOptions, padding: float,
            seconds: float) -> dict[str, Any]:
-    """Write the best epoch as an extractor directory, calibrate it, and write ``report.json``."""
+    """Choose between the best epoch and the starting network, write the chosen one as an extractor
+    directory, calibrate it, measure it on the test people, and write ``report.json``."""
     from faceid.backbones.registry import load_extractor
+
+    options, output = trainer.options, trainer.output
+    faces = chipset.faces
+    networks = {name: trainer.measure_network(name) for name in ("start", "best")}
+    validation = compare(networks["start"]["val"], networks["best"]["val"], trainer.val_split,
+                         resamples=options.bootstrap, seed=options.seed)
+    if state["best_epoch"] == 0:
+        keep, why = False, "no epoch beat the starting network's validation AUC"
+    else:
+        keep, why = decide(validation)
+    if not keep and state["best_epoch"] > 0:
+        # The fine-tuned network is still written, beside the run, for whoever wants to look at it.
+        trainer.load_best()
+        write_tower(trainer, output / TRAINING_DIR / FINE_TUNED_DIR, state, data, padding, kept="fine-tuned")
+    trainer.load_start() if not keep else trainer.load_best()
+    manifest = write_tower(trainer, output, state, data, padding, kept="fine-tuned" if keep else "start")
+    _say(True, f"kept the {'fine-tuned' if keep else 'starting'} network: {why}")
+
+    # Calibrate what the scripts will run (the saved extractor) on the validation people.
+    saved = load_extractor(output)
+    vectors = saved.embed(np.asarray(chipset.chips[trainer.val_rows]))
+    labels = faces.labels[trainer.val_rows]
+    written_metrics = trainer.validate(vectors)
+    calibration = calibrate_tower(output, manifest, vectors, labels, trainer.head_arrays(), options)
+    history = state["history"]
+    report = {
+        "val_auc": written_metrics["val_auc"],
+        "val_accuracy": written_metrics["val_accuracy"],
+        "start": {key: history[0][key] for key in ("val_auc", "val_accuracy")},
+        "improved": keep,
+        "kept": "fine-tuned" if keep else "start",
+        "decision": why,
+        "best_epoch": state["best_epoch"],
+        "stopped": state["stopped"],
+        "validation": validation,
+        "history": history,
+        "calibration": calibration,
+        "settings": {**asdict(options), "learning_rate": options.lr, "margin": options.loss_margin,
+                     "augment": trainer.augment, "detect": data.face_options.detect},
+        "people": {"train": len(np.unique(faces.labels[trainer.train_rows])), "val": len(np.unique(labels)),
+                   "test": len(np.unique(faces.labels[trainer.test_rows]))},
+        "images": {"train": len(trainer.train_rows), "val": len(trainer.val_rows), "test": len(trainer.test_rows),
+                   "skipped": chipset.skipped},
+        "extractor_fingerprint": manifest["fingerprint"],
+        "seconds": round(seconds, 1),
+        "seconds_per_epoch": round(float(np.mean([row["seconds"] for row in history[1:]])), 1) if len(history) > 1 else None,
+    }
+    if len(trainer.test_rows):
+        report["test"] = measure_test(trainer, networks, saved)
+    write_json(output / "report.json", report)
+    return report
+
+
+def write_tower(trainer: SiameseTrainer, folder: Path, state: dict[str, Any], data: DataOptions, padding: float,
+                kept: str) -> dict[str, Any]:
+    """The tower's current weights as an extractor directory; returns its manifest."""
     from faceid.backbones.runtime import KerasExtractor, weights_digest
 
-    options, output, tower = trainer.options, trainer.output, trainer.tower
-    faces = chipset.faces
+    options, tower, faces = trainer.options, trainer.tower, trainer.chipset.faces
     fields = {
         "tower": options.init,
         "loss": options.loss,
@@ -670,10 +788,11 @@ def finish(trainer: SiameseTrainer, state: dict[str, Any], chipset: ChipSet, dat
         "align_padding": padding,
         "alignment": "dlib 5-point get_face_chip" if data.face_options.detect else "none: whole image resized (--no_detect)",
         "preprocessing": tower.preprocessing,
+        "tta": options.tta,
         "weights_sha256": weights_digest(tower.model),
         "seed": options.seed,
         "trained": {"layout": faces.layout, "people": len(faces.names), "images": len(faces), "best_epoch": state["best_epoch"],
-                    "epochs_run": state["epoch"], "learning_rate": options.lr},
+                    "epochs_run": state["epoch"], "learning_rate": options.lr, "kept": kept},
         "versions": library_versions(["keras", "tensorflow-cpu", "numpy", "onnxruntime", "tf2onnx"]),
         **tower.fields,
     }
@@ -684,37 +803,27 @@ def finish(trainer: SiameseTrainer, state: dict[str, Any], chipset: ChipSet, dat
     manifest = siamese_manifest(fields)
     extractor = KerasExtractor(manifest, tower.model, trainer.preprocess)
     try:
-        extractor.save(output, TOWER_NAME, export_onnx=options.export == "onnx")
+        extractor.save(folder, TOWER_NAME, export_onnx=options.export == "onnx")
     except InputError as error:
         logger.warning("%s: the tower is saved for Keras only", error)
-        extractor.save(output, TOWER_NAME, export_onnx=False)
+        extractor.save(folder, TOWER_NAME, export_onnx=False)
+    return manifest
 
-    # Calibrate what the scripts will run (the saved extractor) on the validation people.
-    saved = load_extractor(output)
-    vectors = saved.embed(np.asarray(chipset.chips[trainer.val_rows]))
-    labels = faces.labels[trainer.val_rows]
-    best_metrics = trainer.validate(vectors)
-    calibration = calibrate_tower(output, manifest, vectors, labels, trainer.head_arrays(), options)
-    history = state["history"]
-    report = {
-        "val_auc": best_metrics["val_auc"],
-        "val_accuracy": best_metrics["val_accuracy"],
-        "start": {key: history[0][key] for key in ("val_auc", "val_accuracy")},
-        "improved": state["best_epoch"] > 0,
-        "best_epoch": state["best_epoch"],
-        "stopped": state["stopped"],
-        "history": history,
-        "calibration": calibration,
-        "settings": {**asdict(options), "learning_rate": options.lr, "margin": options.loss_margin,
-                     "augment": trainer.augment, "detect": data.face_options.detect},
-        "people": {"train": len(np.unique(faces.labels[trainer.train_rows])), "val": len(np.unique(labels))},
-        "images": {"train": len(trainer.train_rows), "val": len(trainer.val_rows), "skipped": chipset.skipped},
-        "extractor_fingerprint": manifest["fingerprint"],
-        "seconds": round(seconds, 1),
-        "seconds_per_epoch": round(float(np.mean([row["seconds"] for row in history[1:]])), 1) if len(history) > 1 else None,
-    }
-    write_json(output / "report.json", report)
-    return report
+
+def measure_test(trainer: SiameseTrainer, networks: dict[str, dict[str, Any]], written) -> dict[str, Any]:
+    """The three networks on the test people: the start, the fine-tuned one, and what was written
+    (the saved extractor, as the scripts run it), with the fine-tuned one's gains and their intervals."""
+    options = trainer.options
+    split = trainer.test_split
+    comparison = compare(networks["start"]["test"], networks["best"]["test"], split, resamples=options.bootstrap,
+                         seed=options.seed)
+    vectors = written.embed(np.asarray(trainer.chipset.chips[trainer.test_rows]))
+    gallery = trainer.own_gallery_rows()
+    written_measured = measure(vectors, split, trainer.scorer(), target_fpir=options.target_fpir,
+                               gallery=written.embed(np.asarray(trainer.chipset.chips[gallery])) if len(gallery) else None)
+    result = dict(comparison)
+    result["written"] = figures(written_measured, split)
+    return result
 
 
 def calibrate_tower(output: Path, manifest: dict[str, Any], vectors: np.ndarray, labels: np.ndarray,

@@ -167,6 +167,25 @@ def split_faceset(faces: FaceSet, val_share: float, seed: int) -> tuple[np.ndarr
     return train, val
 
 
+def split_three(faces: FaceSet, val_share: float, test_share: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(train_rows, val_rows, test_rows)``: :func:`split_faceset`, with a third share held out first.
+
+    The test people (``test_share`` of them; in the anchor layout also that share of the anchor
+    person's faces) take part in neither training nor the choice of the network: they measure what
+    was chosen. ``val_share`` stays a share of all people. ``test_share`` 0: no test rows, and the
+    same split as :func:`split_faceset`.
+    """
+    if test_share == 0:
+        train, val = split_faceset(faces, val_share, seed)
+        return train, val, np.zeros(0, dtype=np.int64)
+    if not 0.0 < test_share < 1.0 or not 0.0 < val_share < 1.0 or val_share + test_share >= 1.0:
+        raise InputError(f"`val_people` {val_share} and `test_people` {test_share} must be shares between 0 and 1 "
+                         "that leave people to train on (their sum under 1)")
+    rest, test = split_faceset(faces, test_share, seed + 1)
+    train, val = split_faceset(faces.subset(rest), val_share / (1.0 - test_share), seed)
+    return rest[train], rest[val], test
+
+
 def check_for_loss(faces: FaceSet, loss: str, usable: bool) -> None:
     """Refuse data a loss cannot train on, naming what to change.
 
