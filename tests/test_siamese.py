@@ -183,6 +183,46 @@ def test_saved_tower_reloads_embeds_identically_and_resume_continues(tmp_path, c
     assert resumed["history"][:2] == report["history"]
 
 
+def test_a_test_split_measures_the_start_the_fine_tuned_and_the_written_network(tmp_path, capsys):
+    """--test_people: people held out of training and of the choice, named in training/test_people.txt;
+    the report (and the printed table) gives all three networks' figures on them."""
+    output = tmp_path / "koch"
+    code, out, err = _train(["--faces_path", str(_orl(tmp_path, people=16)), "--no_detect", "--workers", "0",
+                             "--init", "koch", "--loss", "contrastive", "--input_size", "68", "--batch_size", "24",
+                             "--epochs", "2", "--test_people", "0.25", "--bootstrap", "200", "--export", "none",
+                             "--output", str(output), "-q"], capsys)
+    assert code == 0, err
+    report = json.loads((output / "report.json").read_text())
+    split = json.loads((output / "training" / "split.json").read_text())
+    assert len(split["test"]) == 4 and len(split["val"]) == 3 and len(split["train"]) == 9
+    assert not set(split["test"]) & (set(split["train"]) | set(split["val"])) and not set(split["val"]) & set(split["train"])
+    assert (output / "training" / "test_people.txt").read_text().split() == split["test"]
+    test = report["test"]
+    assert test["people"] == 4 and test["faces"] == 40 and report["images"]["test"] == 40
+    for network in ("start", "fine_tuned", "written"):
+        assert set(test[network]) == {"pair_auc", "pair_accuracy", "tar_at_far", "rank1"}
+    # What was written is one of the two, measured again from its directory (as the scripts run it).
+    chosen = test["fine_tuned"] if report["improved"] else test["start"]
+    for name, value in test["written"].items():
+        assert value == pytest.approx(chosen[name], abs=1e-3)
+    for part in (report["validation"], test):
+        for gain in part["gain"].values():
+            assert gain["low"] <= gain["value"] <= gain["high"] and gain["resamples"] == 200
+    assert "kept the" in out and "test: 4 people, 40 faces" in out and "written" in out
+    kept = json.loads((output / "manifest.json").read_text())["trained"]["kept"]
+    assert kept == report["kept"] and (output / "training" / "fine_tuned").is_dir() != report["improved"]
+
+
+def test_test_time_augmentation_is_part_of_a_trained_towers_fingerprint():
+    from faceid.backbones.siamese import siamese_manifest
+
+    fields = {"tower": "dlib", "input_size": 150, "align_padding": 0.25, "alignment": "dlib", "preprocessing": "dlib",
+              "weights_sha256": "0" * 64}
+    flipped, plain = siamese_manifest({**fields, "tta": "flip"}), siamese_manifest({**fields, "tta": "none"})
+    assert flipped["tta"] == "flip" and plain["tta"] == "none" and flipped["fingerprint"] != plain["fingerprint"]
+    assert siamese_manifest(dict(fields))["fingerprint"] == plain["fingerprint"]  # before --tta: none
+
+
 def test_bad_input_gets_a_clear_error(tmp_path, capsys):
     empty = tmp_path / "empty"
     (empty / "alice").mkdir(parents=True)
@@ -247,7 +287,10 @@ def test_a_verifier_for_one_person_names_them_and_no_one_else(tmp_path, capsys):
     assert code == 0, err
     assert (model / "head" / "head.json").is_file()
     # The distance layer is warmed up on the frozen tower first: epoch 0 already tells faces apart.
-    assert json.loads((model / "report.json").read_text())["start"]["val_auc"] > 0.9
+    report = json.loads((model / "report.json").read_text())
+    assert report["start"]["val_auc"] > 0.9
+    # Your own held-out faces, missed at the strangers' rate, for each network (a gallery of your training faces).
+    assert 0.0 <= report["validation"]["start"]["own_fnir"] <= 0.5 and "own_fnir" in report["validation"]["fine_tuned"]
     enrol = tmp_path / "enrol" / person
     shutil.copytree(anchor, enrol)
     assert extract_features.main(["--faces_path", str(enrol.parent), "--model_path", str(model),

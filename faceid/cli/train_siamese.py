@@ -204,18 +204,20 @@ FIGURE_LABELS = {"pair_auc": "pair AUC", "pair_accuracy": "pair accuracy", "tar_
 
 def comparison_table(report: dict) -> str:
     """The starting and the fine-tuned network side by side on the validation (and test) people."""
-    parts = [("validation", report["validation"])] + ([("test", report["test"])] if "test" in report else [])
-    lines = [f"kept the {report['kept']} network (improved: {str(report['improved']).lower()}): {report['decision']}"]
+    kept = "fine-tuned" if report["improved"] else "starting"
+    lines = [f"kept the {kept} network (improved: {str(report['improved']).lower()}): {report['decision']}"]
+    parts = [(title, report[key]) for title, key in (("validation", "validation"), ("test", "test")) if report.get(key)]
     for title, part in parts:
-        written = "written" in part
-        rows = [("", "start", "fine-tuned", "gain", "95% interval") + (("written",) if written else ())]
+        written, tuned = "written" in part, "fine_tuned" in part
+        rows = [("", "start") + (("fine-tuned", "gain", "95% interval") if tuned else ()) + (("written",) if written else ())]
         for name, label in FIGURE_LABELS.items():
-            if name not in part["start"] or name not in part["fine_tuned"]:
+            if name not in part["start"] or (tuned and name not in part["fine_tuned"]):
                 continue
-            gain = part["gain"][name]
-            interval = f"{gain['low']:+.4f} to {gain['high']:+.4f}" if "low" in gain else "-"
-            row = (label, f"{part['start'][name]:.4f}", f"{part['fine_tuned'][name]:.4f}", f"{gain['value']:+.4f}",
-                   interval)
+            row = (label, f"{part['start'][name]:.4f}")
+            if tuned:
+                gain = part["gain"][name]
+                interval = f"{gain['low']:+.4f} to {gain['high']:+.4f}" if "low" in gain else "-"
+                row += (f"{part['fine_tuned'][name]:.4f}", f"{gain['value']:+.4f}", interval)
             rows.append(row + ((f"{part['written'][name]:.4f}",) if written else ()))
         widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
         lines.append(f"{title}: {part['people']} people, {part['faces']} faces, {part['pairs']} pairs "

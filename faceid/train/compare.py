@@ -153,8 +153,12 @@ def compare(start: dict[str, Any], candidate: dict[str, Any], split: Split, *, r
         if values:
             gain["low"], gain["high"] = (float(value) for value in np.quantile(values, [low, high]))
         gains[name] = gain
-    return {"start": start_figures, "fine_tuned": candidate_figures, "gain": gains,
-            "people": int(len(np.unique(split.labels))), "faces": int(len(split.labels)),
+    return {"start": start_figures, "fine_tuned": candidate_figures, "gain": gains, **sizes(split)}
+
+
+def sizes(split: Split) -> dict[str, int]:
+    """How many people, faces, pairs and same-person pairs ``split`` holds."""
+    return {"people": int(len(np.unique(split.labels))), "faces": int(len(split.labels)),
             "pairs": int(len(split.first)), "pairs_same": int(split.is_same.sum())}
 
 
@@ -170,9 +174,11 @@ def decide(comparison: dict[str, Any]) -> tuple[bool, str]:
     auc = gains.get("pair_auc")
     if auc is None or "low" not in auc:
         return False, "the validation faces have no pairs of both kinds to compare the networks on"
+    interval = f"95% interval {auc['low']:+.5f} to {auc['high']:+.5f}, a bootstrap over the validation people"
+    if auc["high"] < 0.0:
+        return False, f"the fine-tuned network is worse: pair AUC {auc['value']:+.5f} ({interval})"
     if auc["low"] <= 0.0:
-        return False, (f"pair AUC gain {auc['value']:+.5f} is within the noise "
-                       f"(95% interval {auc['low']:+.5f} to {auc['high']:+.5f}, a bootstrap over the validation people)")
+        return False, f"pair AUC gain {auc['value']:+.5f} is within the noise ({interval})"
     worse = [name for name, gain in gains.items() if name != "pair_auc"
              and (gain["value"] > 0 if name in LOWER_IS_BETTER else gain["value"] < 0)]
     if worse:
@@ -239,4 +245,5 @@ def _best_against(vectors: np.ndarray, gallery: np.ndarray, scores: PairScorer) 
     return best
 
 
-__all__ = ["CONFIDENCE", "FIGURES", "PAIR_FAR", "Split", "compare", "decide", "figures", "held_out_split", "measure"]
+__all__ = ["CONFIDENCE", "FIGURES", "PAIR_FAR", "Split", "compare", "decide", "figures", "held_out_split", "measure",
+           "sizes"]

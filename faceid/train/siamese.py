@@ -43,7 +43,7 @@ from faceid.io.store import StagedFiles, json_bytes, load_npz, read_json, save_n
 from faceid.match.metrics import accuracy_at, best_accuracy_threshold, roc_auc
 from faceid.settings import DEFAULTS
 from faceid.train.augment import Augmentation
-from faceid.train.compare import Split, compare, decide, figures, held_out_split, measure
+from faceid.train.compare import Split, compare, decide, figures, held_out_split, measure, sizes
 from faceid.train.siamese_data import (
     BatchSampler,
     ChipSet,
@@ -571,7 +571,10 @@ class SiameseTrainer:
     def fit(self, state: dict[str, Any] | None, progress: bool) -> dict[str, Any]:
         """Train from ``state`` (a resumed checkpoint) or from the start; returns the final state.
 
-        Ctrl-C stops after saving nothing new: the best epoch so far is on disk (``best.npz``).
+        The starting network is kept in ``start.npz``, the trained epoch with the best validation
+        AUC in ``best.npz`` (the fine-tuned network :func:`finish` compares with the start, even when
+        it is worse). Early stopping waits ``patience`` epochs for a better validation AUC than the
+        best so far, the start's included. Ctrl-C stops after saving nothing new.
         """
         from tqdm import tqdm
 
@@ -580,16 +583,16 @@ class SiameseTrainer:
             started = time.perf_counter()
             warm_up = self.warm_up_head(progress) if self.head is not None else None
             metrics = self.validate()
-            state = {"options": self.options.identity(), "epoch": 0, "best_epoch": 0, "best_auc": metrics["val_auc"],
+            state = {"options": self.options.identity(), "epoch": 0, "best_epoch": None, "best_auc": None,
+                     "leader_epoch": 0, "leader_auc": metrics["val_auc"],
                      "history": [{"epoch": 0, "loss": warm_up, **metrics, "seconds": round(time.perf_counter() - started, 1)}],
                      "stopped": None}
-            self.save_best()
             self.save_start()
             self.save_checkpoint(state)
             _say(progress, f"epoch 0 (the starting network): val AUC {metrics['val_auc']:.4f}, "
                            f"accuracy {metrics['val_accuracy']:.4f}")
         for epoch in range(state["epoch"] + 1, options.epochs + 1):
-            if epoch - state["best_epoch"] > options.patience:
+            if epoch - state["leader_epoch"] > options.patience:
                 state["stopped"] = f"early stop: no better val AUC for {options.patience} epochs"
                 break
             started = time.perf_counter()
@@ -607,13 +610,16 @@ class SiameseTrainer:
                       "seconds": round(time.perf_counter() - started, 1)}
             state["history"].append(record)
             state["epoch"] = epoch
-            better = metrics["val_auc"] > state["best_auc"]
-            if better:
+            if state["best_auc"] is None or metrics["val_auc"] > state["best_auc"]:
                 state["best_epoch"], state["best_auc"] = epoch, metrics["val_auc"]
                 self.save_best()
+            leads = metrics["val_auc"] > state["leader_auc"]
+            if leads:
+                state["leader_epoch"], state["leader_auc"] = epoch, metrics["val_auc"]
             self.save_checkpoint(state)
             _say(progress, f"epoch {epoch}/{options.epochs}: loss {record['loss']:.4f}, val AUC {metrics['val_auc']:.4f}, "
-                           f"accuracy {metrics['val_accuracy']:.4f}{' (best)' if better else ''}, {record['seconds']:.0f} s")
+                           f"accuracy {metrics['val_accuracy']:.4f}{' (best so far)' if leads else ''}, "
+                           f"{record['seconds']:.0f} s")
         else:
             state["stopped"] = state.get("stopped") or f"all {options.epochs} epochs"
         return state
@@ -695,8 +701,7 @@ def train_siamese(faces: FaceSet, output: Path, options: SiameseOptions = Siames
     except KeyboardInterrupt:
         interrupted = True
         state = read_json(trainer.folder / "state.json", "training state", "train again")
-        state["stopped"] = "interrupted (Ctrl-C): the best epoch so far was kept"
-    trainer.load_best()
+        state["stopped"] = "interrupted (Ctrl-C): the epochs trained so far were compared with the start"
     report = finish(trainer, state, chipset, data, padding, time.perf_counter() - started)
     if interrupted:
         raise KeyboardInterrupt
@@ -722,20 +727,22 @@ def finish(trainer: SiameseTrainer, state: dict[str, Any], chipset: ChipSet, dat
 
     options, output = trainer.options, trainer.output
     faces = chipset.faces
-    networks = {name: trainer.measure_network(name) for name in ("start", "best")}
-    validation = compare(networks["start"]["val"], networks["best"]["val"], trainer.val_split,
-                         resamples=options.bootstrap, seed=options.seed)
-    if state["best_epoch"] == 0:
-        keep, why = False, "no epoch beat the starting network's validation AUC"
-    else:
+    trained = state.get("best_epoch") is not None
+    networks = {name: trainer.measure_network(name) for name in (("start", "best") if trained else ("start",))}
+    validation = None
+    if trained:
+        validation = compare(networks["start"]["val"], networks["best"]["val"], trainer.val_split,
+                             resamples=options.bootstrap, seed=options.seed)
         keep, why = decide(validation)
-    if not keep and state["best_epoch"] > 0:
-        # The fine-tuned network is still written, beside the run, for whoever wants to look at it.
-        trainer.load_best()
-        write_tower(trainer, output / TRAINING_DIR / FINE_TUNED_DIR, state, data, padding, kept="fine-tuned")
-    trainer.load_start() if not keep else trainer.load_best()
+        if not keep:
+            # The fine-tuned network is still written, beside the run, to look at or to use on purpose.
+            trainer.load_best()
+            write_tower(trainer, output / TRAINING_DIR / FINE_TUNED_DIR, state, data, padding, kept="fine-tuned")
+    else:
+        keep, why = False, "no epoch was trained to its end"
+    trainer.load_best() if keep else trainer.load_start()
     manifest = write_tower(trainer, output, state, data, padding, kept="fine-tuned" if keep else "start")
-    _say(True, f"kept the {'fine-tuned' if keep else 'starting'} network: {why}")
+    logger.info("kept the %s network: %s", "fine-tuned" if keep else "starting", why)
 
     # Calibrate what the scripts will run (the saved extractor) on the validation people.
     saved = load_extractor(output)
@@ -815,13 +822,15 @@ def measure_test(trainer: SiameseTrainer, networks: dict[str, dict[str, Any]], w
     (the saved extractor, as the scripts run it), with the fine-tuned one's gains and their intervals."""
     options = trainer.options
     split = trainer.test_split
-    comparison = compare(networks["start"]["test"], networks["best"]["test"], split, resamples=options.bootstrap,
+    if "best" in networks:
+        result = compare(networks["start"]["test"], networks["best"]["test"], split, resamples=options.bootstrap,
                          seed=options.seed)
+    else:
+        result = {"start": figures(networks["start"]["test"], split), **sizes(split)}
     vectors = written.embed(np.asarray(trainer.chipset.chips[trainer.test_rows]))
     gallery = trainer.own_gallery_rows()
     written_measured = measure(vectors, split, trainer.scorer(), target_fpir=options.target_fpir,
                                gallery=written.embed(np.asarray(trainer.chipset.chips[gallery])) if len(gallery) else None)
-    result = dict(comparison)
     result["written"] = figures(written_measured, split)
     return result
 
