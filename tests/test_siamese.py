@@ -213,6 +213,26 @@ def test_a_test_split_measures_the_start_the_fine_tuned_and_the_written_network(
     assert kept == report["kept"] and (output / "training" / "fine_tuned").is_dir() != report["improved"]
 
 
+def test_when_training_does_not_help_the_frozen_starting_network_is_written(tmp_path, capsys, dlib_extractor):
+    """A triplet run whose steps are too small to change anything: the gain is no gain, so what is
+    written is dlib's network as network.py ships it (no unit-length layer, flip TTA): the same vectors."""
+    output = tmp_path / "dlib"
+    code, out, err = _train(["--faces_path", str(_orl(tmp_path, people=10)), "--no_detect", "--workers", "0",
+                             "--init", "dlib", "--loss", "triplet", "--epochs", "1", "--learning_rate", "1e-12",
+                             "--bootstrap", "200", "--output", str(output), "-q"], capsys)
+    assert code == 0, err
+    report = json.loads((output / "report.json").read_text())
+    assert report["improved"] is False and report["kept"] == "start" and "within the noise" in report["decision"]
+    assert json.loads(out.splitlines()[-2])["improved"] is False and "kept the starting network" in out
+    assert (output / "training" / "fine_tuned" / "manifest.json").is_file()
+    from faceid.backbones import load_extractor
+
+    chips = np.asarray(np.load(output / "training" / "chips.npy", mmap_mode="r")[:8])
+    written = load_extractor(output)
+    assert written.manifest["tta"] == "flip" and written.manifest["trained"]["kept"] == "start"
+    np.testing.assert_allclose(written.embed(chips), dlib_extractor.embed(chips), atol=2e-4)
+
+
 def test_test_time_augmentation_is_part_of_a_trained_towers_fingerprint():
     from faceid.backbones.siamese import siamese_manifest
 

@@ -158,6 +158,13 @@ class Tower:
     preprocessing: str  # key of faceid.backbones.siamese.PREPROCESSING
     chip_size: int
     fields: dict[str, Any]  # what the manifest says about where the tower came from
+    # The starting network as a user would run it without training: ``model`` without the
+    # unit-length layer contrastive and triplet add (dlib's own 128-d vectors; the same weights).
+    start_model: Any = None
+
+    def __post_init__(self) -> None:
+        if self.start_model is None:
+            self.start_model = self.model
 
 
 def chip_size_for(options: SiameseOptions) -> int:
@@ -248,10 +255,13 @@ def build_tower(options: SiameseOptions) -> Tower:
         inputs = cut.input
         outputs = keras.layers.GlobalAveragePooling2D(name="avg_pool")(cut.output)
         preprocess_name = "resnet50-caffe"
+    features = outputs
     if options.loss != "bce":
         outputs = keras.layers.UnitNormalization(name="unit_length")(outputs)
     model = keras.Model(inputs, outputs, name=f"siamese_{options.init}")
-    return Tower(model=model, preprocessing=preprocess_name, chip_size=chip_size_for(options), fields=fields)
+    start_model = model if options.loss == "bce" else keras.Model(inputs, features, name=f"start_{options.init}")
+    return Tower(model=model, preprocessing=preprocess_name, chip_size=chip_size_for(options), fields=fields,
+                 start_model=start_model)
 
 
 # ---------------------------------------------------------------- losses (TensorFlow)
@@ -452,9 +462,10 @@ class SiameseTrainer:
         batch, same, cross = self.batch(rows, None)
         return float(self._step(batch, same, cross))
 
-    def embed(self, rows: np.ndarray, batch_size: int = 64) -> np.ndarray:
-        """The tower's vectors of ``rows``, with the test-time augmentation it will be written with."""
-        model = self.tower.model
+    def embed(self, rows: np.ndarray, batch_size: int = 64, model=None) -> np.ndarray:
+        """The tower's vectors of ``rows``, with the test-time augmentation it will be written with
+        (``model``: another view of its weights, e.g. ``tower.start_model``)."""
+        model = self.tower.model if model is None else model
         if len(rows) == 0:
             return np.zeros((0, int(model.output.shape[-1])), dtype=np.float32)
 
@@ -492,12 +503,14 @@ class SiameseTrainer:
     def measure_network(self, name: str) -> dict[str, Any]:
         """Load the ``start`` or ``best`` weights and measure them on the validation (and test) faces."""
         self.load_start() if name == "start" else self.load_best()
+        model = self.tower.start_model if name == "start" else self.tower.model
         gallery_rows = self.own_gallery_rows()
-        gallery = self.embed(gallery_rows) if len(gallery_rows) else None
+        gallery = self.embed(gallery_rows, model=model) if len(gallery_rows) else None
         scorer, fpir = self.scorer(), self.options.target_fpir
-        result = {"val": measure(self.embed(self.val_rows), self.val_split, scorer, gallery=gallery, target_fpir=fpir)}
+        result = {"val": measure(self.embed(self.val_rows, model=model), self.val_split, scorer, gallery=gallery,
+                                 target_fpir=fpir)}
         if len(self.test_rows):
-            result["test"] = measure(self.embed(self.test_rows), self.test_split, scorer, gallery=gallery,
+            result["test"] = measure(self.embed(self.test_rows, model=model), self.test_split, scorer, gallery=gallery,
                                      target_fpir=fpir)
         return result
 
@@ -582,7 +595,7 @@ class SiameseTrainer:
         if state is None:
             started = time.perf_counter()
             warm_up = self.warm_up_head(progress) if self.head is not None else None
-            metrics = self.validate()
+            metrics = self.validate(self.embed(self.val_rows, model=self.tower.start_model))
             state = {"options": self.options.identity(), "epoch": 0, "best_epoch": None, "best_auc": None,
                      "leader_epoch": 0, "leader_auc": metrics["val_auc"],
                      "history": [{"epoch": 0, "loss": warm_up, **metrics, "seconds": round(time.perf_counter() - started, 1)}],
@@ -742,6 +755,7 @@ def finish(trainer: SiameseTrainer, state: dict[str, Any], chipset: ChipSet, dat
         keep, why = False, "no epoch was trained to its end"
     trainer.load_best() if keep else trainer.load_start()
     manifest = write_tower(trainer, output, state, data, padding, kept="fine-tuned" if keep else "start")
+
     logger.info("kept the %s network: %s", "fine-tuned" if keep else "starting", why)
 
     # Calibrate what the scripts will run (the saved extractor) on the validation people.
@@ -781,22 +795,24 @@ def finish(trainer: SiameseTrainer, state: dict[str, Any], chipset: ChipSet, dat
 
 def write_tower(trainer: SiameseTrainer, folder: Path, state: dict[str, Any], data: DataOptions, padding: float,
                 kept: str) -> dict[str, Any]:
-    """The tower's current weights as an extractor directory; returns its manifest."""
+    """The tower's current weights as an extractor directory (``kept`` ``start``: as the starting
+    network, without the unit-length layer); returns its manifest."""
     from faceid.backbones.runtime import KerasExtractor, weights_digest
 
     options, tower, faces = trainer.options, trainer.tower, trainer.chipset.faces
+    model = tower.start_model if kept == "start" else tower.model
     fields = {
         "tower": options.init,
         "loss": options.loss,
         "margin": options.loss_margin,
         "mining": options.mining if options.loss == "triplet" else None,
         "input_size": tower.chip_size,
-        "output_dim": int(tower.model.output.shape[-1]),
+        "output_dim": int(model.output.shape[-1]),
         "align_padding": padding,
         "alignment": "dlib 5-point get_face_chip" if data.face_options.detect else "none: whole image resized (--no_detect)",
         "preprocessing": tower.preprocessing,
         "tta": options.tta,
-        "weights_sha256": weights_digest(tower.model),
+        "weights_sha256": weights_digest(model),
         "seed": options.seed,
         "trained": {"layout": faces.layout, "people": len(faces.names), "images": len(faces), "best_epoch": state["best_epoch"],
                     "epochs_run": state["epoch"], "learning_rate": options.lr, "kept": kept},
@@ -808,7 +824,7 @@ def write_tower(trainer: SiameseTrainer, folder: Path, state: dict[str, Any], da
         fields.update({"domains": list(faces.domain_names), "domain": faces.domain_names[1],
                        "domain_color": {name: "rgb" for name in faces.domain_names}})
     manifest = siamese_manifest(fields)
-    extractor = KerasExtractor(manifest, tower.model, trainer.preprocess)
+    extractor = KerasExtractor(manifest, model, trainer.preprocess)
     try:
         extractor.save(folder, TOWER_NAME, export_onnx=options.export == "onnx")
     except InputError as error:
