@@ -116,13 +116,9 @@ def _figures(measured: dict[str, Any], split: Split, resample: dict[str, np.ndar
     if is_same.any() and (~is_same).any():
         result["pair_auc"] = roc_auc(scores, is_same)
         result["tar_at_far"] = tar_at_far(scores, is_same, PAIR_FAR)
-        accuracies = []
-        for chosen, measured_on in ((half, ~half), (~half, half)):
-            if len(np.unique(is_same[chosen])) == 2 and len(np.unique(is_same[measured_on])) == 2:
-                threshold, _ = best_accuracy_threshold(scores[chosen], is_same[chosen])
-                accuracies.append(accuracy_at(scores[measured_on], is_same[measured_on], threshold))
-        if accuracies:
-            result["pair_accuracy"] = float(np.mean(accuracies))
+        accuracy = half_split_accuracy(scores, is_same, half)
+        if np.isfinite(accuracy):
+            result["pair_accuracy"] = accuracy
     hits = measured["hits"][probes]
     if len(hits):
         result["rank1"] = float(np.mean(hits))
@@ -133,6 +129,17 @@ def _figures(measured: dict[str, Any], split: Split, resample: dict[str, np.ndar
             threshold = threshold_at_far(measured["best"][strangers], measured["target_fpir"])
             result["own_fnir"] = float(np.mean(measured["best"][own] < threshold))
     return result
+
+
+def half_split_accuracy(scores: np.ndarray, is_same: np.ndarray, half: np.ndarray) -> float:
+    """Pair accuracy at the threshold chosen on one half of the pairs, measured on the other, both
+    ways, averaged (NaN when neither half has both kinds of pairs)."""
+    accuracies = []
+    for chosen, measured_on in ((half, ~half), (~half, half)):
+        if len(np.unique(is_same[chosen])) == 2 and len(np.unique(is_same[measured_on])) == 2:
+            threshold, _ = best_accuracy_threshold(scores[chosen], is_same[chosen])
+            accuracies.append(accuracy_at(scores[measured_on], is_same[measured_on], threshold))
+    return float(np.mean(accuracies)) if accuracies else float("nan")
 
 
 def compare(start: dict[str, Any], candidate: dict[str, Any], split: Split, *, resamples: int,
@@ -245,5 +252,5 @@ def _best_against(vectors: np.ndarray, gallery: np.ndarray, scores: PairScorer) 
     return best
 
 
-__all__ = ["CONFIDENCE", "FIGURES", "PAIR_FAR", "Split", "compare", "decide", "figures", "held_out_split", "measure",
-           "sizes"]
+__all__ = ["CONFIDENCE", "FIGURES", "PAIR_FAR", "Split", "compare", "decide", "figures", "half_split_accuracy",
+           "held_out_split", "measure", "sizes"]

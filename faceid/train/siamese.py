@@ -15,10 +15,14 @@ a batch:
   et al. 2017).
 
 Validation is on people the network never trained on (pair AUC, and accuracy with the
-threshold chosen on the other half of the pairs); epoch 0 is the starting network, so early
-stopping can keep it when training does not help. The best epoch's tower becomes an extractor
-directory (:mod:`faceid.backbones.siamese`), calibrated on the validation people like any
-other backbone (``calibration.npz``), with ``report.json`` beside it.
+threshold chosen on the other half of the pairs), with the test-time augmentation the tower will
+be written with (``tta``); epoch 0 is the starting network. The best trained epoch is kept only
+when :func:`faceid.train.compare.decide` finds it really better than the start (a paired
+bootstrap over the validation people); otherwise the starting network, as a user runs it without
+training, is written. The chosen tower becomes an extractor directory
+(:mod:`faceid.backbones.siamese`), calibrated on the validation people like any other backbone
+(``calibration.npz``), with ``report.json`` beside it; ``test_people`` measures all of them on
+people held out of both training and the choice.
 """
 
 from __future__ import annotations
@@ -40,10 +44,10 @@ from faceid.extras import require_all
 from faceid.io.manifest import library_versions
 from faceid.io.sealed import Key
 from faceid.io.store import StagedFiles, json_bytes, load_npz, read_json, save_npz, write_bytes, write_json
-from faceid.match.metrics import accuracy_at, best_accuracy_threshold, roc_auc
+from faceid.match.metrics import roc_auc
 from faceid.settings import DEFAULTS
 from faceid.train.augment import Augmentation
-from faceid.train.compare import Split, compare, decide, figures, held_out_split, measure, sizes
+from faceid.train.compare import Split, compare, decide, figures, half_split_accuracy, held_out_split, measure, sizes
 from faceid.train.siamese_data import (
     BatchSampler,
     ChipSet,
@@ -519,14 +523,8 @@ class SiameseTrainer:
         vectors = self.embed(self.val_rows) if vectors is None else vectors
         split = self.val_split
         scores = pair_scores(vectors, split.first, split.second, self.head_arrays())
-        # Accuracy: the threshold chosen on one random half of the pairs, measured on the other, both ways.
-        accuracies = []
-        for chosen, measured in ((split.half, ~split.half), (~split.half, split.half)):
-            if len(np.unique(split.is_same[chosen])) == 2 and len(np.unique(split.is_same[measured])) == 2:
-                threshold, _ = best_accuracy_threshold(scores[chosen], split.is_same[chosen])
-                accuracies.append(accuracy_at(scores[measured], split.is_same[measured], threshold))
         return {"val_auc": float(roc_auc(scores, split.is_same)),
-                "val_accuracy": float(np.mean(accuracies)) if accuracies else float("nan"),
+                "val_accuracy": half_split_accuracy(scores, split.is_same, split.half),
                 "val_pairs": len(split.first), "val_positive": int(split.is_same.sum())}
 
     # ------------------------------------------------------------ state on disk
