@@ -19,6 +19,7 @@ from faceid.train.siamese_data import (
     load_faces,
     prepare_chips,
     split_faceset,
+    split_three,
 )
 
 CUHK = DATA / "cuhk_train"
@@ -53,6 +54,15 @@ def test_anchor_layout_is_one_person_against_everyone_else_and_splits_by_person(
     others_train = set(faces.labels[train]) - {0}
     others_val = set(faces.labels[val]) - {0}
     assert others_val and not others_train & others_val
+    # A third split (--test_people): the user's images on all three sides, everyone else on one.
+    train3, val3, test3 = split_three(faces, 0.25, 0.25, seed=0)
+    assert sorted(np.concatenate([train3, val3, test3])) == list(range(len(faces)))
+    sides = [set(faces.labels[rows]) - {0} for rows in (train3, val3, test3)]
+    assert all(sides) and not (sides[0] & sides[1] or sides[0] & sides[2] or sides[1] & sides[2])
+    assert all(np.sum(faces.labels[rows] == 0) >= 2 for rows in (train3, val3, test3))
+    # No test share: the same split as before the option existed.
+    same_train, same_val, none = split_three(faces, 0.25, 0.0, seed=0)
+    assert list(same_train) == list(train) and list(same_val) == list(val) and len(none) == 0
 
 
 def test_paired_domains_pair_by_name_cross_domains_and_split_by_person(tmp_path, caplog):
