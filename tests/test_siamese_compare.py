@@ -90,3 +90,21 @@ def test_the_anchor_layout_counts_the_anchor_persons_misses_at_the_strangers_rat
     blind[probes] = _blurred(vectors[probes], 4.0, seed=3)
     worse = figures(measure(blind[held], split, euclidean, gallery=vectors[gallery], target_fpir=0.05), split)
     assert worse["own_fnir"] > result["own_fnir"]
+
+
+def _comparison(**gains):
+    return {"gain": {name: {"value": (low + high) / 2, "low": low, "high": high, "resamples": 1000}
+                     for name, (low, high) in gains.items()}}
+
+
+def test_a_real_auc_gain_is_kept_unless_another_figure_is_worse_beyond_its_noise():
+    keep, why = decide(_comparison(pair_auc=(0.01, 0.05), rank1=(-0.07, 0.02), tar_at_far=(0.0, 0.2)))
+    assert keep, why  # one probe of 14 lost is within rank-1's noise
+    keep, why = decide(_comparison(pair_auc=(0.01, 0.05), rank1=(0.0, 0.1), tar_at_far=(-0.03, -0.001)))
+    assert not keep and "tar_at_far" in why and "worse" in why
+    keep, why = decide(_comparison(pair_auc=(0.01, 0.05), own_fnir=(0.01, 0.2)))  # more of you missed
+    assert not keep and "own_fnir" in why
+    keep, why = decide(_comparison(pair_auc=(-0.01, 0.05)))
+    assert not keep and "within the noise" in why
+    keep, why = decide(_comparison(pair_auc=(-0.05, -0.01)))
+    assert not keep and "worse" in why

@@ -173,9 +173,10 @@ def decide(comparison: dict[str, Any]) -> tuple[bool, str]:
     """Keep the fine-tuned network? ``(keep, why)``.
 
     Kept only when its pair AUC gain is beyond the uncertainty (the whole 95% paired bootstrap
-    interval above zero) and no other figure measured on the same faces got worse (TAR at FAR 1%,
-    accuracy, rank-1, and the anchor person's misses where there is one). Otherwise the starting
-    network is the safer one: a gain within the noise is no gain.
+    interval above zero) and no other figure measured on the same faces got worse beyond its own
+    uncertainty (TAR at FAR 1%, accuracy, rank-1, and the anchor person's misses where there is one:
+    a whole interval on the wrong side of zero). Otherwise the starting network is the safer one: a
+    gain within the noise is no gain.
     """
     gains = comparison["gain"]
     auc = gains.get("pair_auc")
@@ -186,13 +187,14 @@ def decide(comparison: dict[str, Any]) -> tuple[bool, str]:
         return False, f"the fine-tuned network is worse: pair AUC {auc['value']:+.5f} ({interval})"
     if auc["low"] <= 0.0:
         return False, f"pair AUC gain {auc['value']:+.5f} is within the noise ({interval})"
-    worse = [name for name, gain in gains.items() if name != "pair_auc"
-             and (gain["value"] > 0 if name in LOWER_IS_BETTER else gain["value"] < 0)]
+    worse = [name for name, gain in gains.items() if name != "pair_auc" and "low" in gain
+             and (gain["low"] > 0 if name in LOWER_IS_BETTER else gain["high"] < 0)]
     if worse:
-        described = ", ".join(f"{name} {gains[name]['value']:+.4f}" for name in worse)
-        return False, f"pair AUC gain {auc['value']:+.5f} is beyond the noise but {described} got worse"
-    return True, (f"pair AUC gain {auc['value']:+.5f} beyond the noise (95% interval {auc['low']:+.5f} to "
-                  f"{auc['high']:+.5f}), no other figure worse")
+        described = ", ".join(f"{name} {gains[name]['value']:+.4f} ({gains[name]['low']:+.4f} to "
+                              f"{gains[name]['high']:+.4f})" for name in worse)
+        return False, f"pair AUC gain {auc['value']:+.5f} is beyond the noise but {described} got worse beyond it"
+    return True, (f"pair AUC gain {auc['value']:+.5f} beyond the noise ({interval}), no other figure worse "
+                  "beyond its own")
 
 
 def _resamples(split: Split, measured: dict[str, Any], count: int, rng: np.random.Generator):

@@ -398,10 +398,17 @@ def pair_masks(labels: np.ndarray, domains: np.ndarray | None) -> tuple[np.ndarr
     return same, valid.astype(np.float32)
 
 
+# Cross-domain validation scores every impostor pair up to this many.
+MAX_CROSS_IMPOSTORS = 20000
+
+
 def validation_pairs(labels: np.ndarray, domains: np.ndarray | None, neg_ratio: float, seed: int,
                      max_positive_per_person: int | None = 2000):
     """Same- and different-person pairs of the validation images (``PairSet``): train.py's sampler,
-    or every cross-domain genuine pair with ``neg_ratio`` times as many cross-domain impostors."""
+    or, across two domains, every genuine pair and every impostor pair (a random
+    :data:`MAX_CROSS_IMPOSTORS` of them when there are more). Cross-domain people have one image a
+    side, so a few validation people give few genuine pairs; all their impostors keep the measure
+    from resting on a handful of different-person pairs."""
     from faceid.train.pairs import PairSet, sample_pairs
 
     if domains is None:
@@ -412,12 +419,12 @@ def validation_pairs(labels: np.ndarray, domains: np.ndarray | None, neg_ratio: 
     positive = [(row, by_label[int(labels[row])]) for row in first_rows if int(labels[row]) in by_label]
     if not positive:
         raise InputError("the validation people have no image in both domains")
-    rng = np.random.default_rng(seed)
-    count = int(round(neg_ratio * len(positive)))
-    anchors = rng.choice(first_rows, count)
-    others = rng.choice(second_rows, count)
-    keep = labels[anchors] != labels[others]
+    anchors = np.repeat(first_rows, len(second_rows))
+    others = np.tile(second_rows, len(first_rows))
+    keep = np.flatnonzero(labels[anchors] != labels[others])
+    if len(keep) > MAX_CROSS_IMPOSTORS:
+        keep = np.sort(np.random.default_rng(seed).choice(keep, MAX_CROSS_IMPOSTORS, replace=False))
     first = np.concatenate([[a for a, _ in positive], anchors[keep]])
     second = np.concatenate([[b for _, b in positive], others[keep]])
-    label = np.concatenate([np.ones(len(positive)), np.zeros(int(keep.sum()))])
+    label = np.concatenate([np.ones(len(positive)), np.zeros(len(keep))])
     return PairSet(first=first.astype(np.int64), second=second.astype(np.int64), label=label.astype(np.float32))
