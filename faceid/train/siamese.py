@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -568,6 +569,9 @@ class SiameseTrainer:
         if state.get("options") != json.loads(json.dumps(self.options.identity())):
             raise InputError(f"{self.output} was trained with other settings ({state.get('options')}): resume with the "
                              "same options (only `epochs` and `patience` may change), or use another `output`")
+        if "leader_epoch" not in state or not (self.folder / "start.npz").is_file():
+            raise InputError(f"{self.output} was trained by an older faceid (no starting network kept to compare "
+                             "with): train again without `resume`, or into another `output`")
         self._load_arrays("checkpoint.npz", optimizer=True)
         return state
 
@@ -753,7 +757,8 @@ def finish(trainer: SiameseTrainer, state: dict[str, Any], chipset: ChipSet, dat
         keep, why = False, "no epoch was trained to its end"
     trainer.load_best() if keep else trainer.load_start()
     manifest = write_tower(trainer, output, state, data, padding, kept="fine-tuned" if keep else "start")
-
+    if keep and (output / TRAINING_DIR / FINE_TUNED_DIR).is_dir():
+        shutil.rmtree(output / TRAINING_DIR / FINE_TUNED_DIR)  # an earlier finish of a resumed run left it
     logger.info("kept the %s network: %s", "fine-tuned" if keep else "starting", why)
 
     # Calibrate what the scripts will run (the saved extractor) on the validation people.
