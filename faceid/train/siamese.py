@@ -738,8 +738,6 @@ def finish(trainer: SiameseTrainer, state: dict[str, Any], chipset: ChipSet, dat
            seconds: float) -> dict[str, Any]:
     """Choose between the best epoch and the starting network, write the chosen one as an extractor
     directory, calibrate it, measure it on the test people, and write ``report.json``."""
-    from faceid.backbones.registry import load_extractor
-
     options, output = trainer.options, trainer.output
     faces = chipset.faces
     trained = state.get("best_epoch") is not None
@@ -750,23 +748,19 @@ def finish(trainer: SiameseTrainer, state: dict[str, Any], chipset: ChipSet, dat
                              resamples=options.bootstrap, seed=options.seed)
         keep, why = decide(validation)
         if not keep:
-            # The fine-tuned network is still written, beside the run, to look at or to use on purpose.
+            # The fine-tuned network is still written (and calibrated) beside the run, to look at or use on purpose.
             trainer.load_best()
-            write_tower(trainer, output / TRAINING_DIR / FINE_TUNED_DIR, state, data, padding, kept="fine-tuned")
+            write_calibrated(trainer, output / TRAINING_DIR / FINE_TUNED_DIR, state, data, padding, kept="fine-tuned")
     else:
         keep, why = False, "no epoch was trained to its end"
     trainer.load_best() if keep else trainer.load_start()
-    manifest = write_tower(trainer, output, state, data, padding, kept="fine-tuned" if keep else "start")
+    manifest, saved, vectors, calibration = write_calibrated(trainer, output, state, data, padding,
+                                                             kept="fine-tuned" if keep else "start")
     if keep and (output / TRAINING_DIR / FINE_TUNED_DIR).is_dir():
         shutil.rmtree(output / TRAINING_DIR / FINE_TUNED_DIR)  # an earlier finish of a resumed run left it
     logger.info("kept the %s network: %s", "fine-tuned" if keep else "starting", why)
-
-    # Calibrate what the scripts will run (the saved extractor) on the validation people.
-    saved = load_extractor(output)
-    vectors = saved.embed(np.asarray(chipset.chips[trainer.val_rows]))
     labels = faces.labels[trainer.val_rows]
     written_metrics = trainer.validate(vectors)
-    calibration = calibrate_tower(output, manifest, vectors, labels, trainer.head_arrays(), options)
     history = state["history"]
     report = {
         "val_auc": written_metrics["val_auc"],
@@ -794,6 +788,20 @@ def finish(trainer: SiameseTrainer, state: dict[str, Any], chipset: ChipSet, dat
         report["test"] = measure_test(trainer, networks, saved)
     write_json(output / "report.json", report)
     return report
+
+
+def write_calibrated(trainer: SiameseTrainer, folder: Path, state: dict[str, Any], data: DataOptions, padding: float,
+                     kept: str):
+    """:func:`write_tower`, then calibrate what the scripts will run (the saved extractor) on the
+    validation people; returns ``(manifest, extractor, validation vectors, calibration summary)``."""
+    from faceid.backbones.registry import load_extractor
+
+    manifest = write_tower(trainer, folder, state, data, padding, kept)
+    saved = load_extractor(folder)
+    vectors = saved.embed(np.asarray(trainer.chipset.chips[trainer.val_rows]))
+    calibration = calibrate_tower(folder, manifest, vectors, trainer.labels[trainer.val_rows], trainer.head_arrays(),
+                                  trainer.options)
+    return manifest, saved, vectors, calibration
 
 
 def write_tower(trainer: SiameseTrainer, folder: Path, state: dict[str, Any], data: DataOptions, padding: float,
