@@ -112,15 +112,15 @@ def mosquitto(directory: Path | None = None, port: int | None = None) -> Iterato
         yield port
 
 
-def stop_process(process: subprocess.Popen) -> None:
-    """Terminate a process we started, then kill it if it does not end within STOP_TIMEOUT_S."""
+def stop_process(process: subprocess.Popen, timeout: float = STOP_TIMEOUT_S) -> None:
+    """Terminate a process we started, then kill it if it does not end within ``timeout`` seconds."""
     if process.poll() is None:
         process.terminate()
         try:
-            process.wait(timeout=STOP_TIMEOUT_S)
+            process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             process.kill()
-            process.wait(timeout=STOP_TIMEOUT_S)
+            process.wait(timeout=timeout)
 
 
 class MqttSubscriber:

@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 import requests
 from conftest import KNOWN, REPO, VIDEO, run_process
-from service_support import MqttSubscriber, free_port, mosquitto, require_binary, wait_until
+from service_support import MqttSubscriber, free_port, mosquitto, require_binary, stop_process, wait_until
 
 from faceid.service.sinks import verify_signature
 
@@ -169,13 +169,7 @@ class Server:
     def close(self) -> None:
         """Teardown: whatever state it is in, it is gone afterwards."""
         self.session.close()
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(STOP_TIMEOUT_S)
+        stop_process(self.process, STOP_TIMEOUT_S)
 
 
 class WebhookReceiver:
@@ -231,13 +225,8 @@ class StreamServer:
             self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(STOP_TIMEOUT_S)
+        if self.process is not None:
+            stop_process(self.process, STOP_TIMEOUT_S)
 
 
 def check_event(event: dict, camera: str) -> None:
