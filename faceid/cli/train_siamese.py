@@ -163,7 +163,8 @@ def run(args: argparse.Namespace) -> int:
             input_size=args.input_size, color=args.color, weights=args.weights, epochs=args.epochs,
             batch_size=args.batch_size, per_person=args.per_person, learning_rate=args.learning_rate,
             patience=args.patience, val_people=args.val_people, augment=args.augment, target_fpir=args.target_fpir,
-            seed=args.seed, export=args.export, tta=args.tta or SiameseOptions.tta, test_people=args.test_people, bootstrap=args.bootstrap,
+            seed=args.seed, export=args.export, tta=args.tta or SiameseOptions.tta, test_people=args.test_people,
+            bootstrap=args.bootstrap,
             synthetic=None if args.synthetic is None else str(args.synthetic), synthetic_limit=args.synthetic_limit,
         )
         data = DataOptions(face_options=face_options, workers=args.workers)

@@ -30,12 +30,12 @@ from typing import Any
 import numpy as np
 
 from faceid.match.metrics import accuracy_at, best_accuracy_threshold, roc_auc, tar_at_far, threshold_at_far
+from faceid.train.siamese_data import validation_pairs
 
 # The false accept rate of the pair figure tar_at_far (LFW practice: TAR at FAR 1%).
 PAIR_FAR = 0.01
 # The two-sided interval of a gain: 95%.
 CONFIDENCE = 0.95
-FIGURES = ("pair_auc", "pair_accuracy", "tar_at_far", "rank1", "own_fnir")
 # Figures where lower is better.
 LOWER_IS_BETTER = ("own_fnir",)
 
@@ -49,8 +49,7 @@ class Split:
 
     ``units``: per face, what a bootstrap resample draws (the person; in the anchor layout each of
     the anchor person's faces is its own unit, as that person is the whole positive side).
-    ``own``/``gallery_rows``: the anchor layout's person (label) and their training faces'
-    positions in the gallery vectors, for ``own_fnir``.
+    ``own``: the anchor layout's person (label), whose faces ``own_fnir`` counts.
     """
 
     labels: np.ndarray
@@ -62,10 +61,6 @@ class Split:
     own: int | None = None
     domains: np.ndarray | None = None  # cross-domain pairs: 0 (queries, e.g. sketches) or 1 (gallery) per face
 
-    @property
-    def pair_units(self) -> np.ndarray:
-        return self.units[self.first]
-
 
 def held_out_split(labels: np.ndarray, domains: np.ndarray | None = None, *, own: int | None = None,
                    neg_ratio: float = 1.5, seed: int = 0) -> Split:
@@ -73,8 +68,6 @@ def held_out_split(labels: np.ndarray, domains: np.ndarray | None = None, *, own
     them (:func:`faceid.train.siamese_data.validation_pairs`, seeded ``seed + 1``), the half each
     accuracy threshold is chosen on (seeded ``seed``), the bootstrap units. ``own``: the anchor
     layout's person, the whole positive side, so each of their faces is a unit of its own."""
-    from faceid.train.siamese_data import validation_pairs
-
     labels = np.asarray(labels, dtype=np.int64)
     pairs = validation_pairs(labels, domains, neg_ratio, seed + 1)
     units = labels.copy()
@@ -234,25 +227,29 @@ def _leave_one_out(vectors: np.ndarray, labels: np.ndarray, domains: np.ndarray 
         others = np.flatnonzero(domains == 1)
         probes = np.flatnonzero((domains == 0) & np.isin(labels, labels[others]))
     hits = np.zeros(len(probes), dtype=bool)
-    for start in range(0, len(probes), chunk):
-        block = probes[start:start + chunk]
-        first = np.repeat(block, len(others))
-        second = np.tile(others, len(block))
-        matrix = scores(vectors, first, second).reshape(len(block), len(others)).astype(np.float64)
+    for start, block, matrix in _score_blocks(vectors, probes, others, scores, chunk):
         matrix[block[:, None] == others[None, :]] = -np.inf
-        hits[start:start + chunk] = labels[np.argmax(matrix, axis=1)] == labels[block]
+        hits[start:start + len(block)] = labels[np.argmax(matrix, axis=1)] == labels[block]
     return probes, hits
 
 
-def _best_against(vectors: np.ndarray, gallery: np.ndarray, scores: PairScorer) -> np.ndarray:
+def _best_against(vectors: np.ndarray, gallery: np.ndarray, scores: PairScorer, chunk: int = 256) -> np.ndarray:
     """Each face's best score against the gallery's faces (the anchor person's training faces)."""
     both = np.concatenate([vectors, gallery])
     others = np.arange(len(vectors), len(both))
     best = np.empty(len(vectors), dtype=np.float64)
-    for row in range(len(vectors)):
-        best[row] = np.max(scores(both, np.full(len(others), row), others))
+    for start, block, matrix in _score_blocks(both, np.arange(len(vectors)), others, scores, chunk):
+        best[start:start + len(block)] = matrix.max(axis=1)
     return best
 
 
-__all__ = ["CONFIDENCE", "FIGURES", "PAIR_FAR", "Split", "compare", "decide", "figures", "half_split_accuracy",
+def _score_blocks(vectors: np.ndarray, rows: np.ndarray, columns: np.ndarray, scores: PairScorer, chunk: int):
+    """``(start, block, matrix)`` for each ``chunk`` of ``rows``: the scores of its rows against every column."""
+    for start in range(0, len(rows), chunk):
+        block = rows[start:start + chunk]
+        matrix = scores(vectors, np.repeat(block, len(columns)), np.tile(columns, len(block)))
+        yield start, block, matrix.reshape(len(block), len(columns)).astype(np.float64)
+
+
+__all__ = ["CONFIDENCE", "PAIR_FAR", "Split", "compare", "decide", "figures", "half_split_accuracy",
            "held_out_split", "measure", "sizes"]

@@ -165,11 +165,7 @@ class Tower:
     fields: dict[str, Any]  # what the manifest says about where the tower came from
     # The starting network as a user would run it without training: ``model`` without the
     # unit-length layer contrastive and triplet add (dlib's own 128-d vectors; the same weights).
-    start_model: Any = None
-
-    def __post_init__(self) -> None:
-        if self.start_model is None:
-            self.start_model = self.model
+    start_model: Any
 
 
 def chip_size_for(options: SiameseOptions) -> int:
