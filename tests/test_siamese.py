@@ -287,6 +287,11 @@ def test_bad_input_gets_a_clear_error(tmp_path, capsys):
                           capsys)
     assert code == 1 and "one data layout" in err
 
+    # Shares that leave nobody to train on are refused before any face is looked for.
+    code, _, err = _train(["--faces_path", str(faces), "--no_detect", "--val_people", "0.5", "--test_people", "0.5",
+                           "--output", str(tmp_path / "o6"), "-q"], capsys)
+    assert code == 1 and "--test_people 0.5" in err and not (tmp_path / "o6").exists()
+
 
 def test_resnet50_without_weights_says_where_to_get_them(tmp_path, capsys):
     code, _, err = _train(["--faces_path", str(_orl(tmp_path, people=4)), "--no_detect", "--workers", "0",

@@ -54,6 +54,7 @@ from faceid.train.siamese_data import (
     ChipSet,
     FaceSet,
     check_for_loss,
+    check_shares,
     pair_masks,
     prepare_chips,
     split_three,
@@ -137,6 +138,7 @@ class SiameseOptions:
             raise InputError(f"`bootstrap` {self.bootstrap}: use at least 100 resamples (1,000 is the default)")
         if not 0.0 <= self.test_people < 1.0:
             raise InputError(f"`test_people` {self.test_people} must be a share of people, at least 0 and under 1")
+        check_shares(self.val_people, self.test_people)
 
     @property
     def lr(self) -> float:

@@ -167,6 +167,13 @@ def split_faceset(faces: FaceSet, val_share: float, seed: int) -> tuple[np.ndarr
     return train, val
 
 
+def check_shares(val_share: float, test_share: float) -> None:
+    """Refuse a validation and test share that leave no people to train on (before any face is found)."""
+    if test_share and (not 0.0 < test_share < 1.0 or not 0.0 < val_share < 1.0 or val_share + test_share >= 1.0):
+        raise InputError(f"`val_people` {val_share} and `test_people` {test_share} must be shares between 0 and 1 "
+                         "that leave people to train on (their sum under 1)")
+
+
 def split_three(faces: FaceSet, val_share: float, test_share: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(train_rows, val_rows, test_rows)``: :func:`split_faceset`, with a third share held out first.
 
@@ -175,12 +182,10 @@ def split_three(faces: FaceSet, val_share: float, test_share: float, seed: int) 
     was chosen. ``val_share`` stays a share of all people. ``test_share`` 0: no test rows, and the
     same split as :func:`split_faceset`.
     """
+    check_shares(val_share, test_share)
     if test_share == 0:
         train, val = split_faceset(faces, val_share, seed)
         return train, val, np.zeros(0, dtype=np.int64)
-    if not 0.0 < test_share < 1.0 or not 0.0 < val_share < 1.0 or val_share + test_share >= 1.0:
-        raise InputError(f"`val_people` {val_share} and `test_people` {test_share} must be shares between 0 and 1 "
-                         "that leave people to train on (their sum under 1)")
     rest, test = split_faceset(faces, test_share, seed + 1)
     train, val = split_faceset(faces.subset(rest), val_share / (1.0 - test_share), seed)
     return rest[train], rest[val], test
